@@ -1,0 +1,78 @@
+"""Pydantic settings for the engine; jobs and the Serve app embed `EngineConfig` in their own specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+
+from rayrank.errors import ConfigError
+from rayrank.models import DEFAULT_CROSS_ENCODER, DEFAULT_LATE_INTERACTION
+
+ScorerName = Literal["cross-encoder", "late-interaction"]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a YAML file must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EngineConfig(StrictModel):
+    """What model to run and how to batch it.
+
+    `max_tokens_per_batch` counts padding (rows × longest row); `max_batch_size` caps rows.
+    """
+
+    model: str | None = None
+    scorer: ScorerName = "cross-encoder"
+    backend: Literal["torch", "onnx"] = "torch"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    quantize: Literal["none", "int8"] = "none"
+    max_length: PositiveInt | None = None
+    query_max_length: PositiveInt | None = None
+    max_tokens_per_batch: PositiveInt = 8192
+    max_batch_size: PositiveInt = 128
+    threads: PositiveInt | None = None
+    cache_dir: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        if self.model:
+            return self.model
+        return DEFAULT_CROSS_ENCODER if self.scorer == "cross-encoder" else DEFAULT_LATE_INTERACTION
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each naming the dotted key, e.g. `engine.max_batch_size: ...`."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid configuration in {source}:\n" + "\n".join(lines)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping document is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping of keys to values, got {type(data).__name__}.")
+    return data
+
+
+def parse_config(model: type[StrictModel], data: dict[str, Any], source: str) -> Any:
+    """Validate `data` into `model`, turning pydantic's error into a ConfigError naming each key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

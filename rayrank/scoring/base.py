@@ -1,0 +1,58 @@
+"""What both scorers share: the backend factory, the batch loop, and the pair-scores result."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rayrank.backends import Backend
+from rayrank.backends.onnx_backend import Fusion, OnnxBackend, build_onnx, weights_fingerprint
+from rayrank.backends.torch_backend import TorchBackend
+from rayrank.batching import plan_batches
+from rayrank.config import EngineConfig
+from rayrank.tokenize import Encoded
+
+logger = logging.getLogger(__name__)
+
+# Model families whose ONNX graphs onnxruntime's transformer optimizer knows how to fuse.
+_FUSABLE = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert",
+            "electra": "bert", "mpnet": "bert", "deberta-v2": None}
+
+
+@dataclass
+class PairScores:
+    """One float32 score per (query, document) pair, in input order, and how many pairs were truncated."""
+
+    scores: np.ndarray
+    truncated: int = 0
+
+
+def make_backend(config: EngineConfig, module: torch.nn.Module, model_dir: Path, head: str, hf_config) -> Backend:
+    """Wrap `module` in the configured backend; for ONNX, export it (once) under a content key."""
+    if config.backend == "torch":
+        if config.quantize != "none":
+            raise ValueError("quantize='int8' needs backend='onnx'; the torch backend runs fp32/fp16/bf16.")
+        return TorchBackend(module, device=config.device, dtype=config.dtype, threads=config.threads)
+    key = f"{weights_fingerprint(model_dir)}-{head}"
+    family = _FUSABLE.get(hf_config.model_type)
+    fusion = family and Fusion(family, hf_config.num_attention_heads, hf_config.hidden_size)
+    path = build_onnx(module, key=key, fusion=fusion, quantize=config.quantize,
+                      cache_dir=Path(config.cache_dir) if config.cache_dir else None)
+    return OnnxBackend(path, device=config.device, threads=config.threads)
+
+
+def run_batches(backend: Backend, encoded: Encoded, config: EngineConfig, pad_id: int
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (row indices, backend output) for token-budget batches, longest first."""
+    for rows in plan_batches(encoded.lengths, config.max_tokens_per_batch, config.max_batch_size):
+        yield rows, backend.run(encoded.batch(rows, pad_id))
+
+
+def report_truncation(truncated: int, total: int, what: str, max_length: int) -> None:
+    if truncated:
+        logger.warning("%d of %d %s were longer than %d tokens and were truncated", truncated, total, what, max_length)

@@ -1,0 +1,72 @@
+"""Cross-encoder scorer: one logit per (query, document) pair, read jointly by the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rayrank.config import EngineConfig
+from rayrank.scoring.base import PairScores, make_backend, report_truncation, run_batches
+from rayrank.tokenize import TextTokenizer
+
+
+class _Logit(torch.nn.Module):
+    """Sequence-classification model → its single logit, the function both backends run."""
+
+    def __init__(self, model: torch.nn.Module, uses_token_types: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.uses_token_types = uses_token_types
+
+    def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: D401 - torch signature
+        extra = {"token_type_ids": token_type_ids} if self.uses_token_types else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0]
+
+
+def model_max_length(config, tokenizer: TextTokenizer) -> int:
+    """The longest input the model can read: position embeddings, capped by the tokenizer's limit."""
+    positions = getattr(config, "max_position_embeddings", 512)
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2  # RoBERTa reserves two positions for the padding offset
+    limit = tokenizer.model_max_length
+    return min(positions, limit) if limit and limit < 1_000_000 else positions
+
+
+class CrossEncoderScorer:
+    """Scores pairs with a single-logit sequence-classification checkpoint.
+
+    `score` is the raw logit; apply `sigmoid` for a probability (what sentence-transformers
+    returns by default for one-label models).
+    """
+
+    kind = "cross-encoder"
+
+    def __init__(self, model_dir: Path, config: EngineConfig) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        # Eager attention exports to the pattern onnxruntime fuses; SDPA is faster in eager torch.
+        attn = "eager" if config.backend == "onnx" else "sdpa"
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), local_files_only=True, attn_implementation=attn)
+        if model.config.num_labels != 1:
+            raise ValueError(f"{model_dir} has {model.config.num_labels} labels; rayrank reranks with "
+                             "single-logit cross-encoders (num_labels=1).")
+        self.tokenizer = TextTokenizer(model_dir)
+        self.max_length = min(config.max_length or 10**9, model_max_length(model.config, self.tokenizer))
+        self.config = config
+        uses_types = self.tokenizer.uses_token_types and getattr(model.config, "type_vocab_size", 0) > 1
+        self.backend = make_backend(config, _Logit(model, uses_types), model_dir, "logit", model.config)
+
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> PairScores:
+        """Score aligned lists of queries and documents; scores come back in input order."""
+        scores = np.empty(len(queries), dtype=np.float32)
+        if not len(queries):
+            return PairScores(scores)
+        encoded = self.tokenizer.encode_pairs(queries, documents, self.max_length)
+        for rows, logits in run_batches(self.backend, encoded, self.config, self.tokenizer.pad_id):
+            scores[rows] = logits
+        report_truncation(encoded.truncated, len(queries), "pairs", self.max_length)
+        return PairScores(scores, encoded.truncated)

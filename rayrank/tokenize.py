@@ -1,0 +1,148 @@
+"""Tokenization without padding: pairs for cross-encoders, single texts for late interaction.
+
+We drive the Rust `tokenizers` object directly: it encodes a whole list in parallel, reports which
+rows were truncated (`overflowing`), and leaves padding to the batch planner, which pads each batch
+only to its own longest row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from rayrank.batching import pad
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    """Unpadded token ids of many rows, plus how many of them were truncated."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    attention_mask: list[list[int]]
+    truncated: int = 0
+    lengths: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lengths = np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, rows: np.ndarray, pad_id: int = 0) -> dict[str, np.ndarray]:
+        """Padded int64 model inputs for `rows` (padded to the longest of those rows only)."""
+        return {
+            "input_ids": pad([self.input_ids[r] for r in rows], pad_id),
+            "attention_mask": pad([self.attention_mask[r] for r in rows], 0),
+            "token_type_ids": pad([self.token_type_ids[r] for r in rows], 0),
+        }
+
+
+def _collect(encodings: Sequence[Encoding]) -> Encoded:
+    return Encoded(
+        input_ids=[e.ids for e in encodings],
+        token_type_ids=[e.type_ids for e in encodings],
+        attention_mask=[e.attention_mask for e in encodings],
+        truncated=sum(1 for e in encodings if e.overflowing),
+    )
+
+
+class TextTokenizer:
+    """A model's fast tokenizer configured for unpadded, truncating encoding.
+
+    Args:
+        model_dir: a directory holding `tokenizer.json` (or anything `AutoTokenizer` can load).
+    """
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        if not getattr(hf, "is_fast", False):
+            raise ValueError(f"{model_dir}: rayrank needs a fast (Rust) tokenizer with a tokenizer.json.")
+        # A private copy: truncation settings are state on the Rust object.
+        self._tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+        self._tok.no_padding()
+        self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else 0
+        self.mask_id = hf.mask_token_id
+        self.model_max_length = hf.model_max_length
+        self.vocab = hf.get_vocab()
+        # BERT reads segment ids; tokenizers that do not emit them (RoBERTa, ...) must not be fed any.
+        self.uses_token_types = "token_type_ids" in hf.model_input_names
+        self._truncation: tuple[int, str] | None = None
+
+    def _truncate(self, max_length: int, strategy: str) -> None:
+        if self._truncation != (max_length, strategy):
+            self._tok.enable_truncation(max_length, strategy=strategy)
+            self._truncation = (max_length, strategy)
+
+    def encode_pairs(self, queries: Sequence[str], documents: Sequence[str], max_length: int) -> Encoded:
+        """Encode (query, document) pairs, truncating the document only.
+
+        A query too long to leave room for any document is truncated too (longest-first): the
+        cross-encoder cannot read more than `max_length` tokens either way, and it is counted.
+        """
+        pairs = list(zip(queries, documents, strict=True))
+        self._truncate(max_length, "only_second")
+        try:
+            return _collect(self._tok.encode_batch(pairs))
+        except Exception:
+            # The Rust tokenizer fails the whole batch when one query alone exceeds max_length.
+            encodings = []
+            for pair in pairs:
+                try:
+                    self._truncate(max_length, "only_second")
+                    encodings.append(self._tok.encode(*pair))
+                except Exception:
+                    self._truncate(max_length, "longest_first")
+                    encodings.append(self._tok.encode(*pair))
+            return _collect(encodings)
+
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        max_length: int,
+        *,
+        prefix: str = "",
+        pad_to: int | None = None,
+        attend_to_padding: bool = False,
+    ) -> Encoded:
+        """Encode single texts, e.g. ColBERT queries or documents.
+
+        Args:
+            prefix: prepended to every text (ColBERT's `[Q] `/`[D] ` marker, placed after `[CLS]`).
+            pad_to: pad with the mask token up to this many tokens (ColBERT query augmentation).
+            attend_to_padding: whether those mask tokens take part in attention.
+        """
+        self._truncate(max_length, "longest_first")
+        encoded = _collect(self._tok.encode_batch([prefix + t for t in texts] if prefix else list(texts)))
+        if pad_to is not None and self.mask_id is not None:
+            fill = 1 if attend_to_padding else 0
+            for ids, types, mask in zip(encoded.input_ids, encoded.token_type_ids, encoded.attention_mask):
+                extra = pad_to - len(ids)
+                if extra > 0:
+                    ids.extend([self.mask_id] * extra)
+                    types.extend([0] * extra)
+                    mask.extend([fill] * extra)
+            encoded.__post_init__()
+        return encoded
+
+    def add_markers(self, markers: Sequence[str]) -> None:
+        """Make ColBERT markers (`[Q]`, `[unused0]`, ...) single tokens, as PyLate does, never split."""
+        from tokenizers import AddedToken
+
+        tokens = [AddedToken(m.strip(), special=True, normalized=False) for m in markers if m.strip()]
+        if tokens:
+            self._tok.add_special_tokens(tokens)
+            self.vocab = self._tok.get_vocab(with_added_tokens=True)
+
+    def token_ids(self, words: Sequence[str]) -> set[int]:
+        """Vocabulary ids of single-token words (e.g. punctuation for the ColBERT skiplist)."""
+        return {self.vocab[w] for w in words if w in self.vocab}
