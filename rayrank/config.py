@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from rayrank.errors import ConfigError
 from rayrank.models import DEFAULT_CROSS_ENCODER, DEFAULT_LATE_INTERACTION
@@ -76,3 +76,58 @@ def parse_config(model: type[StrictModel], data: dict[str, Any], source: str) ->
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+class Columns(StrictModel):
+    """Input column names, remappable per dataset (e.g. `text: passage`)."""
+
+    query_id: str = "query_id"
+    query: str = "query"
+    doc_id: str = "doc_id"
+    text: str = "text"
+    candidates: str = "candidates"
+
+
+class ClusterConfig(StrictModel):
+    """Where and how wide a Ray job runs. No `address` starts an embedded local Ray."""
+
+    address: str | None = None
+    actors: tuple[PositiveInt, PositiveInt] = (1, 2)
+    cpus_per_actor: float = Field(1.0, ge=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+
+    @field_validator("actors", mode="before")
+    @classmethod
+    def _parse_actors(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = value.split(",")
+            if len(parts) == 1:
+                parts = parts * 2
+            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+                raise ValueError(f"expected MIN,MAX actor counts like '1,4', got {value!r}")
+            return tuple(int(p) for p in parts)
+        if isinstance(value, int):
+            return (value, value)
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClusterConfig:
+        if self.actors[0] > self.actors[1]:
+            raise ValueError(f"actors: MIN must not exceed MAX, got {self.actors[0]},{self.actors[1]}")
+        return self
+
+
+class RerankJobConfig(StrictModel):
+    """The nightly rerank job: every key can come from YAML, and CLI flags override the file."""
+
+    input: str | None = None
+    output: str | None = None
+    engine: EngineConfig = EngineConfig()
+    columns: Columns = Columns()
+    cluster: ClusterConfig = ClusterConfig()
+    top_n: PositiveInt | None = None
+    shard_rows: PositiveInt = 50_000
+    rows_per_output_file: PositiveInt = 1_000_000
+    keep_text: bool = False
+    overwrite: bool = False
+    storage: dict[str, Any] = {}

@@ -1,0 +1,281 @@
+"""Nightly batch reranking on Ray Data: Parquet in (local or s3://), reranked Parquet out.
+
+Two phases, each resumable unit by unit:
+1. Score: input shards (row groups of a file) go to an autoscaling pool of actors that each hold
+   one model. An actor validates rows (bad ones to the errors table), scores the rest, and stages
+   them split by hash(query_id) into buckets; a marker then commits the shard.
+2. Rank: one task per bucket reads every committed shard's piece of it, so all candidates of a
+   query meet however the input was split, drops duplicate (query_id, doc_id) rows to the errors
+   table, ranks each query and publishes `part-NNNNN.parquet` by rename.
+The manifest, written last, marks the job finished. A rerun of a killed job skips committed work.
+
+Usage: `rayrank rerank INPUT OUTPUT [options]` or `python -m jobs.rerank INPUT OUTPUT [options]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import rayrank
+from rayrank.config import ConfigError, RerankJobConfig, load_yaml, parse_config
+from rayrank.io.storage import filesystem, join, list_parquet, storage_options, write_parquet_atomic
+from rayrank.io.tables import (KEYS, InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_shard,
+                               split_valid)
+from rayrank.models import resolve_model
+from jobs._output import JobOutput, OutputConflictError, job_identity
+
+INTERNAL = ("_source", "_row", "_seq", "score")
+
+
+def parse_args(argv: list[str] | None) -> RerankJobConfig:
+    parser = argparse.ArgumentParser(prog="rayrank rerank", description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", nargs="?", help="Parquet file, directory or glob (local or s3://)")
+    parser.add_argument("output", nargs="?", help="output directory (local or s3://)")
+    parser.add_argument("--config", help="YAML job config (see configs/); flags override it")
+    parser.add_argument("--model", help="Hugging Face id or local directory")
+    parser.add_argument("--scorer", choices=["cross-encoder", "late-interaction"])
+    parser.add_argument("--backend", choices=["torch", "onnx"])
+    parser.add_argument("--quantize", choices=["none", "int8"])
+    parser.add_argument("--max-tokens-per-batch", type=int)
+    parser.add_argument("--top-n", type=int, help="keep the N best candidates per query")
+    parser.add_argument("--actors", help="MIN,MAX actors (autoscaling pool), e.g. 1,4")
+    parser.add_argument("--gpus-per-actor", type=float)
+    parser.add_argument("--address", help="Ray address: 'auto' joins a running cluster; default starts a local Ray")
+    parser.add_argument("--overwrite", action="store_true", help="replace an OUTPUT holding another job's results")
+    args = parser.parse_args(argv)
+
+    data = load_yaml(args.config) if args.config else {}
+    flags = {"input": args.input, "output": args.output, "top_n": args.top_n,
+             "overwrite": True if args.overwrite else None}
+    engine = {"model": args.model, "scorer": args.scorer, "backend": args.backend, "quantize": args.quantize,
+              "max_tokens_per_batch": args.max_tokens_per_batch}
+    cluster = {"address": args.address, "actors": args.actors, "gpus_per_actor": args.gpus_per_actor}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    for section, values in (("engine", engine), ("cluster", cluster)):
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            if not isinstance(data.get(section, {}), dict):
+                raise ConfigError(f"{args.config}: `{section}` must be a mapping")
+            data[section] = {**data.get(section, {}), **given}
+    config = parse_config(RerankJobConfig, data, args.config or "command-line flags")
+    if not config.input or not config.output:
+        parser.error("INPUT and OUTPUT are required (as arguments or `input:`/`output:` in --config)")
+    return config
+
+
+class ShardScorer:
+    """Ray Data actor: loads the model once, then validates, scores and stages whole shards."""
+
+    def __init__(self, config: dict, in_options: dict, out_options: dict, buckets: int,
+                 layouts: dict[str, str]) -> None:
+        from jobs._ray import quiet_worker
+
+        quiet_worker()
+        self.config = RerankJobConfig.model_validate(config)
+        self.reranker = rayrank.Reranker.from_config(self.config.engine)
+        self.fs_in, _ = filesystem(self.config.input, in_options)
+        fs_out, root = filesystem(self.config.output, out_options)
+        self.out = JobOutput(fs_out, root)
+        self.buckets, self.layouts = buckets, layouts
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        stats = [self._score_shard(Shard(**json.loads(s))) for s in batch["shard"]]
+        return {key: [s[key] for s in stats] for key in stats[0]}
+
+    def _score_shard(self, shard: Shard) -> dict[str, Any]:
+        started = time.perf_counter()
+        table, errors = read_shard(self.fs_in, shard, self.layouts[shard.path], self.config.columns)
+        valid, invalid = split_valid(table)
+        errors = pa.concat_tables([errors, invalid])
+        result = self.reranker.scorer.score_pairs(valid["query"].to_pylist(), valid["text"].to_pylist())
+        scored = valid.append_column("score", pa.array(result.scores, pa.float32()))
+        buckets = bucket_of(scored["query_id"], self.buckets)
+        for b in np.unique(buckets):
+            piece = scored.filter(pa.array(buckets == b))
+            write_parquet_atomic(piece, self.out.fs, self.out.stage("scores", f"{int(b):05d}", f"{shard.shard_id}.parquet"))
+        if errors.num_rows:
+            write_parquet_atomic(errors, self.out.fs, self.out.stage("errors", f"{shard.shard_id}.parquet"))
+        stats = {"shard": shard.shard_id, "rows_in": table.num_rows + len(errors) - len(invalid),
+                 "valid": valid.num_rows, "invalid": errors.num_rows, "truncated": result.truncated,
+                 "seconds": time.perf_counter() - started}
+        self.out.commit_unit("shards", shard.shard_id, stats)
+        return stats
+
+
+def rank_bucket(config: dict, out_options: dict, bucket: int, shard_ids: list[str]) -> dict[str, Any]:
+    """Rank one bucket from every committed shard's piece of it and publish its part file."""
+    config_ = RerankJobConfig.model_validate(config)
+    fs, root = filesystem(config_.output, out_options)
+    out = JobOutput(fs, root)
+    name = f"{bucket:05d}"
+    pieces = [out.stage("scores", name, f"{sid}.parquet") for sid in shard_ids]
+    tables = []
+    for path in pieces:
+        if fs.exists(path):
+            with fs.open(path, "rb") as handle:
+                tables.append(pq.read_table(handle))
+    stats = {"bucket": bucket, "rows_ranked": 0, "duplicates": 0, "rows_written": 0, "queries": 0}
+    if tables:
+        scored = pa.concat_tables(tables, promote_options="permissive")
+        keep = [] if config_.keep_text else ["query", "text"]
+        passthrough = [c for c in scored.column_names if c not in INTERNAL and c not in ("query_id", "doc_id")
+                       and c not in keep]
+        ranked, duplicates = rank_queries(scored, config_.top_n, passthrough)
+        if duplicates.num_rows:
+            write_parquet_atomic(duplicates, fs, out.path("_errors", f"duplicates-{name}.parquet"))
+        if ranked.num_rows:
+            write_parquet_atomic(ranked, fs, out.path(f"part-{name}.parquet"))
+        stats.update(rows_ranked=scored.num_rows - duplicates.num_rows, duplicates=duplicates.num_rows,
+                     rows_written=ranked.num_rows, queries=len(set(ranked["query_id"].to_pylist())))
+    out.commit_unit("buckets", name, stats)
+    return stats
+
+
+def _progress(done: int, total: int, rows: int, started: float) -> None:
+    rate = rows / max(time.perf_counter() - started, 1e-9)
+    print(f"\r[rerank] shards {done}/{total}  rows {rows:,}  {rate:,.1f} pairs/s", end="", file=sys.stderr,
+          flush=True)
+
+
+def run(config: RerankJobConfig) -> dict[str, Any]:
+    """Run (or resume) the job and return its manifest."""
+    started_at, started = datetime.now(timezone.utc), time.perf_counter()
+    in_options = storage_options(config.storage, config.input)
+    out_options = storage_options(config.storage, config.output)
+    fs_in, in_root = filesystem(config.input, in_options)
+    fs_out, out_root = filesystem(config.output, out_options)
+    files = list_parquet(fs_in, in_root)
+    shards, layouts = plan_shards(fs_in, files, config.columns, config.shard_rows)
+    total_rows = sum(s.rows for s in shards)
+    resolved = resolve_model(config.engine.model_name)
+
+    identity = {"inputs": [(f, fs_in.size(f)) for f in files], "engine": config.engine.model_dump(),
+                "columns": config.columns.model_dump(), "top_n": config.top_n, "keep_text": config.keep_text,
+                "shard_rows": config.shard_rows}
+    job_id = job_identity(identity)
+    out = JobOutput(fs_out, out_root)
+    state = out.prepare(job_id, {"buckets": max(1, math.ceil(total_rows / config.rows_per_output_file)),
+                                 "started": started_at.isoformat()}, config.overwrite)
+    if (manifest := out.manifest()) is not None:
+        out.cleanup()
+        print(f"[rerank] {config.output} already holds this job's finished results; nothing to do.", file=sys.stderr)
+        return manifest
+
+    buckets = state["buckets"]
+    done = out.committed("shards")
+    todo = [s for s in shards if s.shard_id not in done]
+    reused = sum(d["rows_in"] for d in done.values())
+    if done:
+        print(f"[rerank] resuming: {len(done)} of {len(shards)} shards already scored; reusing {reused:,} rows",
+              file=sys.stderr)
+
+    from jobs._ray import connect
+    import ray
+
+    connect(config.cluster.address)
+    score_started = time.perf_counter()
+    scored_now = 0
+    if todo:
+        low, high = config.cluster.actors
+        dataset = ray.data.from_items([{"shard": json.dumps(asdict(s))} for s in todo],
+                                      override_num_blocks=len(todo))
+        results = dataset.map_batches(
+            ShardScorer, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=min(high, len(todo)) if high >= low else low),
+            num_cpus=config.cluster.cpus_per_actor, num_gpus=config.cluster.gpus_per_actor,
+            fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,
+                                   "out_options": out_options, "buckets": buckets, "layouts": layouts})
+        for row in results.iter_rows():
+            done[row["shard"]] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            scored_now += int(row["rows_in"])
+            _progress(len(done), len(shards), reused + scored_now, score_started)
+        print(file=sys.stderr)
+    score_seconds = time.perf_counter() - score_started
+
+    ranked = out.committed("buckets")
+    shard_ids = sorted(done)
+    task = ray.remote(num_cpus=0.5)(rank_bucket)
+    pending = [task.remote(config.model_dump(), out_options, b, shard_ids)
+               for b in range(buckets) if f"{b:05d}" not in ranked]
+    for stats in ray.get(pending):
+        ranked[f"{stats['bucket']:05d}"] = stats
+    for sid in shard_ids:
+        staged = out.stage("errors", f"{sid}.parquet")
+        if fs_out.exists(staged):
+            fs_out.makedirs(out.path("_errors"), exist_ok=True)
+            fs_out.mv(staged, out.path("_errors", f"invalid-{sid}.parquet"))
+
+    counts = _counts(done, ranked)
+    elapsed = time.perf_counter() - started
+    manifest = {
+        "job_id": job_id, "rayrank_version": rayrank.__version__,
+        "model": {"name": resolved.name, "source": resolved.source, "path": str(resolved.path)},
+        "scorer": config.engine.scorer, "backend": config.engine.backend, "quantize": config.engine.quantize,
+        "input": config.input, "output": config.output, "input_files": len(files), "shards": len(shards),
+        "counts": {**counts, "rows_reused": reused},
+        "timings": {"started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
+                    "elapsed_s": round(elapsed, 3), "scoring_s": round(score_seconds, 3),
+                    "pairs_per_s": round(scored_now / score_seconds, 2) if scored_now else None},
+        "config": config.model_dump(exclude={"storage"}),
+        "files": sorted(p.rsplit("/", 1)[-1] for p in fs_out.ls(out_root, detail=False)
+                        if p.rsplit("/", 1)[-1].startswith("part-")),
+    }
+    out.finish(manifest)
+    return manifest
+
+
+def _counts(shards: dict[str, dict], buckets: dict[str, dict]) -> dict[str, int]:
+    rows_in = sum(int(s["rows_in"]) for s in shards.values())
+    invalid = sum(int(s["invalid"]) for s in shards.values())
+    duplicates = sum(int(b["duplicates"]) for b in buckets.values())
+    return {"rows_in": rows_in, "rows_scored": sum(int(b["rows_ranked"]) for b in buckets.values()),
+            "rows_rejected": invalid + duplicates, "rows_invalid": invalid, "rows_duplicate": duplicates,
+            "rows_written": sum(int(b["rows_written"]) for b in buckets.values()),
+            "queries": sum(int(b["queries"]) for b in buckets.values()),
+            "truncated": sum(int(s["truncated"]) for s in shards.values())}
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    c, t = manifest["counts"], manifest["timings"]
+    rate = f"{t['pairs_per_s']:,.1f} pairs/s while scoring" if t["pairs_per_s"] else "no new rows scored"
+    lines = [
+        f"rayrank rerank: {manifest['output']}",
+        f"  model          {manifest['model']['name']} ({manifest['scorer']}, {manifest['backend']}, "
+        f"from {manifest['model']['source']})",
+        f"  rows in        {c['rows_in']:,}  (reused from an earlier run: {c['rows_reused']:,})",
+        f"  rows scored    {c['rows_scored']:,}",
+        f"  rows rejected  {c['rows_rejected']:,}  ({c['rows_invalid']:,} invalid, {c['rows_duplicate']:,} duplicate;"
+        f" see {join(manifest['output'], '_errors')})",
+        f"  rows written   {c['rows_written']:,}  in {len(manifest['files'])} file(s)",
+        f"  queries        {c['queries']:,}",
+        f"  truncated      {c['truncated']:,} pairs longer than the model's max length",
+        f"  elapsed        {t['elapsed_s']:.1f} s  ({rate})",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(argv)
+        manifest = run(config)
+    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError,
+            rayrank.ModelUnavailableError) as exc:
+        print(f"rayrank rerank: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

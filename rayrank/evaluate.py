@@ -1,0 +1,132 @@
+"""`rayrank eval`: ranking quality of a run against TREC qrels, the way trec_eval counts it.
+
+Conventions: nDCG uses the grade as gain (trec_eval `ndcg_cut`); MRR and recall count a document
+as relevant when its grade ≥ `min_relevance` (1 by default, `--min-relevance 2` for TREC-DL
+passage conventions); run queries with no judgments are skipped and counted; judged queries
+missing from the run are counted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+Run = Mapping[str, Mapping[str, float]]  # query_id -> doc_id -> score (higher is better)
+Qrels = Mapping[str, Mapping[str, int]]  # query_id -> doc_id -> grade
+
+
+def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """Read TREC qrels lines `query_id 0 doc_id grade`."""
+    qrels: dict[str, dict[str, int]] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 4:
+            raise ValueError(f"{path}:{number}: expected 'query_id 0 doc_id grade', got {line!r}")
+        qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+    return qrels
+
+
+@dataclass
+class Metrics:
+    """Mean metrics over evaluated queries, and what was left out."""
+
+    ndcg_at_10: float
+    mrr_at_10: float
+    recall_at_10: float
+    recall_at_100: float
+    queries: int
+    skipped_unjudged: int = 0
+    missing_from_run: int = 0
+    per_query: dict[str, float] = field(default_factory=dict, repr=False)
+
+
+def _dcg(gains: list[float]) -> float:
+    return sum(g / math.log2(i + 2) for i, g in enumerate(gains))
+
+
+def evaluate(run: Run, qrels: Qrels, min_relevance: int = 1) -> Metrics:
+    """Score a run. Ties in score are broken by doc_id, descending, as trec_eval does."""
+    sums = {"ndcg": 0.0, "mrr": 0.0, "r10": 0.0, "r100": 0.0}
+    per_query: dict[str, float] = {}
+    evaluated = skipped = 0
+    for qid, scores in run.items():
+        judged = qrels.get(qid)
+        if not judged:
+            skipped += 1
+            continue
+        ranking = [d for d, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+        ideal = sorted((g for g in judged.values() if g > 0), reverse=True)[:10]
+        idcg = _dcg(ideal)
+        ndcg = _dcg([max(judged.get(d, 0), 0) for d in ranking[:10]]) / idcg if idcg else 0.0
+        relevant = {d for d, g in judged.items() if g >= min_relevance}
+        first = next((i for i, d in enumerate(ranking[:10]) if d in relevant), None)
+        sums["ndcg"] += ndcg
+        sums["mrr"] += 0.0 if first is None else 1.0 / (first + 1)
+        if relevant:
+            sums["r10"] += len(relevant.intersection(ranking[:10])) / len(relevant)
+            sums["r100"] += len(relevant.intersection(ranking[:100])) / len(relevant)
+        per_query[qid] = ndcg
+        evaluated += 1
+    n = max(evaluated, 1)
+    return Metrics(ndcg_at_10=sums["ndcg"] / n, mrr_at_10=sums["mrr"] / n, recall_at_10=sums["r10"] / n,
+                   recall_at_100=sums["r100"] / n, queries=evaluated, skipped_unjudged=skipped,
+                   missing_from_run=sum(1 for q in qrels if q not in run), per_query=per_query)
+
+
+def read_run(path: str, column: str = "score", storage_options: dict | None = None) -> dict[str, dict[str, float]]:
+    """Read a rerank output (Parquet file or dataset) into query → doc → score.
+
+    A column whose name contains "rank" (e.g. `bm25_rank`) is read as a rank: lower is better.
+    """
+    import pyarrow.dataset as ds
+
+    from rayrank.io.storage import filesystem
+
+    fs, root = filesystem(path, storage_options)
+    table = ds.dataset(root, filesystem=fs, format="parquet").to_table(columns=["query_id", "doc_id", column])
+    sign = -1.0 if "rank" in column else 1.0
+    run: dict[str, dict[str, float]] = {}
+    for qid, did, value in zip(*(table[c].to_pylist() for c in ("query_id", "doc_id", column))):
+        if value is not None:
+            run.setdefault(str(qid), {})[str(did)] = sign * float(value)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rayrank eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="rerank output: a Parquet file or directory (local or s3://)")
+    parser.add_argument("--qrels", required=True, help="TREC qrels file: query_id 0 doc_id grade")
+    parser.add_argument("--baseline-column", help="also evaluate this column, e.g. bm25_rank (lower is better)")
+    parser.add_argument("--min-relevance", type=int, default=1, help="grade that counts as relevant for MRR/recall")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+
+    qrels = load_qrels(args.qrels)
+    rows = {"run (score)": evaluate(read_run(args.run), qrels, args.min_relevance)}
+    if args.baseline_column:
+        rows[f"baseline ({args.baseline_column})"] = evaluate(
+            read_run(args.run, args.baseline_column), qrels, args.min_relevance)
+    if args.json:
+        print(json.dumps({name: {k: v for k, v in asdict(m).items() if k != "per_query"}
+                          for name, m in rows.items()}, indent=2))
+        return 0
+    print(f"{'':24} {'nDCG@10':>8} {'MRR@10':>8} {'R@10':>8} {'R@100':>8} {'queries':>8}")
+    for name, m in rows.items():
+        print(f"{name:24} {m.ndcg_at_10:8.4f} {m.mrr_at_10:8.4f} {m.recall_at_10:8.4f} {m.recall_at_100:8.4f} "
+              f"{m.queries:8d}")
+    first = next(iter(rows.values()))
+    if first.skipped_unjudged or first.missing_from_run:
+        print(f"skipped {first.skipped_unjudged} run queries without judgments; "
+              f"{first.missing_from_run} judged queries are missing from the run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Query-candidate tables: layouts, shards, validation into an errors table, and per-query ranking.
+
+Pure pyarrow/numpy, no Ray: the rerank job and the index build run these inside actors and tasks.
+A row is never dropped silently: it is scored, or it lands in the errors table with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from rayrank.config import Columns
+from rayrank.validate import text_problem
+
+Layout = Literal["long", "nested"]
+KEYS = ("query_id", "query", "doc_id", "text")
+ERRORS_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("reason", pa.string()),
+                           ("source", pa.string()), ("source_row", pa.int64()), ("row", pa.string())])
+
+
+class InputSchemaError(ValueError):
+    """An input file cannot be read or lacks a required column; raised before any scoring."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A unit of work and of resume: consecutive row groups of one file."""
+
+    ordinal: int
+    path: str
+    row_groups: tuple[int, ...]
+    first_row: int
+    rows: int
+    shard_id: str
+
+
+def detect_layout(schema: pa.Schema, columns: Columns, path: str) -> Layout:
+    """Long layout when every key column is present; nested when `candidates` is a list of structs."""
+    names = set(schema.names)
+    if all(getattr(columns, k) in names for k in KEYS):
+        return "long"
+    if columns.candidates in names:
+        field = schema.field(columns.candidates).type
+        inner = field.value_type if pa.types.is_list(field) or pa.types.is_large_list(field) else None
+        missing = [c for c in (columns.query_id, columns.query) if c not in names]
+        if inner is None or not pa.types.is_struct(inner):
+            raise InputSchemaError(f"{path}: column {columns.candidates!r} must be list<struct<doc_id, text>>, "
+                                   f"got {field}")
+        missing += [f"{columns.candidates}.{c}" for c in (columns.doc_id, columns.text)
+                    if inner.get_field_index(c) < 0]
+        if missing:
+            raise InputSchemaError(f"{path}: missing required column(s) {', '.join(missing)}")
+        return "nested"
+    missing = [getattr(columns, k) for k in KEYS if getattr(columns, k) not in names]
+    raise InputSchemaError(f"{path}: missing required column(s) {', '.join(missing)} "
+                           f"(found: {', '.join(schema.names)}); remap names under `columns:` in the config")
+
+
+def plan_shards(fs: AbstractFileSystem, files: list[str], columns: Columns, target_rows: int
+                ) -> tuple[list[Shard], dict[str, Layout]]:
+    """Read every footer (failing early on unreadable files or missing columns) and cut shards."""
+    shards: list[Shard] = []
+    layouts: dict[str, Layout] = {}
+    for path in files:
+        try:
+            with fs.open(path, "rb") as handle:
+                meta = pq.ParquetFile(handle).metadata
+                schema = meta.schema.to_arrow_schema()
+        except Exception as exc:
+            raise InputSchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
+        layouts[path] = detect_layout(schema, columns, path)
+        size = fs.size(path)
+        group: list[int] = []
+        rows = first = 0
+        for rg in range(meta.num_row_groups):
+            group.append(rg)
+            rows += meta.row_group(rg).num_rows
+            if rows >= target_rows or rg == meta.num_row_groups - 1:
+                key = f"{path}|{size}|{group[0]}-{group[-1]}"
+                shards.append(Shard(len(shards), path, tuple(group), first, rows,
+                                    hashlib.sha1(key.encode()).hexdigest()[:16]))
+                first += rows
+                group, rows = [], 0
+    return shards, layouts
+
+
+def read_shard(fs: AbstractFileSystem, shard: Shard, layout: Layout, columns: Columns) -> tuple[pa.Table, pa.Table]:
+    """Read a shard as canonical long rows; returns (rows with `_source`, `_row`, `_seq`), nested errors."""
+    with fs.open(shard.path, "rb") as handle:
+        table = pq.ParquetFile(handle).read_row_groups(list(shard.row_groups))
+    source_rows = pa.array(np.arange(shard.first_row, shard.first_row + table.num_rows, dtype=np.int64))
+    errors = _empty_errors()
+    if layout == "nested":
+        table, source_rows, errors = _explode(table, source_rows, columns, shard.path)
+    else:
+        renames = {getattr(columns, k): k for k in KEYS}
+        table = table.rename_columns([renames.get(n, n) for n in table.column_names])
+    # A global order (shard ordinal, row) decides which of two duplicate rows is kept: the first.
+    seq = pc.add(pa.scalar(shard.ordinal << 32, pa.int64()), source_rows)
+    table = table.append_column("_source", pa.array([shard.path] * table.num_rows, pa.string()))
+    return table.append_column("_row", source_rows).append_column("_seq", seq), errors
+
+
+def _explode(table: pa.Table, source_rows: pa.Array, columns: Columns, path: str
+             ) -> tuple[pa.Table, pa.Array, pa.Table]:
+    candidates = table[columns.candidates].combine_chunks()
+    null_rows = np.flatnonzero(candidates.is_null().to_numpy(zero_copy_only=False))
+    parents = pc.list_parent_indices(candidates)
+    flat = pc.list_flatten(candidates)
+    query_level = table.drop_columns([columns.candidates]).take(parents)
+    renames = {columns.query_id: "query_id", columns.query: "query"}
+    query_level = query_level.rename_columns([renames.get(n, n) for n in query_level.column_names])
+    long = query_level.append_column("doc_id", flat.field(columns.doc_id)).append_column("text", flat.field(columns.text))
+    for name in flat.type:
+        if name.name not in (columns.doc_id, columns.text):
+            long = long.append_column(name.name, flat.field(name.name))
+    errors = error_rows(table.take(null_rows), [f"{columns.candidates} is null"] * len(null_rows),
+                        [path] * len(null_rows), source_rows.take(pa.array(null_rows, pa.int64())))
+    return long, source_rows.take(parents), errors
+
+
+def _as_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
+
+
+def _empty_errors() -> pa.Table:
+    return ERRORS_SCHEMA.empty_table()
+
+
+def error_rows(rows: pa.Table, reasons: list[str], sources: list[str], source_rows) -> pa.Table:
+    """Errors-table rows keeping each original row whole (as JSON), whatever its column types."""
+    records = rows.drop_columns([c for c in ("_source", "_row", "_seq") if c in rows.column_names]).to_pylist()
+
+    def ident(record: dict, key: str) -> str | None:
+        value = record.get(key)
+        return None if value is None else str(value)
+
+    return pa.table({
+        "query_id": [ident(r, "query_id") for r in records],
+        "doc_id": [ident(r, "doc_id") for r in records],
+        "reason": reasons,
+        "source": sources,
+        "source_row": pa.array(source_rows, pa.int64()),
+        "row": [json.dumps(r, default=str, ensure_ascii=False) for r in records],
+    }, schema=ERRORS_SCHEMA)
+
+
+def split_valid(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Separate scorable rows from rows with a null id or a null, empty or non-string query/text.
+
+    Valid rows get string ids, so every output file has one schema whatever the input id type.
+    """
+    problems: list[str | None] = [None] * table.num_rows
+    for key in ("query_id", "doc_id"):
+        for i in np.flatnonzero(table[key].is_null().to_numpy(zero_copy_only=False)):
+            problems[i] = problems[i] or f"{key} is null"
+    for key in ("query", "text"):
+        column = table[key]
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            values = column.to_pylist()
+            for i, value in enumerate(values):
+                if problems[i] is None and (problem := text_problem(value)):
+                    problems[i] = f"{key} {problem}"
+        else:
+            for i in range(table.num_rows):
+                problems[i] = problems[i] or f"{key} is {column.type}, not a string"
+    bad = np.array([p is not None for p in problems], dtype=bool)
+    bad_idx = np.flatnonzero(bad)
+    errors = error_rows(table.take(bad_idx), [problems[i] for i in bad_idx],
+                        table["_source"].take(bad_idx).to_pylist(), table["_row"].take(bad_idx))
+    valid = table.filter(pa.array(~bad))
+    for key in KEYS:
+        index = valid.schema.get_field_index(key)
+        valid = valid.set_column(index, key, _as_string(valid[key]))
+    return valid, errors
+
+
+def bucket_of(query_ids: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
+    """Stable hash bucket per query id, so one query's rows from any shard meet in one bucket."""
+    digests = [int.from_bytes(hashlib.blake2b(q.encode(), digest_size=8).digest(), "little")
+               for q in query_ids.to_pylist()]
+    return np.array(digests, dtype=np.uint64) % np.uint64(buckets)
+
+
+def rank_queries(scored: pa.Table, top_n: int | None, passthrough: list[str]) -> tuple[pa.Table, pa.Table]:
+    """Rank every query's rows (1 = best score; ties by doc_id) after moving duplicates to errors.
+
+    Of duplicate (query_id, doc_id) rows the first in input order (`_seq`) is kept.
+    """
+    by_pair = scored.sort_by([("query_id", "ascending"), ("doc_id", "ascending"), ("_seq", "ascending")])
+    qid, did = by_pair["query_id"].to_numpy(zero_copy_only=False), by_pair["doc_id"].to_numpy(zero_copy_only=False)
+    dup = np.zeros(by_pair.num_rows, dtype=bool)
+    dup[1:] = (qid[1:] == qid[:-1]) & (did[1:] == did[:-1])
+    first_idx = np.maximum.accumulate(np.where(~dup, np.arange(len(dup)), 0))
+    dup_idx = np.flatnonzero(dup)
+    sources, rows = by_pair["_source"].to_pylist(), by_pair["_row"].to_pylist()
+    reasons = [f"duplicate (query_id, doc_id): first seen at row {rows[first_idx[i]]} of {sources[first_idx[i]]}"
+               for i in dup_idx]
+    errors = error_rows(by_pair.take(dup_idx), reasons, [sources[i] for i in dup_idx],
+                        [rows[i] for i in dup_idx])
+    kept = by_pair.filter(pa.array(~dup))
+    ordered = kept.sort_by([("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")])
+    qid = ordered["query_id"].to_numpy(zero_copy_only=False)
+    starts = np.ones(len(qid), dtype=bool)
+    starts[1:] = qid[1:] != qid[:-1]
+    positions = np.arange(len(qid))
+    rank = positions - np.maximum.accumulate(np.where(starts, positions, 0)) + 1
+    ranked = pa.table({"query_id": ordered["query_id"], "doc_id": ordered["doc_id"],
+                       "score": pc.cast(ordered["score"], pa.float32()), "rank": pa.array(rank, pa.int32()),
+                       **{c: ordered[c] for c in passthrough if c in ordered.column_names}})
+    if top_n is not None:
+        ranked = ranked.filter(pc.less_equal(ranked["rank"], top_n))
+    return ranked, errors
