@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 import rayrank
 from rayrank.config import ConfigError, RerankJobConfig, load_yaml, parse_config
 from rayrank.io.storage import filesystem, join, list_parquet, storage_options, write_parquet_atomic
-from rayrank.io.tables import (KEYS, InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_shard,
-                               split_valid)
+from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_footers,
+                               read_shard, split_valid)
 from rayrank.models import resolve_model
 from jobs._output import JobOutput, OutputConflictError, job_identity
 
@@ -156,8 +156,8 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     fs_in, in_root = filesystem(config.input, in_options)
     fs_out, out_root = filesystem(config.output, out_options)
     files = list_parquet(fs_in, in_root)
-    shards, layouts = plan_shards(fs_in, files, config.columns, config.shard_rows)
-    total_rows = sum(s.rows for s in shards)
+    groups, layouts = read_footers(fs_in, files, config.columns)
+    total_rows = sum(sum(counts) for counts in groups.values())
     resolved = resolve_model(config.engine.model_name)
 
     identity = {"inputs": [(f, fs_in.size(f)) for f in files], "engine": config.engine.model_dump(),
@@ -165,15 +165,20 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
                 "shard_rows": config.shard_rows}
     job_id = job_identity(identity)
     out = JobOutput(fs_out, out_root)
+    # At least 4 shards per actor keeps the pool busy and makes resume fine-grained; the plan is
+    # stored so that a rerun with other --actors still finds the shards it committed.
+    target = min(config.shard_rows, max(1, math.ceil(total_rows / (4 * config.cluster.actors[1]))))
     state = out.prepare(job_id, {"buckets": max(1, math.ceil(total_rows / config.rows_per_output_file)),
-                                 "started": started_at.isoformat()}, config.overwrite)
+                                 "shard_rows": target, "started": started_at.isoformat()}, config.overwrite)
     if (manifest := out.manifest()) is not None:
         out.cleanup()
         print(f"[rerank] {config.output} already holds this job's finished results; nothing to do.", file=sys.stderr)
         return manifest
 
     buckets = state["buckets"]
-    done = out.committed("shards")
+    shards = plan_shards(fs_in, groups, state["shard_rows"])
+    planned = {s.shard_id for s in shards}
+    done = {k: v for k, v in out.committed("shards").items() if k in planned}
     todo = [s for s in shards if s.shard_id not in done]
     reused = sum(d["rows_in"] for d in done.values())
     if done:

@@ -32,11 +32,16 @@ class InputSchemaError(ValueError):
 
 @dataclass(frozen=True)
 class Shard:
-    """A unit of work and of resume: consecutive row groups of one file."""
+    """A unit of work and of resume: `rows` rows of one file starting at absolute row `first_row`.
+
+    Read as row groups `row_groups`, skipping `skip` rows of the first, so a file written as one
+    huge row group still splits across actors.
+    """
 
     ordinal: int
     path: str
     row_groups: tuple[int, ...]
+    skip: int
     first_row: int
     rows: int
     shard_id: str
@@ -64,10 +69,10 @@ def detect_layout(schema: pa.Schema, columns: Columns, path: str) -> Layout:
                            f"(found: {', '.join(schema.names)}); remap names under `columns:` in the config")
 
 
-def plan_shards(fs: AbstractFileSystem, files: list[str], columns: Columns, target_rows: int
-                ) -> tuple[list[Shard], dict[str, Layout]]:
-    """Read every footer (failing early on unreadable files or missing columns) and cut shards."""
-    shards: list[Shard] = []
+def read_footers(fs: AbstractFileSystem, files: list[str], columns: Columns
+                 ) -> tuple[dict[str, list[int]], dict[str, Layout]]:
+    """Row counts per row group and the layout of every file, failing early on a bad file or column."""
+    groups: dict[str, list[int]] = {}
     layouts: dict[str, Layout] = {}
     for path in files:
         try:
@@ -77,25 +82,52 @@ def plan_shards(fs: AbstractFileSystem, files: list[str], columns: Columns, targ
         except Exception as exc:
             raise InputSchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
         layouts[path] = detect_layout(schema, columns, path)
+        groups[path] = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    return groups, layouts
+
+
+def plan_shards(fs: AbstractFileSystem, groups: dict[str, list[int]], target_rows: int) -> list[Shard]:
+    """Cut files into shards of about `target_rows` rows: whole row groups, or slices of a big one.
+
+    Deterministic for the same files and target, so a resumed job finds its committed shards.
+    """
+    shards: list[Shard] = []
+
+    def add(path: str, size: int, rgs: list[int], skip: int, first: int, rows: int) -> None:
+        key = f"{path}|{size}|{rgs[0]}-{rgs[-1]}|{skip}+{rows}"
+        shards.append(Shard(len(shards), path, tuple(rgs), skip, first, rows,
+                            hashlib.sha1(key.encode()).hexdigest()[:16]))
+
+    for path, counts in groups.items():
         size = fs.size(path)
-        group: list[int] = []
-        rows = first = 0
-        for rg in range(meta.num_row_groups):
-            group.append(rg)
-            rows += meta.row_group(rg).num_rows
-            if rows >= target_rows or rg == meta.num_row_groups - 1:
-                key = f"{path}|{size}|{group[0]}-{group[-1]}"
-                shards.append(Shard(len(shards), path, tuple(group), first, rows,
-                                    hashlib.sha1(key.encode()).hexdigest()[:16]))
-                first += rows
-                group, rows = [], 0
-    return shards, layouts
+        absolute = 0
+        pending: list[int] = []
+        pending_rows = pending_first = 0
+        for rg, count in enumerate(counts):
+            if count > target_rows:
+                if pending:
+                    add(path, size, pending, 0, pending_first, pending_rows)
+                    pending, pending_rows = [], 0
+                for skip in range(0, count, target_rows):
+                    add(path, size, [rg], skip, absolute + skip, min(target_rows, count - skip))
+            else:
+                if not pending:
+                    pending_first = absolute
+                pending.append(rg)
+                pending_rows += count
+                if pending_rows >= target_rows:
+                    add(path, size, pending, 0, pending_first, pending_rows)
+                    pending, pending_rows = [], 0
+            absolute += count
+        if pending:
+            add(path, size, pending, 0, pending_first, pending_rows)
+    return shards
 
 
 def read_shard(fs: AbstractFileSystem, shard: Shard, layout: Layout, columns: Columns) -> tuple[pa.Table, pa.Table]:
     """Read a shard as canonical long rows; returns (rows with `_source`, `_row`, `_seq`), nested errors."""
     with fs.open(shard.path, "rb") as handle:
-        table = pq.ParquetFile(handle).read_row_groups(list(shard.row_groups))
+        table = pq.ParquetFile(handle).read_row_groups(list(shard.row_groups)).slice(shard.skip, shard.rows)
     source_rows = pa.array(np.arange(shard.first_row, shard.first_row + table.num_rows, dtype=np.int64))
     errors = _empty_errors()
     if layout == "nested":

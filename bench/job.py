@@ -1,0 +1,107 @@
+"""Batch job throughput vs the engine in-process, and the cost of resuming a killed job.
+
+Runs, on the same pairs (the first N rows of ../shared/data/trec-dl20/candidates.parquet):
+  1. the engine in-process (`Reranker.score_pairs`, the baseline a user would write),
+  2. the rerank job on an embedded local Ray,
+  3. the job killed with SIGKILL once 90% of its shards are committed, then rerun (resume),
+and prints pairs/s and ratios. Example:
+
+    python bench/job.py --rows 2000 --scorer late-interaction
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+DL20 = REPO.parent / "shared" / "data" / "trec-dl20" / "candidates.parquet"
+
+
+def _job(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def _timed_job(args: list[str]) -> tuple[float, dict]:
+    started = time.perf_counter()
+    proc = _job(args)
+    proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"job failed with exit code {proc.returncode}: {' '.join(args)}")
+    return time.perf_counter() - started, json.loads((Path(args[1]) / "_manifest.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--scorer", default="late-interaction", choices=["late-interaction", "cross-encoder"])
+    parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
+                        help="for cross-encoder, a local directory (no trained cross-encoder ships offline)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    parser.add_argument("--actors", default="2,2")
+    args = parser.parse_args(argv)
+    if not DL20.is_file():
+        print(f"skipped: {DL20} not found (the benchmark reads the shared TREC-DL20 candidates)")
+        return 0
+
+    import rayrank
+
+    work = Path(tempfile.mkdtemp(prefix="rayrank-bench-job-"))
+    table = pq.read_table(DL20).slice(0, args.rows)
+    pq.write_table(table, work / "pairs.parquet", row_group_size=max(1, args.rows // 16))
+
+    reranker = rayrank.Reranker(args.model, scorer=args.scorer, backend=args.backend)
+    queries, texts = table["query"].to_pylist(), table["text"].to_pylist()
+    reranker.score_pairs(queries[:64], texts[:64])  # warm-up
+    started = time.perf_counter()
+    reranker.score_pairs(queries, texts)
+    in_process = args.rows / (time.perf_counter() - started)
+    del reranker
+
+    common = ["--scorer", args.scorer, "--model", args.model, "--backend", args.backend, "--actors", args.actors]
+    config = work / "job.yaml"
+    config.write_text(f"shard_rows: {max(1, args.rows // 16)}\n")
+    full_s, manifest = _timed_job([str(work / "pairs.parquet"), str(work / "full"), "--config", str(config), *common])
+    scoring_rate = manifest["timings"]["pairs_per_s"]
+
+    out = work / "resume"
+    job_args = [str(work / "pairs.parquet"), str(out), "--config", str(config), *common]
+    proc = _job(job_args)
+    shards, markers = manifest["shards"], out / "_staging" / "done" / "shards"
+    while proc.poll() is None and len(list(markers.glob("*.json")) if markers.exists() else []) < 0.9 * shards:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resume_s, resumed = _timed_job(job_args)
+
+    rows = [
+        ("engine in-process (baseline)", f"{in_process:,.1f}", "1.00", ""),
+        ("job, scoring phase", f"{scoring_rate:,.1f}", f"{scoring_rate / in_process:.2f}",
+         "actors start, load the model, read, score, stage"),
+        ("job, end to end", f"{args.rows / full_s:,.1f}", f"{args.rows / full_s / in_process:.2f}",
+         f"{full_s:.1f} s incl. Ray start and ranking"),
+        ("rerun after SIGKILL at 90%", "", "",
+         f"{resume_s:.1f} s = {resume_s / full_s:.0%} of a full run; reused "
+         f"{resumed['counts']['rows_reused']:,} of {args.rows:,} rows"),
+    ]
+    print(f"\nrerank job vs in-process engine — {args.rows:,} TREC-DL20 pairs, {args.scorer}, {args.backend}, "
+          f"actors {args.actors}\n")
+    print(f"{'':32} {'pairs/s':>9} {'ratio':>6}  note")
+    for name, rate, ratio, note in rows:
+        print(f"{name:32} {rate:>9} {ratio:>6}  {note}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
