@@ -1,0 +1,21 @@
+"""Every YAML in configs/ that is a job config parses; the CLI dispatcher routes and explains."""
+
+from pathlib import Path
+
+import pytest
+
+from rayrank.cli import main as cli
+from rayrank.config import RerankJobConfig, load_yaml, parse_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("rerank.*.yaml")), ids=lambda p: p.name)
+def test_rerank_configs_validate(path):
+    config = parse_config(RerankJobConfig, load_yaml(path), str(path))
+    assert config.engine.scorer in ("cross-encoder", "late-interaction")
+
+
+def test_cli_help_and_unknown_command(capsys):
+    assert cli([]) == 0 and "rerank" in capsys.readouterr().out
+    assert cli(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
