@@ -95,9 +95,9 @@ class ShardScorer:
 
     def _score_shard(self, shard: Shard) -> dict[str, Any]:
         started = time.perf_counter()
-        table, errors = read_shard(self.fs_in, shard, self.layouts[shard.path], self.config.columns)
+        table, layout_errors = read_shard(self.fs_in, shard, self.layouts[shard.path], self.config.columns)
         valid, invalid = split_valid(table)
-        errors = pa.concat_tables([errors, invalid])
+        errors = pa.concat_tables([layout_errors, invalid])
         result = self.reranker.scorer.score_pairs(valid["query"].to_pylist(), valid["text"].to_pylist())
         scored = valid.append_column("score", pa.array(result.scores, pa.float32()))
         buckets = bucket_of(scored["query_id"], self.buckets)
@@ -106,7 +106,7 @@ class ShardScorer:
             write_parquet_atomic(piece, self.out.fs, self.out.stage("scores", f"{int(b):05d}", f"{shard.shard_id}.parquet"))
         if errors.num_rows:
             write_parquet_atomic(errors, self.out.fs, self.out.stage("errors", f"{shard.shard_id}.parquet"))
-        stats = {"shard": shard.shard_id, "rows_in": table.num_rows + len(errors) - len(invalid),
+        stats = {"shard": shard.shard_id, "rows_in": table.num_rows + layout_errors.num_rows,
                  "valid": valid.num_rows, "invalid": errors.num_rows, "truncated": result.truncated,
                  "seconds": time.perf_counter() - started}
         self.out.commit_unit("shards", shard.shard_id, stats)
