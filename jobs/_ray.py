@@ -21,3 +21,12 @@ def quiet_worker() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def alive_nodes() -> set[str]:
+    """Ids of the nodes alive now; compared before and after a job to report nodes lost mid-job."""
+    return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+
+
+def node_id() -> str:
+    return ray.get_runtime_context().get_node_id()

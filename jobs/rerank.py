@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 import rayrank
 from rayrank.config import ConfigError, RerankJobConfig, load_yaml, parse_config
-from rayrank.io.storage import filesystem, join, list_parquet, storage_options, write_parquet_atomic
+from rayrank.io.storage import (filesystem, join, list_parquet, storage_options, write_json_atomic,
+                                write_parquet_atomic)
 from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_footers,
                                read_shard, split_valid)
 from rayrank.models import resolve_model
@@ -94,7 +95,13 @@ class ShardScorer:
         return {key: [s[key] for s in stats] for key in stats[0]}
 
     def _score_shard(self, shard: Shard) -> dict[str, Any]:
+        from jobs._ray import node_id
+
         started = time.perf_counter()
+        # An attempt marker without a commit marker means an earlier attempt died (killed job, lost node).
+        attempt = self.out.stage("attempts", f"{shard.shard_id}.json")
+        retried = self.out.fs.exists(attempt)
+        write_json_atomic({"node": node_id()}, self.out.fs, attempt)
         table, layout_errors = read_shard(self.fs_in, shard, self.layouts[shard.path], self.config.columns)
         valid, invalid = split_valid(table)
         errors = pa.concat_tables([layout_errors, invalid])
@@ -108,7 +115,7 @@ class ShardScorer:
             write_parquet_atomic(errors, self.out.fs, self.out.stage("errors", f"{shard.shard_id}.parquet"))
         stats = {"shard": shard.shard_id, "rows_in": table.num_rows + layout_errors.num_rows,
                  "valid": valid.num_rows, "invalid": errors.num_rows, "truncated": result.truncated,
-                 "seconds": time.perf_counter() - started}
+                 "seconds": time.perf_counter() - started, "node": node_id(), "retried": retried}
         self.out.commit_unit("shards", shard.shard_id, stats)
         return stats
 
@@ -185,10 +192,12 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
         print(f"[rerank] resuming: {len(done)} of {len(shards)} shards already scored; reusing {reused:,} rows",
               file=sys.stderr)
 
-    from jobs._ray import connect
     import ray
 
+    from jobs._ray import alive_nodes, connect
+
     connect(config.cluster.address)
+    nodes_at_start = alive_nodes()
     score_started = time.perf_counter()
     scored_now = 0
     if todo:
@@ -199,6 +208,8 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
             ShardScorer, batch_size=1,
             compute=ray.data.ActorPoolStrategy(min_size=low, max_size=min(high, len(todo)) if high >= low else low),
             num_cpus=config.cluster.cpus_per_actor, num_gpus=config.cluster.gpus_per_actor,
+            # A lost actor (dead node) is restarted and its shard retried; shards are idempotent.
+            max_restarts=-1, max_task_retries=-1,
             fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,
                                    "out_options": out_options, "buckets": buckets, "layouts": layouts})
         for row in results.iter_rows():
@@ -210,7 +221,7 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
 
     ranked = out.committed("buckets")
     shard_ids = sorted(done)
-    task = ray.remote(num_cpus=0.5)(rank_bucket)
+    task = ray.remote(num_cpus=0.5, max_retries=5)(rank_bucket)
     pending = [task.remote(config.model_dump(), out_options, b, shard_ids)
                for b in range(buckets) if f"{b:05d}" not in ranked]
     for stats in ray.get(pending):
@@ -222,13 +233,17 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
             fs_out.mv(staged, out.path("_errors", f"invalid-{sid}.parquet"))
 
     counts = _counts(done, ranked)
+    todo_ids = {s.shard_id for s in todo}
+    this_run = [d for sid, d in done.items() if sid in todo_ids]
+    cluster = {"nodes_used": len({d["node"] for d in this_run}), "nodes_lost": sorted(nodes_at_start - alive_nodes()),
+               "shards_retried": sum(bool(d["retried"]) for d in this_run)}
     elapsed = time.perf_counter() - started
     manifest = {
         "job_id": job_id, "rayrank_version": rayrank.__version__,
         "model": {"name": resolved.name, "source": resolved.source, "path": str(resolved.path)},
         "scorer": config.engine.scorer, "backend": config.engine.backend, "quantize": config.engine.quantize,
         "input": config.input, "output": config.output, "input_files": len(files), "shards": len(shards),
-        "counts": {**counts, "rows_reused": reused},
+        "counts": {**counts, "rows_reused": reused}, "cluster": cluster,
         "timings": {"started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
                     "elapsed_s": round(elapsed, 3), "scoring_s": round(score_seconds, 3),
                     "pairs_per_s": round(scored_now / score_seconds, 2) if scored_now else None},
@@ -267,6 +282,13 @@ def summary(manifest: dict[str, Any]) -> str:
         f"  truncated      {c['truncated']:,} pairs longer than the model's max length",
         f"  elapsed        {t['elapsed_s']:.1f} s  ({rate})",
     ]
+    cluster = manifest["cluster"]
+    line = f"  ray            {cluster['nodes_used']} node(s) scored"
+    if cluster["nodes_lost"]:
+        line += f"; {len(cluster['nodes_lost'])} node(s) lost mid-job"
+    if cluster["shards_retried"]:
+        line += f"; {cluster['shards_retried']} shard(s) re-run after a lost attempt (no row counted twice)"
+    lines.append(line)
     return "\n".join(lines)
 
 
