@@ -9,10 +9,12 @@ import ray
 
 def connect(address: str | None) -> None:
     """`None` starts a local Ray for this process; `auto` or `ray://...`/`host:port` joins a cluster."""
-    if ray.is_initialized():
-        return
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=address is not None)
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=address is not None)
+    # Ray Data logs a progress table every few seconds when stderr is not a terminal; the job
+    # prints its own one-line progress, so keep only Ray Data's warnings (its terminal bars stay).
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def quiet_worker() -> None:
