@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import ray
 
@@ -12,9 +13,9 @@ def connect(address: str | None) -> None:
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=address is not None)
-    # Ray Data logs a progress table every few seconds when stderr is not a terminal; the job
-    # prints its own one-line progress, so keep only Ray Data's warnings (its terminal bars stay).
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Off a terminal (CI, log files) Ray Data logs a progress table every few seconds; the job
+    # prints its own one-line progress there, and Ray Data's bars stay on a terminal.
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stdout.isatty()
 
 
 def quiet_worker() -> None:
