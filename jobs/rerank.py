@@ -54,10 +54,11 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     parser.add_argument("--gpus-per-actor", type=float)
     parser.add_argument("--address", help="Ray address: 'auto' joins a running cluster; default starts a local Ray")
     parser.add_argument("--overwrite", action="store_true", help="replace an OUTPUT holding another job's results")
+    parser.add_argument("--index", help="late-interaction: read document embeddings from this INDEX_DIR (rayrank index)")
     args = parser.parse_args(argv)
 
     data = load_yaml(args.config) if args.config else {}
-    flags = {"input": args.input, "output": args.output, "top_n": args.top_n,
+    flags = {"input": args.input, "output": args.output, "top_n": args.top_n, "index": args.index,
              "overwrite": True if args.overwrite else None}
     engine = {"model": args.model, "scorer": args.scorer, "backend": args.backend, "quantize": args.quantize,
               "max_tokens_per_batch": args.max_tokens_per_batch}
@@ -79,7 +80,7 @@ class ShardScorer:
     """Ray Data actor: loads the model once, then validates, scores and stages whole shards."""
 
     def __init__(self, config: dict, in_options: dict, out_options: dict, buckets: int,
-                 layouts: dict[str, str]) -> None:
+                 layouts: dict[str, str], index_options: dict | None = None) -> None:
         from jobs._ray import quiet_worker
 
         quiet_worker()
@@ -89,6 +90,12 @@ class ShardScorer:
         fs_out, root = filesystem(self.config.output, out_options)
         self.out = JobOutput(fs_out, root)
         self.buckets, self.layouts = buckets, layouts
+        self.index = None
+        if self.config.index:  # documents come from the index; only queries (and misses) are encoded
+            from rayrank.index import IndexReader
+
+            self.index = IndexReader(self.config.index, index_options)
+            self.index.check_model(self.reranker.resolved.name)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         stats = [self._score_shard(Shard(**json.loads(s))) for s in batch["shard"]]
@@ -97,7 +104,7 @@ class ShardScorer:
     def _score_shard(self, shard: Shard) -> dict[str, Any]:
         from jobs._ray import node_id
 
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         # An attempt marker without a commit marker means an earlier attempt died (killed job, lost node).
         attempt = self.out.stage("attempts", f"{shard.shard_id}.json")
         retried = self.out.fs.exists(attempt)
@@ -105,7 +112,15 @@ class ShardScorer:
         table, layout_errors = read_shard(self.fs_in, shard, self.layouts[shard.path], self.config.columns)
         valid, invalid = split_valid(table)
         errors = pa.concat_tables([layout_errors, invalid])
-        result = self.reranker.scorer.score_pairs(valid["query"].to_pylist(), valid["text"].to_pylist())
+        index_missing = None
+        if self.index is not None:
+            from rayrank.index import score_from_index
+
+            scores, index_missing = score_from_index(self.reranker.scorer, self.index, valid["query"].to_pylist(),
+                                                     valid["doc_id"].to_pylist(), valid["text"].to_pylist())
+            result = rayrank.PairScores(scores)
+        else:
+            result = self.reranker.scorer.score_pairs(valid["query"].to_pylist(), valid["text"].to_pylist())
         scored = valid.append_column("score", pa.array(result.scores, pa.float32()))
         buckets = bucket_of(scored["query_id"], self.buckets)
         for b in np.unique(buckets):
@@ -115,7 +130,10 @@ class ShardScorer:
             write_parquet_atomic(errors, self.out.fs, self.out.stage("errors", f"{shard.shard_id}.parquet"))
         stats = {"shard": shard.shard_id, "rows_in": table.num_rows + layout_errors.num_rows,
                  "valid": valid.num_rows, "invalid": errors.num_rows, "truncated": result.truncated,
-                 "seconds": time.perf_counter() - started, "node": node_id(), "retried": retried}
+                 "seconds": time.perf_counter() - started, "started_at": started_at, "finished_at": time.time(),
+                 "node": node_id(), "retried": retried}
+        if index_missing is not None:
+            stats["index_missing"] = index_missing
         self.out.commit_unit("shards", shard.shard_id, stats)
         return stats
 
@@ -151,7 +169,8 @@ def rank_bucket(config: dict, out_options: dict, bucket: int, shard_ids: list[st
 
 def _progress(done: int, total: int, rows: int, started: float) -> None:
     rate = rows / max(time.perf_counter() - started, 1e-9)
-    print(f"\r[rerank] shards {done}/{total}  rows {rows:,}  {rate:,.1f} pairs/s", end="", file=sys.stderr,
+    end = "" if sys.stderr.isatty() else "\n"  # redraw in place on a terminal, one line each in logs
+    print(f"\r[rerank] shards {done}/{total}  rows {rows:,}  {rate:,.1f} pairs/s", end=end, file=sys.stderr,
           flush=True)
 
 
@@ -169,7 +188,7 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
 
     identity = {"inputs": [(f, fs_in.size(f)) for f in files], "engine": config.engine.model_dump(),
                 "columns": config.columns.model_dump(), "top_n": config.top_n, "keep_text": config.keep_text,
-                "shard_rows": config.shard_rows}
+                "shard_rows": config.shard_rows, **({"index": config.index} if config.index else {})}
     job_id = job_identity(identity)
     out = JobOutput(fs_out, out_root)
     # At least 4 shards per actor keeps the pool busy and makes resume fine-grained; the plan is
@@ -204,19 +223,21 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
         low, high = config.cluster.actors
         dataset = ray.data.from_items([{"shard": json.dumps(asdict(s))} for s in todo],
                                       override_num_blocks=len(todo))
+        # Ray Data restarts a lost actor (dead node) and retries its shard by default (max_restarts
+        # and max_task_retries -1); a shard is idempotent until its marker commits it.
         results = dataset.map_batches(
             ShardScorer, batch_size=1,
             compute=ray.data.ActorPoolStrategy(min_size=low, max_size=min(high, len(todo)) if high >= low else low),
             num_cpus=config.cluster.cpus_per_actor, num_gpus=config.cluster.gpus_per_actor,
-            # A lost actor (dead node) is restarted and its shard retried; shards are idempotent.
-            max_restarts=-1, max_task_retries=-1,
             fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,
-                                   "out_options": out_options, "buckets": buckets, "layouts": layouts})
+                                   "out_options": out_options, "buckets": buckets, "layouts": layouts,
+                                   "index_options": storage_options(config.storage, config.index or "")})
         for row in results.iter_rows():
             done[row["shard"]] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
             scored_now += int(row["rows_in"])
             _progress(len(done), len(shards), reused + scored_now, score_started)
-        print(file=sys.stderr)
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
     score_seconds = time.perf_counter() - score_started
 
     ranked = out.committed("buckets")
@@ -246,13 +267,23 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
         "counts": {**counts, "rows_reused": reused}, "cluster": cluster,
         "timings": {"started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
                     "elapsed_s": round(elapsed, 3), "scoring_s": round(score_seconds, 3),
-                    "pairs_per_s": round(scored_now / score_seconds, 2) if scored_now else None},
+                    "pairs_per_s": round(scored_now / score_seconds, 2) if scored_now else None,
+                    "steady_pairs_per_s": _steady_rate(this_run)},
         "config": config.model_dump(exclude={"storage"}),
         "files": sorted(p.rsplit("/", 1)[-1] for p in fs_out.ls(out_root, detail=False)
                         if p.rsplit("/", 1)[-1].startswith("part-")),
     }
     out.finish(manifest)
     return manifest
+
+
+def _steady_rate(shards: list[dict]) -> float | None:
+    """Pairs/s from the first shard's start to the last shard's end: the pool's rate once actors
+    have started and loaded the model (what a long job runs at), as opposed to `pairs_per_s`."""
+    if not shards:
+        return None
+    span = max(s["finished_at"] for s in shards) - min(s["started_at"] for s in shards)
+    return round(sum(int(s["rows_in"]) for s in shards) / max(span, 1e-9), 2)
 
 
 def _counts(shards: dict[str, dict], buckets: dict[str, dict]) -> dict[str, int]:
@@ -263,12 +294,15 @@ def _counts(shards: dict[str, dict], buckets: dict[str, dict]) -> dict[str, int]
             "rows_rejected": invalid + duplicates, "rows_invalid": invalid, "rows_duplicate": duplicates,
             "rows_written": sum(int(b["rows_written"]) for b in buckets.values()),
             "queries": sum(int(b["queries"]) for b in buckets.values()),
-            "truncated": sum(int(s["truncated"]) for s in shards.values())}
+            "truncated": sum(int(s["truncated"]) for s in shards.values()),
+            # Candidates scored with --index whose document was not in it (encoded on the fly).
+            "index_missing": sum(int(s.get("index_missing", 0)) for s in shards.values())}
 
 
 def summary(manifest: dict[str, Any]) -> str:
     c, t = manifest["counts"], manifest["timings"]
-    rate = f"{t['pairs_per_s']:,.1f} pairs/s while scoring" if t["pairs_per_s"] else "no new rows scored"
+    rate = (f"{t['pairs_per_s']:,.1f} pairs/s in the scoring phase, {t['steady_pairs_per_s']:,.1f} once actors "
+            "were up" if t["pairs_per_s"] else "no new rows scored")
     lines = [
         f"rayrank rerank: {manifest['output']}",
         f"  model          {manifest['model']['name']} ({manifest['scorer']}, {manifest['backend']}, "

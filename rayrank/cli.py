@@ -10,6 +10,8 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "rerank": ("jobs.rerank", "rerank a Parquet query-candidate table on Ray Data"),
+    "index": ("jobs.index", "build a late-interaction index (token embeddings) of a corpus on Ray Data"),
+    "search": ("jobs.search", "top-k documents per query over a late-interaction index"),
     "eval": ("rayrank.evaluate", "nDCG@10, MRR@10, Recall@10/100 of a run against TREC qrels"),
 }
 

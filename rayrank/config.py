@@ -131,3 +131,72 @@ class RerankJobConfig(StrictModel):
     keep_text: bool = False
     overwrite: bool = False
     storage: dict[str, Any] = {}
+    index: str | None = None  # late-interaction: read document embeddings from this index (rayrank index)
+
+    @model_validator(mode="after")
+    def _index_needs_late_interaction(self) -> RerankJobConfig:
+        if self.index and self.engine.scorer != "late-interaction":
+            raise ValueError(f"index: reading documents from an index needs engine.scorer: late-interaction, "
+                             f"got {self.engine.scorer!r}")
+        return self
+
+
+def _late_interaction_engine(data: Any) -> Any:
+    """Index and search configs default the engine's scorer to late-interaction, and accept no other."""
+    if isinstance(data, dict):
+        engine = data.get("engine")
+        if engine is None or isinstance(engine, dict):
+            data = {**data, "engine": {"scorer": "late-interaction", **(engine or {})}}
+    return data
+
+
+class IndexJobConfig(StrictModel):
+    """`rayrank index`: a corpus (Parquet `doc_id`, `text`) into a late-interaction index directory.
+
+    `compression: residual` stores centroid ids + `nbits` bits per dimension instead of float16;
+    `pool_factor` K > 1 keeps about 1/K of each document's tokens (hierarchical pooling). The codec
+    (k-means `centroids`, default ≈ 4·sqrt(sample tokens)) is trained on `sample_docs` documents and
+    is always built, because the IVF search stage uses its centroids.
+    """
+
+    input: str | None = None
+    output: str | None = None
+    engine: EngineConfig = EngineConfig(scorer="late-interaction")
+    columns: Columns = Columns()
+    cluster: ClusterConfig = ClusterConfig()
+    compression: Literal["none", "residual"] = "none"
+    nbits: Literal[1, 2, 4, 8] = 2
+    pool_factor: PositiveInt = 1
+    centroids: PositiveInt | None = None
+    sample_docs: PositiveInt = 1024
+    shard_rows: PositiveInt = 10_000
+    overwrite: bool = False
+    storage: dict[str, Any] = {}
+
+    _engine = model_validator(mode="before")(_late_interaction_engine)
+
+    @model_validator(mode="after")
+    def _late_interaction(self) -> IndexJobConfig:
+        if self.engine.scorer != "late-interaction":
+            raise ValueError("engine.scorer: an index holds late-interaction token embeddings; "
+                             f"use scorer: late-interaction, got {self.engine.scorer!r}")
+        return self
+
+
+class SearchJobConfig(StrictModel):
+    """`rayrank search`: top-k documents of the whole index per query (exact, or IVF + exact)."""
+
+    index: str | None = None
+    input: str | None = None
+    output: str | None = None
+    engine: EngineConfig = EngineConfig(scorer="late-interaction")
+    columns: Columns = Columns()
+    k: PositiveInt = 100
+    method: Literal["exact", "ivf"] = "exact"
+    nprobe: PositiveInt = 4
+    candidates: PositiveInt = 1024
+    max_block_mb: PositiveInt = 256
+    overwrite: bool = False
+    storage: dict[str, Any] = {}
+
+    _engine = model_validator(mode="before")(_late_interaction_engine)

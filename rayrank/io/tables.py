@@ -22,6 +22,8 @@ from rayrank.validate import text_problem
 
 Layout = Literal["long", "nested"]
 KEYS = ("query_id", "query", "doc_id", "text")
+DOC_KEYS = ("doc_id", "text")  # a corpus to index
+QUERY_KEYS = ("query_id", "query")  # queries to search
 ERRORS_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("reason", pa.string()),
                            ("source", pa.string()), ("source_row", pa.int64()), ("row", pa.string())])
 
@@ -47,11 +49,18 @@ class Shard:
     shard_id: str
 
 
-def detect_layout(schema: pa.Schema, columns: Columns, path: str) -> Layout:
-    """Long layout when every key column is present; nested when `candidates` is a list of structs."""
+def detect_layout(schema: pa.Schema, columns: Columns, path: str, keys: tuple[str, ...] = KEYS) -> Layout:
+    """Long layout when every key column is present; nested when `candidates` is a list of structs.
+
+    `keys` other than the query-candidate KEYS (e.g. DOC_KEYS for a corpus) allow the long layout only.
+    """
     names = set(schema.names)
-    if all(getattr(columns, k) in names for k in KEYS):
+    if all(getattr(columns, k) in names for k in keys):
         return "long"
+    if keys != KEYS:
+        missing = [getattr(columns, k) for k in keys if getattr(columns, k) not in names]
+        raise InputSchemaError(f"{path}: missing required column(s) {', '.join(missing)} "
+                               f"(found: {', '.join(schema.names)}); remap names under `columns:` in the config")
     if columns.candidates in names:
         field = schema.field(columns.candidates).type
         inner = field.value_type if pa.types.is_list(field) or pa.types.is_large_list(field) else None
@@ -69,7 +78,7 @@ def detect_layout(schema: pa.Schema, columns: Columns, path: str) -> Layout:
                            f"(found: {', '.join(schema.names)}); remap names under `columns:` in the config")
 
 
-def read_footers(fs: AbstractFileSystem, files: list[str], columns: Columns
+def read_footers(fs: AbstractFileSystem, files: list[str], columns: Columns, keys: tuple[str, ...] = KEYS
                  ) -> tuple[dict[str, list[int]], dict[str, Layout]]:
     """Row counts per row group and the layout of every file, failing early on a bad file or column."""
     groups: dict[str, list[int]] = {}
@@ -81,7 +90,7 @@ def read_footers(fs: AbstractFileSystem, files: list[str], columns: Columns
                 schema = meta.schema.to_arrow_schema()
         except Exception as exc:
             raise InputSchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
-        layouts[path] = detect_layout(schema, columns, path)
+        layouts[path] = detect_layout(schema, columns, path, keys)
         groups[path] = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     return groups, layouts
 
@@ -124,7 +133,8 @@ def plan_shards(fs: AbstractFileSystem, groups: dict[str, list[int]], target_row
     return shards
 
 
-def read_shard(fs: AbstractFileSystem, shard: Shard, layout: Layout, columns: Columns) -> tuple[pa.Table, pa.Table]:
+def read_shard(fs: AbstractFileSystem, shard: Shard, layout: Layout, columns: Columns,
+               keys: tuple[str, ...] = KEYS) -> tuple[pa.Table, pa.Table]:
     """Read a shard as canonical long rows; returns (rows with `_source`, `_row`, `_seq`), nested errors."""
     with fs.open(shard.path, "rb") as handle:
         table = pq.ParquetFile(handle).read_row_groups(list(shard.row_groups)).slice(shard.skip, shard.rows)
@@ -133,7 +143,7 @@ def read_shard(fs: AbstractFileSystem, shard: Shard, layout: Layout, columns: Co
     if layout == "nested":
         table, source_rows, errors = _explode(table, source_rows, columns, shard.path)
     else:
-        renames = {getattr(columns, k): k for k in KEYS}
+        renames = {getattr(columns, k): k for k in keys}
         table = table.rename_columns([renames.get(n, n) for n in table.column_names])
     # A global order (shard ordinal, row) decides which of two duplicate rows is kept: the first.
     seq = pc.add(pa.scalar(shard.ordinal << 32, pa.int64()), source_rows)
@@ -185,16 +195,17 @@ def error_rows(rows: pa.Table, reasons: list[str], sources: list[str], source_ro
     }, schema=ERRORS_SCHEMA)
 
 
-def split_valid(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+def split_valid(table: pa.Table, keys: tuple[str, ...] = KEYS) -> tuple[pa.Table, pa.Table]:
     """Separate scorable rows from rows with a null id or a null, empty or non-string query/text.
 
     Valid rows get string ids, so every output file has one schema whatever the input id type.
+    Only the `keys` columns are checked (DOC_KEYS for a corpus).
     """
     problems: list[str | None] = [None] * table.num_rows
-    for key in ("query_id", "doc_id"):
+    for key in [k for k in ("query_id", "doc_id") if k in keys]:
         for i in np.flatnonzero(table[key].is_null().to_numpy(zero_copy_only=False)):
             problems[i] = problems[i] or f"{key} is null"
-    for key in ("query", "text"):
+    for key in [k for k in ("query", "text") if k in keys]:
         column = table[key]
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             values = column.to_pylist()
@@ -209,7 +220,7 @@ def split_valid(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     errors = error_rows(table.take(bad_idx), [problems[i] for i in bad_idx],
                         table["_source"].take(bad_idx).to_pylist(), table["_row"].take(bad_idx))
     valid = table.filter(pa.array(~bad))
-    for key in KEYS:
+    for key in keys:
         index = valid.schema.get_field_index(key)
         valid = valid.set_column(index, key, _as_string(valid[key]))
     return valid, errors
