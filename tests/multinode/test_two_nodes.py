@@ -80,7 +80,8 @@ def _exactly_once(out: Path, data: list[dict]) -> None:
 
 def test_actors_on_both_nodes_and_worker_node_loss(tmp_path, two_nodes, tiny_encoder):
     address, worker = two_nodes
-    args, data = _job(tmp_path / "a", address, tiny_encoder, rows=400)
+    # 80 shards: enough work that both actors are up and scoring before the pool drains it.
+    args, data = _job(tmp_path / "a", address, tiny_encoder, rows=2000)
     proc = _run(args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
