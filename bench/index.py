@@ -1,0 +1,210 @@
+"""Index build speed and memory, and rerank-from-index latency against a cross-encoder.
+
+Default mode, on the same documents in the same run (the BM25 top-100 documents of the first
+`--queries` SciFact test claims, `title + " " + text`) with the bundled all-MiniLM-L6-v2:
+  1. `SentenceTransformer.encode(doc, output_value="token_embeddings")`, one call per document,
+  2. one batched `SentenceTransformer.encode(docs, output_value="token_embeddings")` call,
+  3. the index job (`python -m jobs.index`, embedded local Ray): docs/s while encoding, and end to end,
+and then, per query with its 100 candidates: late-interaction rerank from that index (query
+encoding + reading 100 documents + MaxSim) against the cross-encoder engine on the same pairs (a
+MiniLM-L6-shaped cross-encoder: the all-MiniLM-L6-v2 backbone with a fresh 1-logit head).
+
+`--rss N [N ...]` instead builds indexes of N synthetic documents with a tiny random encoder and
+prints the peak RSS of the job's process tree (driver, Ray, actors), to show the build's memory
+does not grow with the corpus. Examples:
+
+    python bench/index.py --queries 10 --actors 2,2
+    python bench/index.py --rss 10000 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _index_job(args: list[str], sample_rss: bool = False) -> tuple[float, dict, dict]:
+    """Run `python -m jobs.index`; (wall seconds, manifest, peak RSS in MiB of the process tree)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.index", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks = {"driver": 0.0, "largest_other": 0.0, "tree_total": 0.0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            tree = _tree_rss(proc.pid)
+            if tree:
+                peaks["driver"] = max(peaks["driver"], tree.get(proc.pid, 0.0))
+                others = [v for pid, v in tree.items() if pid != proc.pid]
+                peaks["largest_other"] = max(peaks["largest_other"], max(others, default=0.0))
+                peaks["tree_total"] = max(peaks["tree_total"], sum(tree.values()))
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    if sample_rss:
+        thread.start()
+    _, err = proc.communicate()
+    stop.set()
+    if proc.returncode:
+        raise SystemExit(f"index job failed ({proc.returncode}): {' '.join(args)}\n{err[-3000:]}")
+    return time.perf_counter() - started, json.loads((Path(args[1]) / "_manifest.json").read_text()), peaks
+
+
+def _tree_rss(root: int) -> dict[int, float]:
+    """RSS (MiB) of `root` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in rss:
+            tree[pid] = rss[pid]
+        todo += children.get(pid, [])
+    return tree
+
+
+def rss_mode(sizes: list[int], shard_rows: int, actors: str) -> None:
+    import random
+
+    sys.path.insert(0, str(REPO))
+    from tests.tiny_models import WORDS, make_encoder
+
+    work = Path(tempfile.mkdtemp(prefix="rayrank-bench-index-rss-"))
+    encoder = make_encoder(work / "tiny")
+    print(f"index build peak RSS (MiB), tiny random encoder, shard_rows {shard_rows}, actors {actors}\n")
+    print(f"{'docs':>8} {'driver':>8} {'largest worker':>15} {'process tree':>13} {'wall s':>7} {'docs/s':>8}")
+    for n in sizes:
+        rng = random.Random(n)
+        texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60))) for _ in range(n)]
+        docs = work / f"docs-{n}.parquet"
+        pq.write_table(pa.table({"doc_id": [f"d{i}" for i in range(n)], "text": texts}), docs, row_group_size=1000)
+        config = work / "rss.yaml"
+        config.write_text(json.dumps({"shard_rows": shard_rows, "engine": {"model": str(encoder)}}))
+        wall, manifest, peaks = _index_job([str(docs), str(work / f"index-{n}"), "--config", str(config),
+                                            "--actors", actors], sample_rss=True)
+        print(f"{n:8,} {peaks['driver']:8.0f} {peaks['largest_other']:15.0f} {peaks['tree_total']:13.0f} "
+              f"{wall:7.1f} {manifest['timings']['docs_per_s']:8.1f}", flush=True)
+
+
+def speed_mode(queries: int, actors: str, backend: str, batch_size: int) -> None:
+    if not SCIFACT.is_dir():
+        print(f"skipped: {SCIFACT} not found (the benchmark reads the shared SciFact data)")
+        return
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    import rayrank
+    from rayrank.index import IndexReader, score_from_index
+
+    work = Path(tempfile.mkdtemp(prefix="rayrank-bench-index-"))
+    candidates = pq.read_table(SCIFACT / "candidates.test.parquet")
+    first = candidates["query_id"].unique().slice(0, queries)
+    pairs = candidates.filter(pc.is_in(candidates["query_id"], value_set=first))
+    seen: dict[str, str] = {}
+    for d, t in zip(pairs["doc_id"].to_pylist(), pairs["text"].to_pylist()):
+        seen.setdefault(d, t)
+    ids, texts = list(seen), list(seen.values())
+    pq.write_table(pa.table({"doc_id": ids, "text": texts}), work / "docs.parquet", row_group_size=100)
+    n = len(texts)
+
+    path = str(rayrank.resolve_model(MODEL).path)
+    st = SentenceTransformer(path, device="cpu")
+    st.encode(texts[:8], output_value="token_embeddings")  # warm-up
+    started = time.perf_counter()
+    for text in texts:
+        st.encode(text, output_value="token_embeddings")
+    loop_rate = n / (time.perf_counter() - started)
+    started = time.perf_counter()
+    st.encode(texts, output_value="token_embeddings", batch_size=batch_size)
+    batched_rate = n / (time.perf_counter() - started)
+    del st
+
+    config = work / "index.yaml"
+    # A 256-document codec sample keeps the codec phase small next to encoding (reported separately).
+    config.write_text(json.dumps({"shard_rows": 100, "sample_docs": 256, "engine": {"backend": backend}}))
+    wall, manifest, _ = _index_job([str(work / "docs.parquet"), str(work / "index"), "--config", str(config),
+                                    "--model", MODEL, "--actors", actors])
+    encode_rate = manifest["timings"]["docs_per_s"]
+    print(f"\nindex build vs sentence-transformers, {n:,} SciFact documents (BM25 top-100 of {queries} claims), "
+          f"{MODEL}, {torch.get_num_threads()} torch threads here; job: actors {actors}, backend {backend}\n")
+    print(f"{'':46} {'docs/s':>8} {'vs batched':>10}")
+    for name, rate in (("ST encode(doc) per document", loop_rate), (f"ST encode(docs) batched ({batch_size})", batched_rate),
+                       ("index job, encoding phase", encode_rate),
+                       (f"index job, end to end ({wall:.0f} s incl. Ray, codec)", n / wall)):
+        print(f"{name:46} {rate:8.1f} {rate / batched_rate:10.2f}")
+
+    reader = IndexReader(str(work / "index"))
+    li = rayrank.Reranker(MODEL, scorer="late-interaction", backend=backend).scorer
+    ce_dir = work / "cross-encoder"
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).save_pretrained(ce_dir)
+    AutoTokenizer.from_pretrained(path).save_pretrained(ce_dir)
+    ce = rayrank.Reranker(str(ce_dir), scorer="cross-encoder", backend=backend)
+    by_query: dict[str, tuple[str, list[str], list[str]]] = {}
+    for q, text, d, t in zip(*(pairs[c].to_pylist() for c in ("query_id", "query", "doc_id", "text"))):
+        by_query.setdefault(q, (text, [], []))[1].append(d)
+        by_query[q][2].append(t)
+    score_from_index(li, reader, ["warm"] * 4, ids[:4], texts[:4])
+    ce.score_pairs(["warm"] * 4, texts[:4])
+    li_s, ce_s = [], []
+    for query, doc_ids, doc_texts in by_query.values():
+        started = time.perf_counter()
+        score_from_index(li, reader, [query] * len(doc_ids), doc_ids, doc_texts)
+        li_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        ce.score_pairs([query] * len(doc_texts), doc_texts)
+        ce_s.append(time.perf_counter() - started)
+    li_ms, ce_ms = 1000 * float(np.median(li_s)), 1000 * float(np.median(ce_s))
+    print(f"\nper query, 100 candidates (median of {len(li_s)} queries)\n")
+    print(f"{'late interaction from the index':46} {li_ms:8.1f} ms")
+    print(f"{'cross-encoder engine (MiniLM-L6 shape)':46} {ce_ms:8.1f} ms  ({ce_ms / li_ms:.1f}x slower)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queries", type=int, default=10, help="SciFact claims whose top-100 documents are used")
+    parser.add_argument("--actors", default="2,2")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    parser.add_argument("--batch-size", type=int, default=32, help="the batched ST call's batch size")
+    parser.add_argument("--rss", type=int, nargs="+", help="synthetic corpus sizes for the memory test")
+    parser.add_argument("--shard-rows", type=int, default=1000, help="--rss: documents per shard")
+    args = parser.parse_args(argv)
+    if args.rss:
+        rss_mode(args.rss, args.shard_rows, args.actors)
+    else:
+        speed_mode(args.queries, args.actors, args.backend, args.batch_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

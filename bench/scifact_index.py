@@ -1,0 +1,156 @@
+"""Late-interaction index quality on BEIR SciFact with the bundled all-MiniLM-L6-v2.
+
+For each index setting (compression, nbits, pool factor) this builds the index of the 5,183
+abstracts (`title + " " + text`, as in candidates.test.parquet) with the real index job on an
+embedded local Ray (by default only the fp16 index; the other settings repack its vectors with
+the same pooling, codec training and packing code, `rayrank.index.build.repack`), then reports, on the 300 test claims:
+  - bytes per document (token vectors + centroid ids) and its ratio to the uncompressed index,
+  - nDCG@10 of reranking the BM25 top-100 with document embeddings read from the index,
+  - nDCG@10 of exact search over the whole index (`rayrank search`, brute-force MaxSim),
+  - for the IVF stage: recall@100 of IVF search against exact search, and its nDCG@10.
+Needs ../shared/data/scifact (skips with a message when absent). Example:
+
+    python bench/scifact_index.py --settings none residual:2 residual:4 none:pool2 residual:2:pool2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def parse_setting(text: str) -> dict:
+    """`none`, `residual:2`, `none:pool2`, `residual:2:pool2` → index job settings."""
+    parts = text.split(":")
+    setting = {"compression": parts[0], "nbits": 2, "pool_factor": 1}
+    for part in parts[1:]:
+        if part.startswith("pool"):
+            setting["pool_factor"] = int(part[4:])
+        else:
+            setting["nbits"] = int(part)
+    return setting
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settings", nargs="+", default=["none", "residual:2", "residual:4", "none:pool2",
+                                                          "residual:2:pool2"])
+    parser.add_argument("--exact-for", nargs="*", default=None,
+                        help="settings that also get exact search over the whole index (default: all)")
+    parser.add_argument("--ivf", default="none", help="setting whose index is searched with IVF ('' to skip)")
+    parser.add_argument("--nprobe", type=int, default=4)
+    parser.add_argument("--candidates", type=int, default=512)
+    parser.add_argument("--job-for-all", action="store_true",
+                        help="build every setting with the index job (default: the job builds the fp16 index, "
+                             "other settings repack its vectors with the job's pooling/codec code)")
+    parser.add_argument("--workdir", help="keep indexes here (default: a temporary directory)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if not SCIFACT.is_dir():
+        print(f"skipped: {SCIFACT} not found (the shared data folder is not part of a clone)")
+        return 0
+
+    import rayrank
+    from jobs.index import run as build_index
+    from jobs.search import run as search
+    from rayrank.config import IndexJobConfig, SearchJobConfig
+    from rayrank.evaluate import evaluate, load_qrels, read_run
+    from rayrank.index import IndexReader, IvfSearcher, score_from_index
+    from rayrank.index.build import repack
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="scifact-index-"))
+    corpus = pq.read_table(SCIFACT / "corpus.parquet")
+    text = pc.binary_join_element_wise(corpus["title"], corpus["text"], " ")
+    docs = work / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": corpus["doc_id"], "text": text}), docs, row_group_size=1000)
+    qrels = load_qrels(SCIFACT / "qrels.test.txt")
+    candidates = pq.read_table(SCIFACT / "candidates.test.parquet")
+    bm25 = evaluate({q: {d: -r for d, r in zip(g["doc_id"], g["bm25_rank"])}
+                     for q, g in _groups(candidates).items()}, qrels).ndcg_at_10
+    scorer = rayrank.Reranker(MODEL, scorer="late-interaction").scorer
+    query_text = {q: t for q, t in zip(candidates["query_id"].to_pylist(), candidates["query"].to_pylist())}
+    rows, base_bytes, source = [], None, None
+    for name in args.settings:
+        setting = parse_setting(name)
+        out = work / name.replace(":", "-")
+        config = IndexJobConfig.model_validate({"input": str(docs), "output": str(out), "engine": {"model": MODEL},
+                                                "cluster": {"actors": "1,1", "cpus_per_actor": 1}, **setting})
+        started = time.perf_counter()
+        if setting["compression"] == "none" and setting["pool_factor"] == 1 or args.job_for_all or source is None:
+            manifest = build_index(config)
+            built_by = "index job"
+        else:  # same pooling/codec/packing code as the job, on the fp16 index's vectors: no re-encoding
+            manifest = repack(source, str(out), setting["compression"], setting["nbits"], setting["pool_factor"])
+            built_by = "repack of fp16 index"
+        build_s = time.perf_counter() - started
+        if setting["compression"] == "none" and setting["pool_factor"] == 1:
+            source = IndexReader(str(out))
+        reader = IndexReader(str(out))
+        base_bytes = base_bytes or manifest["bytes_per_doc"]
+        started = time.perf_counter()
+        scores, missing = score_from_index(scorer, reader, candidates["query"].to_pylist(),
+                                           candidates["doc_id"].to_pylist(), candidates["text"].to_pylist())
+        rerank_s = time.perf_counter() - started
+        run = {}
+        for q, d, s in zip(candidates["query_id"].to_pylist(), candidates["doc_id"].to_pylist(), scores):
+            run.setdefault(q, {})[d] = float(s)
+        row = {"setting": name, **setting, "built_by": built_by, "docs": manifest["docs"], "tokens_per_doc": manifest["tokens_per_doc"],
+               "bytes_per_doc": manifest["bytes_per_doc"], "size_vs_fp16": round(manifest["bytes_per_doc"] / base_bytes, 3),
+               "centroids": manifest["compression"]["centroids"], "build_s": round(build_s, 1),
+               "docs_per_s": manifest.get("timings", {}).get("docs_per_s"), "rerank_ndcg10": round(evaluate(run, qrels).ndcg_at_10, 4),
+               "rerank_missing": missing, "rerank_s": round(rerank_s, 1)}
+        if args.exact_for is None or name in args.exact_for:
+            queries = work / "queries.parquet"
+            pq.write_table(pq.read_table(SCIFACT / "queries.test.parquet"), queries)
+            result = search(SearchJobConfig.model_validate({"index": str(out), "input": str(queries),
+                                                            "output": str(out) + "-exact", "k": 100}))
+            exact_run = read_run(str(out) + "-exact")
+            row.update(exact_ndcg10=round(evaluate(exact_run, qrels).ndcg_at_10, 4),
+                       exact_ms_per_query=result["timings"]["ms_per_query"])
+            if name == args.ivf:
+                ids = list(exact_run)
+                embeddings = scorer.encode_queries([query_text[q] for q in ids])
+                started = time.perf_counter()
+                hits = IvfSearcher(reader, args.nprobe, args.candidates).search(embeddings, 100)
+                ivf_ms = 1000 * (time.perf_counter() - started) / len(ids)
+                ivf_run = {q: {d: float(s) for d, s in zip(h[0], h[1])} for q, h in zip(ids, hits)}
+                recall = np.mean([len(set(ivf_run[q]) & set(exact_run[q])) / len(exact_run[q]) for q in ids])
+                row.update(ivf_nprobe=args.nprobe, ivf_candidates=args.candidates, ivf_recall100_vs_exact=round(
+                    float(recall), 4), ivf_ndcg10=round(evaluate(ivf_run, qrels).ndcg_at_10, 4),
+                    ivf_ms_per_query=round(ivf_ms, 1))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\nSciFact test (300 claims), {MODEL}; BM25 alone nDCG@10 = {bm25:.4f}")
+    print(f"{'setting':18} {'bytes/doc':>9} {'vs none':>7} {'tok/doc':>7} {'rerank':>7} {'exact':>7}")
+    for r in rows:
+        print(f"{r['setting']:18} {r['bytes_per_doc']:9.0f} {r['size_vs_fp16']:7.3f} {r['tokens_per_doc']:7.1f} "
+              f"{r['rerank_ndcg10']:7.4f} {r.get('exact_ndcg10', float('nan')):7.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bm25_ndcg10": bm25, "rows": rows}, indent=2))
+    return 0
+
+
+def _groups(table: pa.Table) -> dict[str, dict[str, list]]:
+    groups: dict[str, dict[str, list]] = {}
+    for q, d, r in zip(*(table[c].to_pylist() for c in ("query_id", "doc_id", "bm25_rank"))):
+        g = groups.setdefault(q, {"doc_id": [], "bm25_rank": []})
+        g["doc_id"].append(d)
+        g["bm25_rank"].append(r)
+    return groups
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Top-k documents per query over a whole late-interaction index, in the rerank output layout.
+
+Queries (Parquet `query_id`, `query`) are encoded once by the index's model; documents are read
+from INDEX_DIR (never re-encoded). `--method exact` is brute-force MaxSim streamed over the index in
+bounded memory; `--method ivf` takes candidates from the centroid postings, then scores them exactly.
+OUTPUT gets `part-00000.parquet` (`query_id`, `doc_id`, `score`, `rank`), `_errors/` and `_manifest.json`,
+so `rayrank eval OUTPUT --qrels ...` reads it like a rerank output. Runs in one process: the index
+is memory-mapped (or streamed from S3), so no Ray cluster is needed.
+
+Usage: `rayrank search INDEX_DIR QUERIES OUTPUT --k 100` or `python -m jobs.search ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+import rayrank
+from jobs._output import JobOutput, OutputConflictError, job_identity
+from rayrank.config import ConfigError, SearchJobConfig, load_yaml, parse_config
+from rayrank.index import IndexReader, IvfSearcher, exact_search
+from rayrank.index.format import IndexFormatError
+from rayrank.io.storage import filesystem, list_parquet, storage_options, write_parquet_atomic
+from rayrank.io.tables import (
+    QUERY_KEYS,
+    InputSchemaError,
+    error_rows,
+    plan_shards,
+    read_footers,
+    read_shard,
+    split_valid,
+)
+
+RESULT_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32()),
+                           ("rank", pa.int32())])
+
+
+def parse_args(argv: list[str] | None) -> SearchJobConfig:
+    parser = argparse.ArgumentParser(prog="rayrank search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("index", nargs="?", help="INDEX_DIR built by `rayrank index` (local or s3://)")
+    parser.add_argument("input", nargs="?", help="QUERIES: Parquet with query_id, query (local or s3://)")
+    parser.add_argument("output", nargs="?", help="OUTPUT directory (local or s3://)")
+    parser.add_argument("--config", help="YAML config; flags override it")
+    parser.add_argument("--k", type=int, help="documents per query (default 100)")
+    parser.add_argument("--method", choices=["exact", "ivf"])
+    parser.add_argument("--nprobe", type=int, help="ivf: centroids probed per query token")
+    parser.add_argument("--candidates", type=int, help="ivf: documents scored exactly per query")
+    parser.add_argument("--model", help="defaults to the index's model")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    data = load_yaml(args.config) if args.config else {}
+    flags = {"index": args.index, "input": args.input, "output": args.output, "k": args.k, "method": args.method,
+             "nprobe": args.nprobe, "candidates": args.candidates, "overwrite": True if args.overwrite else None}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if args.model:
+        data["engine"] = {**data.get("engine", {}), "model": args.model}
+    config = parse_config(SearchJobConfig, data, args.config or "command-line flags")
+    if not (config.index and config.input and config.output):
+        parser.error("INDEX_DIR, QUERIES and OUTPUT are required")
+    return config
+
+
+def read_queries(config: SearchJobConfig, options: dict) -> tuple[pa.Table, pa.Table, int]:
+    """(valid queries with unique ids, errors, rows read)."""
+    fs, root = filesystem(config.input, options)
+    files = list_parquet(fs, root)
+    groups, layouts = read_footers(fs, files, config.columns, QUERY_KEYS)
+    valid, errors, rows_in = [], [], 0
+    for shard in plan_shards(fs, groups, max(1, sum(sum(c) for c in groups.values()))):
+        table, layout_errors = read_shard(fs, shard, layouts[shard.path], config.columns, QUERY_KEYS)
+        good, bad = split_valid(table, QUERY_KEYS)
+        valid.append(good)
+        errors += [layout_errors, bad]
+        rows_in += table.num_rows + layout_errors.num_rows
+    table = pa.concat_tables(valid)
+    seen: dict[str, int] = {}
+    dup = np.zeros(table.num_rows, dtype=bool)
+    for i, qid in enumerate(table["query_id"].to_pylist()):
+        dup[i] = qid in seen
+        seen.setdefault(qid, i)
+    rows = table["_row"].to_pylist()
+    dup_idx = np.flatnonzero(dup)
+    ids = table["query_id"].to_pylist()
+    errors.append(error_rows(table.take(dup_idx),
+                             [f"duplicate query_id: first seen at row {rows[seen[ids[i]]]}" for i in dup_idx],
+                             table["_source"].take(dup_idx).to_pylist(), table["_row"].take(dup_idx)))
+    return table.filter(pa.array(~dup)), pa.concat_tables(errors), rows_in
+
+
+def run(config: SearchJobConfig) -> dict[str, Any]:
+    started_at, started = datetime.now(timezone.utc), time.perf_counter()
+    index_options = storage_options(config.storage, config.index)
+    reader = IndexReader(config.index, index_options)
+    engine = config.engine.model_copy(update={"model": config.engine.model or reader.manifest["model"]["name"]})
+    reader.check_model(rayrank.resolve_model(engine.model_name).name)
+    queries, errors, rows_in = read_queries(config, storage_options(config.storage, config.input))
+
+    out_options = storage_options(config.storage, config.output)
+    fs_out, out_root = filesystem(config.output, out_options)
+    out = JobOutput(fs_out, out_root)
+    identity = {"kind": "search", "index": reader.manifest["job_id"], "input": config.input,
+                **config.model_dump(include={"k", "method", "nprobe", "candidates"}), "engine": engine.model_dump()}
+    job_id = job_identity(identity)
+    out.prepare(job_id, {"started": started_at.isoformat()}, config.overwrite)
+    if (manifest := out.manifest()) is not None:
+        out.cleanup()
+        return manifest
+
+    scorer = rayrank.Reranker.from_config(engine).scorer
+    encode_started = time.perf_counter()
+    embeddings = scorer.encode_queries(queries["query"].to_pylist())
+    search_started = time.perf_counter()
+    if config.method == "ivf":
+        hits = IvfSearcher(reader, config.nprobe, config.candidates).search(embeddings, config.k)
+    else:
+        hits = exact_search(reader, embeddings, config.k, max_block_bytes=config.max_block_mb * 1024**2)
+    search_seconds = time.perf_counter() - search_started
+    qids = queries["query_id"].to_pylist()
+    result = pa.table({
+        "query_id": [q for q, (ids, _) in zip(qids, hits) for _ in ids],
+        "doc_id": [d for ids, _ in hits for d in ids],
+        "score": np.concatenate([s for _, s in hits]).astype(np.float32) if hits else np.empty(0, np.float32),
+        "rank": np.concatenate([np.arange(1, len(ids) + 1) for ids, _ in hits]).astype(np.int32)
+        if hits else np.empty(0, np.int32),
+    }, schema=RESULT_SCHEMA)
+    write_parquet_atomic(result, fs_out, out.path("part-00000.parquet"))
+    if errors.num_rows:
+        write_parquet_atomic(errors, fs_out, out.path("_errors", "invalid-queries.parquet"))
+    manifest = {
+        "job_id": job_id, "rayrank_version": rayrank.__version__, "kind": "search",
+        "index": config.index, "index_job_id": reader.manifest["job_id"], "model": reader.manifest["model"],
+        "method": config.method, "k": config.k, "input": config.input, "output": config.output,
+        "counts": {"rows_in": rows_in, "queries": len(qids), "rows_rejected": errors.num_rows,
+                   "rows_written": result.num_rows, "index_docs": len(reader)},
+        "timings": {"started": started_at.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
+                    "elapsed_s": round(time.perf_counter() - started, 3),
+                    "query_encoding_s": round(search_started - encode_started, 3),
+                    "search_s": round(search_seconds, 3),
+                    "ms_per_query": round(1000 * search_seconds / max(len(qids), 1), 2)},
+        "config": config.model_dump(exclude={"storage"}),
+        "files": ["part-00000.parquet"],
+    }
+    out.finish(manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        manifest = run(parse_args(argv))
+    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError, IndexFormatError,
+            rayrank.ModelUnavailableError) as exc:
+        print(f"rayrank search: error: {exc}", file=sys.stderr)
+        return 2
+    c, t = manifest["counts"], manifest["timings"]
+    print(f"rayrank search: {manifest['output']}\n  {c['queries']:,} queries x {c['index_docs']:,} documents "
+          f"({manifest['method']}), top {manifest['k']}; {c['rows_rejected']:,} rows rejected\n"
+          f"  search {t['search_s']:.1f} s ({t['ms_per_query']:.1f} ms/query), elapsed {t['elapsed_s']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

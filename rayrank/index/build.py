@@ -1,0 +1,134 @@
+"""Pure functions the index job's actors and tasks call: encode, train the codec, pack a shard.
+
+The build is two-phase: (1) encode a sample of documents and train the codec (k-means centroids for
+the IVF stage and residual compression, residual buckets); (2) encode every shard and write its
+files. Both are plain functions of their inputs, so a rerun recomputes identical files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rayrank.index.compress import ResidualCodec, default_centroids, pool_tokens
+from rayrank.index.format import DOCS_SCHEMA, npy_bytes, parquet_bytes, shard_files
+from rayrank.io.tables import error_rows
+
+
+def encode(scorer, texts: Sequence[str], pool_factor: int = 1) -> list[np.ndarray]:
+    """float16 (tokens, dim) per document: `encode_documents` (normalised, skiplist removed), then pooling."""
+    embeddings = scorer.encode_documents(list(texts))
+    if pool_factor > 1:
+        embeddings = [pool_tokens(e, pool_factor) for e in embeddings]
+    return embeddings
+
+
+def sample_tokens(embeddings: Sequence[np.ndarray], limit: int, seed: int = 0) -> np.ndarray:
+    """At most `limit` token vectors drawn uniformly from the documents' tokens (float32)."""
+    flat = np.concatenate([e for e in embeddings if len(e)]).astype(np.float32)
+    if len(flat) > limit:
+        flat = flat[np.sort(np.random.default_rng(seed).choice(len(flat), size=limit, replace=False))]
+    return flat
+
+
+def train_codec(embeddings: Sequence[np.ndarray], nbits: int, centroids: int | None = None,
+                points_per_centroid: int = 256, seed: int = 0) -> tuple[ResidualCodec, dict[str, Any]]:
+    """Train on the sample's tokens; k-means sees at most `points_per_centroid` tokens per centroid."""
+    total = int(sum(len(e) for e in embeddings))
+    if total == 0:
+        raise ValueError("cannot train the index codec: the sample documents have no tokens.")
+    k = min(centroids or default_centroids(total), total)
+    sample = sample_tokens(embeddings, k * points_per_centroid, seed)
+    codec = ResidualCodec.train(sample, k, nbits, seed=seed)
+    return codec, {"centroids": k, "sample_docs": len(embeddings), "sample_tokens": total,
+                   "kmeans_tokens": len(sample)}
+
+
+def dedupe_first(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Keep the first row of each doc_id (by `_seq`); later ones go to the errors table with a reason."""
+    order = table.sort_by([("doc_id", "ascending"), ("_seq", "ascending")])
+    ids = order["doc_id"].to_pylist()
+    dup = np.zeros(len(ids), dtype=bool)
+    first: dict[str, int] = {}
+    for i, doc_id in enumerate(ids):
+        if doc_id in first:
+            dup[i] = True
+        else:
+            first[doc_id] = i
+    dup_idx = np.flatnonzero(dup)
+    sources, rows = order["_source"].to_pylist(), order["_row"].to_pylist()
+    reasons = [f"duplicate doc_id: first seen at row {rows[first[ids[i]]]} of {sources[first[ids[i]]]}"
+               for i in dup_idx]
+    errors = error_rows(order.take(dup_idx), reasons, [sources[i] for i in dup_idx], [rows[i] for i in dup_idx])
+    kept = order.filter(pa.array(~dup)).sort_by("_seq")
+    return kept, errors
+
+
+def pack_shard(shard_id: str, doc_ids: Sequence[str], embeddings: Sequence[np.ndarray], codec: ResidualCodec,
+               compression: str) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Serialise one shard: {relative path: bytes} for its files, and its stats (docs, tokens, bytes)."""
+    sizes = np.fromiter((len(e) for e in embeddings), dtype=np.int64, count=len(embeddings))
+    offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
+    flat = np.concatenate(embeddings).astype(np.float16) if len(embeddings) else \
+        np.empty((0, codec.dim), np.float16)
+    files = shard_files(shard_id, compression)
+    docs = pa.table({"doc_id": pa.array(list(doc_ids), pa.string()), "offset": offsets,
+                     "tokens": pa.array(sizes, pa.int32())}, schema=DOCS_SCHEMA)
+    codes = codec.codes(flat)
+    data = {files["docs"]: parquet_bytes(docs)}
+    if compression == "residual":
+        _, packed = codec.compress(flat, codes)
+        data[files["residuals"]] = npy_bytes(packed)
+    else:
+        data[files["embeddings"]] = npy_bytes(flat)
+    data[files["codes"]] = npy_bytes(codes)
+    vector_bytes = sum(len(b) for path, b in data.items() if not path.endswith(".parquet"))
+    return data, {"docs": len(doc_ids), "tokens": int(sizes.sum()), "vector_bytes": vector_bytes}
+
+
+def repack(source, root: str, compression: str, nbits: int = 2, pool_factor: int = 1, sample_docs: int = 1024,
+           centroids: int | None = None, storage_options: dict | None = None) -> dict[str, Any]:
+    """Write `source` (an uncompressed, unpooled `IndexReader`) as another setting, without the model.
+
+    Pools, trains the codec on the first `sample_docs` documents and packs shard by shard exactly
+    as the index job does after encoding, so a compression setting can be tried in minutes on a
+    single machine. One process, not resumable; returns the new manifest.
+    """
+    import json as _json
+
+    from rayrank.index.format import CODEC, MANIFEST, write_bytes_atomic
+    from rayrank.io.storage import filesystem, join, write_json_atomic
+
+    if source.compression != "none" or source.pool_factor != 1:
+        raise ValueError("repack needs an uncompressed, unpooled source index (compression none, pool factor 1).")
+    fs, path = filesystem(root, storage_options)
+    first = [pool_tokens(e, pool_factor) for e in source.get_index(np.arange(min(sample_docs, len(source))))]
+    codec, stats = train_codec(first, nbits, centroids)
+    codec_sha = write_bytes_atomic(fs, join(path, CODEC), codec.to_bytes())
+    entries, vector_bytes, tokens = [], 0, 0
+    for number, shard in enumerate(source.manifest["shards"]):
+        positions = np.flatnonzero(source.shard_of == number)
+        embeddings = [pool_tokens(e, pool_factor) for e in source.get_index(positions)]
+        data, packed = pack_shard(shard["id"], [source.doc_ids[i] for i in positions], embeddings, codec, compression)
+        files = {role: {"path": rel, "sha256": write_bytes_atomic(fs, join(path, rel), data[rel]), "bytes": len(data[rel])}
+                 for role, rel in shard_files(shard["id"], compression).items()}
+        entries.append({"id": shard["id"], "docs": packed["docs"], "tokens": packed["tokens"], "duplicates": 0,
+                        "files": files})
+        vector_bytes += packed["vector_bytes"]
+        tokens += packed["tokens"]
+    manifest = _json.loads(_json.dumps(source.manifest))
+    docs = len(source)
+    manifest.update(
+        shards=entries, total_tokens=tokens, tokens_per_doc=round(tokens / docs, 2) if docs else None,
+        bytes_per_doc=round(vector_bytes / docs, 1) if docs else None, output=root,
+        job_id=f"{source.manifest['job_id']}-repack-{compression}-{nbits}-{pool_factor}",
+        repacked_from=source.url,
+        compression={"kind": compression, "nbits": nbits if compression == "residual" else None,
+                     "pool_factor": pool_factor, "centroids": stats["centroids"],
+                     "codec": {"path": CODEC, "sha256": codec_sha, "bytes": fs.size(join(path, CODEC))},
+                     "sample_docs": stats["sample_docs"], "kmeans_tokens": stats["kmeans_tokens"]})
+    write_json_atomic(manifest, fs, join(path, MANIFEST))
+    return manifest

@@ -1,0 +1,121 @@
+"""On-disk layout of an index directory (local or s3://) and its manifest.
+
+```
+INDEX_DIR/
+  _manifest.json            written last: model, conventions, codec, shards (rows, tokens, checksums)
+  codec.npz                 centroids (k, dim) fp16; residual bucket cutoffs and weights; nbits
+  shards/{shard}.parquet    doc_id (string), offset (int64), tokens (int32): one row per document
+  shards/{shard}.npy        compression none: float16 (shard tokens, dim), L2-normalised
+  shards/{shard}.codes.npy  nearest centroid per token (uint16/int32): IVF postings, residual codes
+  shards/{shard}.residuals.npy  compression residual: uint8 (shard tokens, dim * nbits / 8), packed
+  _errors/*.parquet         documents not indexed, each with a reason
+```
+Document i of a shard owns token rows `offset[i] : offset[i] + tokens[i]` of every `.npy` of the shard.
+`.npy` files are memory-mapped when local (`np.load(mmap_mode="r")`) and read by byte range on S3, so a
+reader never loads the index whole. A document dropped as a cross-shard duplicate loses its Parquet
+row; its token rows stay in the `.npy` unreferenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from rayrank.io.storage import _tmp_name, join, read_json
+
+FORMAT_VERSION = 1
+MANIFEST = "_manifest.json"
+CODEC = "codec.npz"
+DOCS_SCHEMA = pa.schema([("doc_id", pa.string()), ("offset", pa.int64()), ("tokens", pa.int32())])
+
+
+class IndexFormatError(ValueError):
+    """INDEX_DIR is not a finished rayrank index, or one of its files does not match the manifest."""
+
+
+def shard_files(shard_id: str, compression: str) -> dict[str, str]:
+    """Role → file name (relative to INDEX_DIR) of one shard's files."""
+    files = {"docs": f"shards/{shard_id}.parquet", "codes": f"shards/{shard_id}.codes.npy"}
+    if compression == "residual":
+        files["residuals"] = f"shards/{shard_id}.residuals.npy"
+    else:
+        files["embeddings"] = f"shards/{shard_id}.npy"
+    return files
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> str:
+    """Write under a hidden temporary name, then rename; returns the sha256 of what was written."""
+    tmp = _tmp_name(path)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(tmp, "wb") as handle:
+        handle.write(data)
+    fs.mv(tmp, path)
+    return sha256(data)
+
+
+def read_manifest(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
+    manifest = read_json(fs, join(root, MANIFEST))
+    if manifest is None:
+        raise IndexFormatError(f"{root} has no {MANIFEST}: not an index, or its build has not finished "
+                               "(rerun `rayrank index` with the same arguments to resume it).")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexFormatError(f"{root}: index format {manifest.get('format_version')!r} is not supported "
+                               f"(this rayrank reads format {FORMAT_VERSION}); rebuild the index.")
+    return manifest
+
+
+class NpyArray:
+    """Row slices of a 2-D `.npy` file without loading it: a memory map locally, byte ranges elsewhere."""
+
+    def __init__(self, fs: AbstractFileSystem, path: str, mmap: bool | None = None) -> None:
+        self.fs, self.path = fs, path
+        self._mmap: np.ndarray | None = None
+        if mmap is None:
+            mmap = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        if mmap:
+            self._mmap = np.load(path, mmap_mode="r")
+            self.shape, self.dtype = self._mmap.shape, self._mmap.dtype
+            return
+        with fs.open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+            if fortran:
+                raise IndexFormatError(f"{path}: Fortran-ordered arrays are not supported")
+            self._header = handle.tell()
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self._mmap is not None:
+            return self._mmap[start:stop]
+        with self.fs.open(self.path, "rb") as handle:
+            handle.seek(self._header + start * self._row_bytes)
+            data = handle.read((stop - start) * self._row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
+
+    def __len__(self) -> int:
+        return int(self.shape[0])

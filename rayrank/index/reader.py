@@ -1,0 +1,156 @@
+"""Read an index by doc_id (memory-mapped locally, byte ranges on S3) and score candidates from it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from rayrank.index.compress import ResidualCodec, pool_tokens
+from rayrank.index.format import CODEC, IndexFormatError, NpyArray, read_manifest
+from rayrank.io.storage import filesystem, join
+from rayrank.scoring.late_interaction import maxsim
+
+
+@dataclass
+class Block:
+    """Consecutive documents of one shard: `vectors[starts[i]:starts[i] + sizes[i]]` is document i."""
+
+    doc_index: np.ndarray  # global document numbers (positions in `IndexReader.doc_ids`)
+    starts: np.ndarray
+    sizes: np.ndarray
+    vectors: np.ndarray  # float32 (tokens, dim), L2-normalised
+
+
+class IndexReader:
+    """Token embeddings of an index by doc_id, without loading the index into memory.
+
+    Args:
+        url: INDEX_DIR, local or s3://.
+        storage_options: fsspec/s3fs options (see `rayrank.io.storage.storage_options`).
+
+    Holds the doc_id → (shard, offset, tokens) table in memory (a few dozen bytes per document);
+    embeddings stay on disk until asked for.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.fs, self.root = filesystem(url, storage_options)
+        self.manifest = read_manifest(self.fs, self.root)
+        self.compression: str = self.manifest["compression"]["kind"]
+        self.pool_factor: int = int(self.manifest["compression"].get("pool_factor", 1))
+        self.codec = ResidualCodec.from_bytes(self.fs.cat_file(join(self.root, CODEC)))
+        self.dim: int = int(self.manifest["dim"])
+        ids, shard_of, offsets, sizes = [], [], [], []
+        for number, shard in enumerate(self.manifest["shards"]):
+            with self.fs.open(join(self.root, shard["files"]["docs"]["path"]), "rb") as handle:
+                docs = pq.read_table(handle)
+            ids += docs["doc_id"].to_pylist()
+            shard_of.append(np.full(docs.num_rows, number, dtype=np.int32))
+            offsets.append(docs["offset"].to_numpy())
+            sizes.append(docs["tokens"].to_numpy())
+        self.doc_ids: list[str] = ids
+        self.shard_of = np.concatenate(shard_of) if shard_of else np.empty(0, np.int32)
+        self.offsets = np.concatenate(offsets) if offsets else np.empty(0, np.int64)
+        self.sizes = np.concatenate(sizes).astype(np.int64) if sizes else np.empty(0, np.int64)
+        self.position = {doc_id: i for i, doc_id in enumerate(ids)}
+        if len(self.position) != len(ids):
+            raise IndexFormatError(f"{url}: a doc_id appears in more than one shard; the index is corrupt.")
+        self._arrays: dict[int, dict[str, NpyArray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self.position
+
+    def check_model(self, model_name: str) -> None:
+        """Raise when queries would be encoded by another model than the index's documents."""
+        indexed = self.manifest["model"]["name"]
+        if indexed != model_name:
+            raise IndexFormatError(f"{self.url} was built with model {indexed!r}, but the engine uses {model_name!r}; "
+                                   "pass --model with the index's model (or rebuild the index).")
+
+    def _shard(self, number: int) -> dict[str, NpyArray]:
+        if number not in self._arrays:
+            files = self.manifest["shards"][number]["files"]
+            self._arrays[number] = {role: NpyArray(self.fs, join(self.root, f["path"]))
+                                    for role, f in files.items() if role != "docs"}
+        return self._arrays[number]
+
+    def _vectors(self, number: int, start: int, stop: int) -> np.ndarray:
+        arrays = self._shard(number)
+        if self.compression == "residual":
+            return self.codec.decompress(arrays["codes"].rows(start, stop), arrays["residuals"].rows(start, stop))
+        return arrays["embeddings"].rows(start, stop)
+
+    def codes(self, number: int) -> np.ndarray:
+        """Centroid id of every token row of shard `number` (the IVF postings are built from these)."""
+        codes = self._shard(number)["codes"]
+        return np.asarray(codes.rows(0, len(codes)))
+
+    def get(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
+        """(tokens, dim) embeddings per doc_id (float16 stored, float32 decompressed); None if not indexed."""
+        out: list[np.ndarray | None] = []
+        for doc_id in doc_ids:
+            i = self.position.get(doc_id)
+            if i is None:
+                out.append(None)
+                continue
+            start = int(self.offsets[i])
+            out.append(np.array(self._vectors(int(self.shard_of[i]), start, start + int(self.sizes[i]))))
+        return out
+
+    def get_index(self, positions: np.ndarray) -> list[np.ndarray]:
+        """Like `get`, by global document number."""
+        return self.get([self.doc_ids[i] for i in positions])
+
+    def blocks(self, max_tokens: int) -> Iterator[Block]:
+        """Stream the whole index in blocks of at most `max_tokens` token rows (one document may exceed it)."""
+        first = 0
+        for number in range(len(self.manifest["shards"])):
+            count = int(np.sum(self.shard_of == number))
+            positions = np.arange(first, first + count)
+            first += count
+            start = 0
+            while start < count:
+                cumulative = np.cumsum(self.sizes[positions[start:]])
+                stop = start + max(1, int(np.searchsorted(cumulative, max_tokens, side="right")))
+                chosen = positions[start:stop]
+                offsets, sizes = self.offsets[chosen], self.sizes[chosen]
+                lo, hi = int(offsets.min()), int((offsets + sizes).max())
+                span = np.asarray(self._vectors(number, lo, hi), dtype=np.float32)
+                rel = offsets - lo
+                if hi - lo != int(sizes.sum()):  # rows of dropped duplicates inside the span
+                    span = span[np.concatenate([np.arange(r, r + s) for r, s in zip(rel, sizes)])]
+                    rel = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+                yield Block(chosen, rel, sizes, span)
+                start = stop
+
+
+def score_from_index(scorer, reader: IndexReader, queries: Sequence[str], doc_ids: Sequence[str],
+                     texts: Sequence[str]) -> tuple[np.ndarray, int]:
+    """MaxSim of (query, document) pairs with documents read from the index; only queries are encoded.
+
+    Documents missing from the index are encoded on the fly (and pooled like the index). Returns
+    (float32 scores in input order, number of pairs whose document was not in the index).
+    """
+    scores = np.empty(len(queries), dtype=np.float32)
+    if not len(queries):
+        return scores, 0
+    # Documents are read one query at a time, so memory holds one query's candidates, not the batch's.
+    missing = [i for i, doc_id in enumerate(doc_ids) if doc_id not in reader]
+    fresh = dict(zip(missing, (pool_tokens(e, reader.pool_factor)
+                               for e in scorer.encode_documents([texts[i] for i in missing])))) if missing else {}
+    unique = list(dict.fromkeys(queries))
+    encoded = dict(zip(unique, scorer.encode_queries(unique)))
+    by_query: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_query.setdefault(q, []).append(i)
+    for q, rows in by_query.items():
+        stored = reader.get([doc_ids[r] for r in rows])
+        scores[rows] = maxsim(encoded[q], [fresh[r] if emb is None else emb for r, emb in zip(rows, stored)])
+    return scores, len(missing)

@@ -1,0 +1,140 @@
+"""Top-k documents over a whole index: exact brute-force MaxSim, and IVF candidates + exact MaxSim.
+
+Exact: stream the index in token blocks; per block one matmul against all (a group of) queries'
+tokens, a per-document max, a per-query sum, and a running top-k per query. Memory is bounded by
+`max_block_bytes` for the similarity block plus k scores per query, whatever the index size.
+
+IVF (PLAID-style): each query token probes its `nprobe` nearest centroids; every document holding
+a token assigned to one of them is a candidate; candidates are ranked by a centroid-only MaxSim
+approximation (each document token replaced by its centroid), the best `candidates` of them are
+scored exactly (decompressed vectors) and the top k returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rayrank.index.reader import IndexReader
+from rayrank.scoring.late_interaction import maxsim
+
+Hits = list[tuple[list[str], np.ndarray]]  # per query: doc_ids best first, float32 scores
+
+
+def _merge_top(best_s: np.ndarray, best_i: np.ndarray, scores: np.ndarray, index: np.ndarray, k: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the k highest of (best, new) per row; best_s/best_i: (q, ≤k), scores: (q, n), index: (n,)."""
+    all_s = np.concatenate([best_s, scores], axis=1)
+    all_i = np.concatenate([best_i, np.broadcast_to(index, scores.shape)], axis=1)
+    if all_s.shape[1] > k:
+        top = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
+        all_s, all_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
+    return all_s, all_i
+
+
+def _sorted_hits(reader: IndexReader, best_s: np.ndarray, best_i: np.ndarray) -> Hits:
+    hits = []
+    for s, i in zip(best_s, best_i):
+        ids = [reader.doc_ids[j] for j in i]
+        order = sorted(range(len(ids)), key=lambda n: (-s[n], ids[n]))
+        hits.append(([ids[n] for n in order], s[order].astype(np.float32)))
+    return hits
+
+
+def exact_search(reader: IndexReader, queries: Sequence[np.ndarray], k: int,
+                 max_block_bytes: int = 256 * 1024**2, max_query_tokens: int = 4096) -> Hits:
+    """Brute-force MaxSim of every query against every indexed document; top k per query.
+
+    Args:
+        reader: the index.
+        queries: per-query float32 (tokens, dim) embeddings (`scorer.encode_queries`).
+        k: documents per query.
+        max_block_bytes: bound on the float32 (block tokens × query tokens) similarity matrix.
+        max_query_tokens: queries are processed in groups of about this many tokens.
+    """
+    if k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}.")
+    results: Hits = []
+    group: list[np.ndarray] = []
+    for q in list(queries) + [None]:
+        if q is not None and (not group or sum(len(g) for g in group) + len(q) <= max_query_tokens):
+            group.append(q)
+            continue
+        if group:
+            results += _exact_group(reader, group, k, max_block_bytes)
+        group = [q] if q is not None else []
+    return results
+
+
+def _exact_group(reader: IndexReader, queries: list[np.ndarray], k: int, max_block_bytes: int) -> Hits:
+    q_all = np.concatenate(queries).astype(np.float32)
+    q_starts = np.concatenate(([0], np.cumsum([len(q) for q in queries])[:-1]))
+    block_tokens = max(1, max_block_bytes // (4 * len(q_all)))
+    best_s = np.empty((len(queries), 0), np.float32)
+    best_i = np.empty((len(queries), 0), np.int64)
+    for block in reader.blocks(block_tokens):
+        similarity = block.vectors @ q_all.T  # (block tokens, all query tokens)
+        per_doc = np.maximum.reduceat(similarity, block.starts, axis=0)  # (docs, all query tokens)
+        scores = np.add.reduceat(per_doc, q_starts, axis=1).T  # (queries, docs)
+        best_s, best_i = _merge_top(best_s, best_i, scores, block.doc_index, k)
+    return _sorted_hits(reader, best_s, best_i)
+
+
+class IvfSearcher:
+    """Candidate generation from centroid postings, then exact MaxSim on the candidates.
+
+    Args:
+        reader: the index (its codec's centroids and per-token codes are the inverted file).
+        nprobe: centroids probed per query token.
+        candidates: documents scored exactly per query, chosen by the centroid approximation.
+
+    Memory: the postings (one int32 per distinct (centroid, document) pair) and one code per token.
+    """
+
+    def __init__(self, reader: IndexReader, nprobe: int = 4, candidates: int = 1024) -> None:
+        if nprobe < 1 or candidates < 1:
+            raise ValueError(f"nprobe and candidates must be positive, got {nprobe} and {candidates}.")
+        self.reader, self.nprobe, self.candidates = reader, nprobe, candidates
+        self.centroids = reader.codec.centroids.astype(np.float32)
+        codes, owner = [], []  # live token rows only: a dropped duplicate's rows stay unreferenced
+        for number in range(len(reader.manifest["shards"])):
+            shard_codes = reader.codes(number)
+            positions = np.flatnonzero(reader.shard_of == number)
+            offsets, sizes = reader.offsets[positions], reader.sizes[positions]
+            rows = np.concatenate([np.arange(o, o + s) for o, s in zip(offsets, sizes)]) if len(positions) else \
+                np.empty(0, np.int64)
+            codes.append(shard_codes[rows].astype(np.int64))
+            owner.append(np.repeat(positions, sizes))
+        self.doc_codes = np.concatenate(codes) if codes else np.empty(0, np.int64)  # doc order, by document
+        token_owner = np.concatenate(owner) if owner else np.empty(0, np.int64)
+        self.doc_starts = np.concatenate(([0], np.cumsum(reader.sizes)[:-1])).astype(np.int64)
+        pairs = np.unique(self.doc_codes * len(reader) + token_owner)
+        self.posting_docs = (pairs % len(reader)).astype(np.int32) if len(reader) else pairs.astype(np.int32)
+        self.posting_starts = np.searchsorted(pairs // max(len(reader), 1), np.arange(len(self.centroids) + 1))
+
+    def search(self, queries: Sequence[np.ndarray], k: int) -> Hits:
+        if k < 1:
+            raise ValueError(f"k must be a positive integer, got {k}.")
+        hits: Hits = []
+        for q in queries:
+            q = np.asarray(q, dtype=np.float32)
+            centroid_scores = q @ self.centroids.T  # (query tokens, centroids)
+            probe = np.unique(np.argpartition(-centroid_scores, min(self.nprobe, centroid_scores.shape[1]) - 1,
+                                              axis=1)[:, :self.nprobe])
+            cand = np.unique(np.concatenate([self.posting_docs[self.posting_starts[c]:self.posting_starts[c + 1]]
+                                             for c in probe]))
+            if len(cand) > self.candidates:
+                cand = cand[np.argsort(-self._approximate(centroid_scores, cand), kind="stable")[:self.candidates]]
+            scores = maxsim(q, self.reader.get_index(cand)) if len(cand) else np.empty(0, np.float32)
+            order = sorted(range(len(cand)), key=lambda n: (-scores[n], self.reader.doc_ids[cand[n]]))[:k]
+            hits.append(([self.reader.doc_ids[cand[n]] for n in order], scores[order].astype(np.float32)))
+        return hits
+
+    def _approximate(self, centroid_scores: np.ndarray, docs: np.ndarray) -> np.ndarray:
+        """MaxSim with every document token replaced by its centroid (PLAID's centroid interaction)."""
+        sizes = self.reader.sizes[docs]
+        rows = np.concatenate([np.arange(s, s + n) for s, n in zip(self.doc_starts[docs], sizes)])
+        per_token = centroid_scores[:, self.doc_codes[rows]]  # (query tokens, candidate tokens)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        return np.maximum.reduceat(per_token, starts, axis=1).sum(axis=0)

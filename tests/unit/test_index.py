@@ -1,0 +1,245 @@
+"""Index format, codec, pooling, reader and search on hand-built indexes (no Ray, no model)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from rayrank.config import ConfigError, IndexJobConfig, RerankJobConfig, parse_config
+from rayrank.index import IndexReader, IvfSearcher, ResidualCodec, exact_search, pool_tokens
+from rayrank.index.build import dedupe_first, pack_shard, train_codec
+from rayrank.index.format import CODEC, FORMAT_VERSION, MANIFEST, IndexFormatError, NpyArray, write_bytes_atomic
+from rayrank.io.storage import filesystem
+from rayrank.scoring.late_interaction import maxsim
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float16)
+
+
+def random_docs(n: int, dim: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """Documents whose tokens cluster around a few topics, like real token embeddings do."""
+    rng = np.random.default_rng(seed)
+    topics = rng.standard_normal((8, dim))
+    docs = []
+    for _ in range(n):
+        m = int(rng.integers(1, 12))
+        docs.append(unit(topics[rng.integers(0, 8, size=m)] + 0.4 * rng.standard_normal((m, dim))))
+    return docs
+
+
+def write_index(root, docs: list[np.ndarray], compression: str = "none", nbits: int = 2, shards: int = 3,
+                centroids: int = 16, pool_factor: int = 1) -> IndexReader:
+    """An index directory the way `jobs.index` lays it out, from arrays (the manifest keys readers use)."""
+    fs, path = filesystem(str(root))
+    codec, _ = train_codec(docs, nbits, centroids)
+    write_bytes_atomic(fs, f"{path}/{CODEC}", codec.to_bytes())
+    ids = [f"d{i}" for i in range(len(docs))]
+    entries = []
+    for s, part in enumerate(np.array_split(np.arange(len(docs)), shards)):
+        data, stats = pack_shard(f"s{s}", [ids[i] for i in part], [docs[i] for i in part], codec, compression)
+        files = {}
+        for rel, payload in data.items():
+            role = "docs" if rel.endswith(".parquet") else "codes" if ".codes." in rel else \
+                "residuals" if ".residuals." in rel else "embeddings"
+            files[role] = {"path": rel, "sha256": write_bytes_atomic(fs, f"{path}/{rel}", payload)}
+        entries.append({"id": f"s{s}", **stats, "files": files})
+    manifest = {"format_version": FORMAT_VERSION, "job_id": "test", "model": {"name": "m"}, "dim": docs[0].shape[1],
+                "compression": {"kind": compression, "nbits": nbits, "pool_factor": pool_factor}, "shards": entries}
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    return IndexReader(str(root))
+
+
+def brute_force(query: np.ndarray, docs: list[np.ndarray], k: int) -> tuple[list[int], np.ndarray]:
+    """The reference: score every document with a plain loop; the k best (document numbers, scores)."""
+    scores = [float(sum(max(float(q @ t) for t in d.astype(np.float32)) for q in query)) for d in docs]
+    best = sorted(range(len(docs)), key=lambda i: -scores[i])[:k]
+    return best, np.array([scores[i] for i in best])
+
+
+def test_reader_returns_stored_embeddings_by_doc_id(tmp_path):
+    docs = random_docs(40)
+    reader = write_index(tmp_path / "ix", docs)
+    got = reader.get(["d7", "missing", "d39", "d0"])
+    assert got[1] is None and "d7" in reader and "missing" not in reader
+    for i, emb in zip([7, 39, 0], [got[0], got[2], got[3]]):
+        assert emb.dtype == np.float16 and np.array_equal(emb, docs[i])
+
+
+def test_npy_byte_ranges_match_memory_map(tmp_path):
+    array = np.arange(60, dtype=np.float16).reshape(20, 3)
+    np.save(tmp_path / "a.npy", array)
+    fs, _ = filesystem(str(tmp_path))
+    mapped = NpyArray(fs, str(tmp_path / "a.npy"))
+    streamed = NpyArray(fs, str(tmp_path / "a.npy"), mmap=False)  # the byte-range path S3 uses
+    assert mapped._mmap is not None and streamed._mmap is None
+    assert streamed.shape == (20, 3) and len(streamed) == 20
+    assert np.array_equal(mapped.rows(4, 9), array[4:9]) and np.array_equal(streamed.rows(4, 9), array[4:9])
+
+
+@pytest.mark.parametrize("compression", ["none", "residual"])
+def test_exact_search_equals_brute_force(tmp_path, compression):
+    docs = random_docs(60, seed=1)
+    reader = write_index(tmp_path / "ix", docs, compression, nbits=8)
+    stored = reader.get(reader.doc_ids)
+    queries = [unit(np.random.default_rng(s).standard_normal((5, 16))).astype(np.float32) for s in range(4)]
+    # a tiny similarity budget forces many blocks (and queries processed in groups)
+    hits = exact_search(reader, queries, k=7, max_block_bytes=600, max_query_tokens=8)
+    for q, (ids, scores) in zip(queries, hits):
+        expected, reference = brute_force(q, stored, 7)
+        np.testing.assert_allclose(scores, reference, rtol=1e-5)  # the same top scores, best first
+        np.testing.assert_allclose(scores, maxsim(q, reader.get(ids)), rtol=1e-5)  # each id has its own score
+        assert list(scores) == sorted(scores, reverse=True)
+        assert set(ids[:5]) == {f"d{i}" for i in expected[:5]} or len(set(np.round(reference, 4))) < 7
+
+
+def test_exact_search_k_larger_than_index_and_bad_k(tmp_path):
+    reader = write_index(tmp_path / "ix", random_docs(5), shards=2)
+    q = [unit(np.ones((2, 16))).astype(np.float32)]
+    assert len(exact_search(reader, q, k=50)[0][0]) == 5
+    with pytest.raises(ValueError, match=re.escape("k must be a positive integer, got 0.")):
+        exact_search(reader, q, k=0)
+
+
+def test_ivf_recall_against_exact(tmp_path):
+    docs = random_docs(300, seed=2)
+    reader = write_index(tmp_path / "ix", docs, centroids=32)
+    rng = np.random.default_rng(3)
+    queries = [docs[i][:3].astype(np.float32) + 0.1 * rng.standard_normal((min(3, len(docs[i])), 16)).astype(
+        np.float32) for i in rng.integers(0, 300, size=10)]
+    exact = exact_search(reader, queries, k=10)
+    narrow = IvfSearcher(reader, nprobe=2, candidates=40).search(queries, k=10)
+    wide = IvfSearcher(reader, nprobe=32, candidates=300).search(queries, k=10)
+    recall = np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(exact, narrow)])
+    assert recall >= 0.8
+    assert [h[0] for h in wide] == [h[0] for h in exact]  # probing everything is exact
+
+
+def test_residual_round_trip_error_shrinks_with_bits():
+    x = np.concatenate(random_docs(400, dim=32, seed=4))
+    errors = []
+    for nbits in (1, 2, 4, 8):
+        codec = ResidualCodec.train(x, centroids=32, nbits=nbits)
+        codes, packed = codec.compress(x)
+        assert packed.shape == (len(x), 32 * nbits // 8) and codes.dtype == np.uint16
+        back = codec.decompress(codes, packed)
+        np.testing.assert_allclose(np.linalg.norm(back, axis=1), 1, atol=1e-5)
+        errors.append(float(np.abs(back - x.astype(np.float32)).mean()))
+        restored = ResidualCodec.from_bytes(codec.to_bytes())
+        assert np.array_equal(restored.decompress(codes, packed), back)
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.01 and errors[1] < 0.1
+
+
+def test_residual_codec_rejects_bad_settings():
+    with pytest.raises(ValueError, match=re.escape("nbits must be one of (1, 2, 4, 8), got 3.")):
+        ResidualCodec(np.ones((2, 8)), np.zeros(1), np.zeros(2), 3)
+    with pytest.raises(ValueError, match="dim \\* nbits divisible by 8"):
+        ResidualCodec(np.ones((2, 3)), np.zeros(1), np.zeros(2), 1)
+
+
+def test_pool_tokens_keeps_cls_and_reduces_tokens():
+    doc = unit(np.random.default_rng(5).standard_normal((27, 16)))
+    pooled = pool_tokens(doc, 2)
+    assert pooled.dtype == doc.dtype and len(pooled) == 1 + (len(doc) - 1) // 2
+    assert np.array_equal(pooled[0], doc[0])
+    np.testing.assert_allclose(np.linalg.norm(pooled.astype(np.float32), axis=1), 1, atol=2e-3)
+    assert pool_tokens(doc, 1) is doc and len(pool_tokens(doc[:2], 4)) == 2
+    with pytest.raises(ValueError, match=re.escape("pool_factor must be a positive integer, got 0.")):
+        pool_tokens(doc, 0)
+
+
+def test_pooling_identical_tokens_loses_nothing():
+    token = unit(np.ones((1, 8)))
+    doc = np.concatenate([unit(np.arange(8.0)[None]), token, token, token, token])
+    query = unit(np.random.default_rng(0).standard_normal((3, 8))).astype(np.float32)
+    np.testing.assert_allclose(maxsim(query, [pool_tokens(doc, 4)]), maxsim(query, [doc]), rtol=1e-3)
+
+
+def test_compressed_index_is_smaller(tmp_path):
+    docs = random_docs(100, dim=32, seed=6)
+    full = write_index(tmp_path / "a", docs)
+    small = write_index(tmp_path / "b", docs, "residual", nbits=2)
+    size = {r: sum(e["vector_bytes"] for e in r.manifest["shards"]) for r in (full, small)}
+    assert size[small] * 4 < size[full]
+
+
+def test_missing_or_foreign_index_is_explained(tmp_path):
+    with pytest.raises(IndexFormatError, match="has no _manifest.json"):
+        IndexReader(str(tmp_path))
+    reader = write_index(tmp_path / "ix", random_docs(4), shards=1)
+    with pytest.raises(IndexFormatError, match="built with model 'm', but the engine uses 'other'"):
+        reader.check_model("other")
+
+
+def test_dedupe_first_keeps_earliest_row():
+    import pyarrow as pa
+
+    table = pa.table({"doc_id": ["b", "a", "b", "c", "a"], "text": list("vwxyz"), "_source": ["f"] * 5,
+                      "_row": [0, 1, 2, 3, 4], "_seq": [0, 1, 2, 3, 4]})
+    kept, errors = dedupe_first(table)
+    assert kept["doc_id"].to_pylist() == ["b", "a", "c"] and kept["text"].to_pylist() == ["v", "w", "y"]
+    assert sorted(errors["source_row"].to_pylist()) == [2, 4]
+    assert set(errors["reason"].to_pylist()) == {"duplicate doc_id: first seen at row 0 of f",
+                                                 "duplicate doc_id: first seen at row 1 of f"}
+
+
+def test_index_configs():
+    config = IndexJobConfig.model_validate({"engine": {"model": "x"}, "compression": "residual", "nbits": 4})
+    assert config.engine.scorer == "late-interaction" and config.nbits == 4
+    with pytest.raises(ConfigError, match="use scorer: late-interaction"):
+        parse_config(IndexJobConfig, {"engine": {"scorer": "cross-encoder"}}, "t")
+    with pytest.raises(ConfigError, match="nbits"):
+        parse_config(IndexJobConfig, {"nbits": 3}, "t")
+    with pytest.raises(ConfigError, match="needs engine.scorer: late-interaction"):
+        parse_config(RerankJobConfig, {"index": "ix"}, "t")
+
+
+def test_shard_files_are_parquet_plus_npy(tmp_path):
+    reader = write_index(tmp_path / "ix", random_docs(10), shards=1)
+    docs = pq.read_table(tmp_path / "ix" / "shards" / "s0.parquet")
+    assert docs.column_names == ["doc_id", "offset", "tokens"]
+    flat = np.load(tmp_path / "ix" / "shards" / "s0.npy", mmap_mode="r")
+    assert flat.dtype == np.float16 and flat.shape == (int(docs["tokens"].to_numpy().sum()), 16)
+    assert len(reader) == 10
+
+
+def test_index_yaml_configs_validate():
+    from pathlib import Path
+
+    from rayrank.config import load_yaml
+
+    paths = sorted((Path(__file__).resolve().parents[2] / "configs").glob("index*.yaml"))
+    assert paths
+    for path in paths:
+        config = parse_config(IndexJobConfig, load_yaml(path), str(path))
+        assert config.engine.scorer == "late-interaction"
+
+
+def test_repack_to_residual_and_pooled(tmp_path):
+    from rayrank.index.build import repack
+
+    docs = random_docs(50, dim=32, seed=7)
+    source = write_index(tmp_path / "src", docs)
+    manifest = repack(source, str(tmp_path / "r8"), "residual", nbits=8, centroids=16)
+    small = IndexReader(str(tmp_path / "r8"))
+    assert small.compression == "residual" and manifest["compression"]["nbits"] == 8 and len(small) == 50
+    for a, b in zip(source.get(source.doc_ids), small.get(source.doc_ids)):
+        assert a.shape == b.shape and float((a.astype(np.float32) * b).sum(axis=1).min()) > 0.99
+    repack(source, str(tmp_path / "p2"), "none", pool_factor=2, centroids=16)
+    pooled = IndexReader(str(tmp_path / "p2"))
+    assert pooled.pool_factor == 2 and pooled.sizes.sum() < source.sizes.sum()
+    with pytest.raises(ValueError, match="needs an uncompressed, unpooled source"):
+        repack(small, str(tmp_path / "x"), "none")
+
+
+def test_pack_shard_of_no_documents(tmp_path):
+    codec, _ = train_codec(random_docs(20), 2, 8)
+    for compression in ("none", "residual"):
+        data, stats = pack_shard("empty", [], [], codec, compression)
+        assert stats == {"docs": 0, "tokens": 0, "vector_bytes": stats["vector_bytes"]}
+        assert pq.read_table(io.BytesIO(data["shards/empty.parquet"])).num_rows == 0
