@@ -1,0 +1,120 @@
+"""The `Reranker` Serve deployment and the typed application builder `build_app`.
+
+Requests wait in `@serve.batch`; each batch's pairs are flattened into one token-budgeted engine
+call (`rayrank.Reranker.score_pairs`, in a worker thread so the replica keeps admitting and
+refusing requests meanwhile) and split back per request.
+
+Run it with `serve run configs/serve.local.yaml` or `rayrank serve`.
+"""
+
+# No `from __future__ import annotations`: Serve reads build_app's annotation as a class to
+# validate `args` with it.
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+from ray.serve import Application
+
+import rayrank
+from ray_app.config import ServeArgs
+from ray_app.http import build_http_app
+from ray_app.metrics import ServeMetrics
+from ray_app.schemas import RequestError
+from rayrank.cache import QueryCache, documents_key, mean_pooled
+from rayrank.models import DEFAULT_LATE_INTERACTION
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's pairs inside a batch."""
+
+    query: str
+    documents: list[str]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores in the request's document order (logits for cross-encoders, MaxSim otherwise)."""
+
+    scores: np.ndarray
+    cached: bool
+
+
+@serve.deployment(name="Reranker", max_ongoing_requests=64, max_queued_requests=64,
+                  backpressure_config={"status_code": 503, "retry_after_s": 1})
+@serve.ingress()
+class Reranker:
+    """One engine per replica, its batch queue bounded by `admission.max_pending_pairs`."""
+
+    def __init__(self, args: ServeArgs) -> None:
+        self.args = args
+        self.engine = rayrank.Reranker.from_config(args.engine)
+        self.metrics = ServeMetrics(args.model_name)
+        self.cache = (QueryCache(args.cache.threshold, args.cache.max_entries) if args.cache.enabled else None)
+        self._query_encoder = self._cache_encoder() if args.cache.enabled else None
+        self.pending_pairs = 0
+        self.score_batch.set_max_batch_size(args.batching.max_batch_size)
+        self.score_batch.set_batch_wait_timeout_s(args.batching.batch_wait_timeout_s)
+
+    def __serve_build_asgi_app__(self):
+        return build_http_app(self)
+
+    def _cache_encoder(self):
+        """The bi-encoder for query similarity: the serving model when it is late interaction."""
+        model = self.args.cache.model
+        if self.engine.config.scorer == "late-interaction" and model in (None, self.engine.config.model_name):
+            return self.engine.scorer
+        settings = self.engine.config.model_dump(exclude={"model", "scorer", "max_length", "query_max_length"})
+        return rayrank.Reranker(model or DEFAULT_LATE_INTERACTION, scorer="late-interaction", **settings).scorer
+
+    def stats(self) -> dict[str, int]:
+        return {"pending_pairs": self.pending_pairs, **self.metrics.counts}
+
+    async def score(self, query: str, documents: list[str]) -> Scored:
+        """Admit the request's pairs or refuse at once with 503 + Retry-After; then wait for its batch."""
+        admission = self.args.admission
+        if self.pending_pairs and self.pending_pairs + len(documents) > admission.max_pending_pairs:
+            self.metrics.rejected("overloaded")
+            raise RequestError(503, None, f"the replica has {self.pending_pairs} pairs queued (limit "
+                               f"{admission.max_pending_pairs}); retry after {admission.retry_after_s}s",
+                               kind="overloaded", headers={"Retry-After": str(admission.retry_after_s)})
+        self.pending_pairs += len(documents)
+        try:
+            return await self.score_batch(Job(query, documents))
+        finally:
+            self.pending_pairs -= len(documents)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def score_batch(self, jobs: list[Job]) -> list[Scored]:
+        return await asyncio.to_thread(self._score_jobs, jobs)
+
+    def _score_jobs(self, jobs: list[Job]) -> list[Scored]:
+        """Cache lookups, then one engine call for every pair of every missed request, split back."""
+        found: list[dict[str, float] | None] = [None] * len(jobs)
+        if self.cache is not None:
+            vectors = mean_pooled(self._query_encoder.encode_queries([job.query for job in jobs]))
+            keys = [documents_key(job.documents) for job in jobs]
+            found = [self.cache.lookup(key, vector) for key, vector in zip(keys, vectors)]
+            hits = sum(f is not None for f in found)
+            self.metrics.cache(hits, len(jobs) - hits)
+        todo = [i for i, f in enumerate(found) if f is None]
+        queries = [jobs[i].query for i in todo for _ in jobs[i].documents]
+        documents = [doc for i in todo for doc in jobs[i].documents]
+        scores = self.engine.score_pairs(queries, documents).scores
+        self.metrics.batch(len(jobs), len(documents))
+        out: list[Scored] = [None] * len(jobs)  # type: ignore[list-item]
+        bounds = np.cumsum([0] + [len(jobs[i].documents) for i in todo])
+        for i, start, end in zip(todo, bounds[:-1], bounds[1:]):
+            out[i] = Scored(scores[start:end], cached=False)
+            if self.cache is not None:
+                self.cache.store(keys[i], vectors[i], dict(zip(jobs[i].documents, scores[start:end].tolist())))
+        for i, by_text in enumerate(found):
+            if by_text is not None:
+                out[i] = Scored(np.array([by_text[d] for d in jobs[i].documents], dtype=np.float32), cached=True)
+        return out
+
+
+def build_app(args: ServeArgs) -> Application:
+    """Serve's typed application builder (`import_path: ray_app.app:build_app`)."""
+    return Reranker.bind(args)

@@ -1,0 +1,63 @@
+"""The Serve application's arguments (`args:` in a Serve config file), validated by pydantic."""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveInt, model_validator
+
+from rayrank.config import EngineConfig, StrictModel, _late_interaction_engine
+
+
+class RequestLimits(StrictModel):
+    """What one HTTP request may carry; anything beyond gets a 4xx naming the field."""
+
+    max_documents: PositiveInt = 1000
+    max_document_chars: PositiveInt = 20_000
+    max_query_chars: PositiveInt = 4_000
+    max_body_bytes: PositiveInt = 16 * 1024 * 1024
+
+
+class BatchingConfig(StrictModel):
+    """Dynamic batching across requests: up to `max_batch_size` requests per engine call (1 = off)."""
+
+    max_batch_size: PositiveInt = 16
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+
+class AdmissionConfig(StrictModel):
+    """The replica's own queue bound, in pairs (documents), the unit work is measured in.
+
+    A request that would push the pairs waiting or being scored past `max_pending_pairs` is
+    answered 503 with `Retry-After: retry_after_s` at once, instead of queueing.
+    """
+
+    max_pending_pairs: PositiveInt = 4096
+    retry_after_s: PositiveInt = 1
+
+
+class CacheConfig(StrictModel):
+    """Opt-in semantic query cache. `model`: the bi-encoder for query similarity (default: the
+    serving model when it is a late-interaction encoder, else all-MiniLM-L6-v2)."""
+
+    enabled: bool = False
+    threshold: float = Field(0.97, gt=0, le=1)
+    max_entries: PositiveInt = 4096
+    model: str | None = None
+
+
+class ServeArgs(StrictModel):
+    """Arguments of `ray_app.app:build_app`. The engine's scorer defaults to late interaction (the
+    bundled all-MiniLM-L6-v2); `engine: {scorer: cross-encoder, model: ...}` serves a cross-encoder."""
+
+    engine: EngineConfig = EngineConfig(scorer="late-interaction")
+    served_model_name: str | None = None
+    limits: RequestLimits = RequestLimits()
+    batching: BatchingConfig = BatchingConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    cache: CacheConfig = CacheConfig()
+
+    _engine = model_validator(mode="before")(_late_interaction_engine)
+
+    @property
+    def model_name(self) -> str:
+        """The name clients see in `/v1/models` and may pass as `model`."""
+        return self.served_model_name or self.engine.model_name

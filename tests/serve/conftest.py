@@ -1,0 +1,41 @@
+"""Serve apps on the session's Ray, reached over real HTTP on 127.0.0.1 at a free port."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+
+from ray_app.config import ServeArgs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running(args: ServeArgs, **deployment_options) -> Iterator[str]:
+    """Run the app (with optional `Reranker` deployment options) and yield its base URL; shut Serve down after."""
+    from ray import serve
+
+    from ray_app.app import Reranker
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(Reranker.options(**deployment_options).bind(args), name="rayrank", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def tiny_args(model, scorer: str, **settings) -> ServeArgs:
+    return ServeArgs.model_validate({"engine": {"model": str(model), "scorer": scorer}, **settings})
+
+
+def post(url: str, path: str, payload=None, **kwargs) -> requests.Response:
+    return requests.post(url + path, json=payload, timeout=60, **kwargs)
