@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("jobs.index", "build a late-interaction index (token embeddings) of a corpus on Ray Data"),
     "search": ("jobs.search", "top-k documents per query over a late-interaction index"),
     "eval": ("rayrank.evaluate", "nDCG@10, MRR@10, Recall@10/100 of a run against TREC qrels"),
+    "serve": ("ray_app.cli", "run the online reranking API (Ray Serve) from a Serve config file"),
+    "loadtest": ("rayrank.loadtest", "open-loop HTTP load test of a rerank endpoint: latency percentiles per QPS"),
 }
 
 
