@@ -139,6 +139,7 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.device = "cuda" if want_cuda else "cpu"
         self._inputs = [i.name for i in self.session.get_inputs()]

@@ -1,0 +1,59 @@
+"""ONNX export: fused graph, cache reuse, and int8 closeness measured the way each scorer uses its output."""
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+
+from rayrank import Reranker
+from rayrank.scoring.late_interaction import maxsim
+
+
+def _ops(path) -> collections.Counter:
+    return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def _onnx_path(reranker: Reranker):
+    return reranker.scorer.backend.path
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return ["ray cluster python data", "the sea and the sun", " ".join(["model"] * 30),
+            "what is a fast search rank score", "cat dog fish", "how to run a big data cluster"]
+
+
+def test_attention_is_fused(tiny_cross_encoder, cache_dir):
+    # Unfused attention (a dozen MatMul/Softmax/Where nodes per layer) was the main fp32 ONNX slowdown.
+    ops = _ops(_onnx_path(Reranker(str(tiny_cross_encoder), backend="onnx", cache_dir=cache_dir)))
+    assert ops["Attention"] == 2 and ops["Softmax"] == 0
+    assert ops["SkipLayerNormalization"] > 0
+
+
+def test_export_is_reused(tiny_cross_encoder, cache_dir):
+    first = _onnx_path(Reranker(str(tiny_cross_encoder), backend="onnx", cache_dir=cache_dir))
+    stamp = first.stat().st_mtime_ns
+    second = _onnx_path(Reranker(str(tiny_cross_encoder), backend="onnx", cache_dir=cache_dir))
+    assert second == first and second.stat().st_mtime_ns == stamp
+
+
+def test_int8_graph_is_quantized(tiny_cross_encoder, cache_dir):
+    ops = _ops(_onnx_path(Reranker(str(tiny_cross_encoder), backend="onnx", quantize="int8", cache_dir=cache_dir)))
+    assert ops["QAttention"] + ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] > 0
+
+
+def test_int8_token_embeddings_keep_maxsim(tiny_colbert, cache_dir, docs):
+    # Late interaction only uses cosines of normalised token embeddings, so that is the measure: each
+    # token keeps its direction, and MaxSim moves by little per query token (a cosine lies in [-1, 1]).
+    # A random 32-wide model scores all documents within a few hundredths per token, so its rank order
+    # is noise either way; ranking fidelity is measured on real weights (nDCG@10 in bench/engine.py).
+    fp32 = Reranker(str(tiny_colbert), scorer="late-interaction", backend="onnx", cache_dir=cache_dir).scorer
+    int8 = Reranker(str(tiny_colbert), scorer="late-interaction", backend="onnx", quantize="int8",
+                    cache_dir=cache_dir).scorer
+    a, b = fp32.encode_documents(docs), int8.encode_documents(docs)
+    cosine = np.concatenate([(x.astype(np.float32) * y.astype(np.float32)).sum(-1) for x, y in zip(a, b)])
+    assert cosine.mean() > 0.98 and cosine.min() > 0.9
+    for text in ("python data cluster", "sea sun", "fast search rank"):
+        (query,) = fp32.encode_queries([text])
+        assert np.abs(maxsim(query, a) - maxsim(query, b)).max() / len(query) < 0.05
