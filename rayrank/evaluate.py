@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rayrank.errors import InvalidInputError
+
 Run = Mapping[str, Mapping[str, float]]  # query_id -> doc_id -> score (higher is better)
 Qrels = Mapping[str, Mapping[str, int]]  # query_id -> doc_id -> grade
 
@@ -90,7 +92,17 @@ def read_run(path: str, column: str = "score", storage_options: dict | None = No
     from rayrank.io.storage import filesystem
 
     fs, root = filesystem(path, storage_options)
-    table = ds.dataset(root, filesystem=fs, format="parquet").to_table(columns=["query_id", "doc_id", column])
+    if not fs.exists(root):
+        raise InvalidInputError(f"run {path} does not exist.")
+    dataset = ds.dataset(root, filesystem=fs, format="parquet")  # skips _errors/, _staging/, _manifest.json
+    if not dataset.files:
+        raise InvalidInputError(f"run {path} holds no result files (part-*.parquet): the job has not finished "
+                                "(rerun the same `rayrank rerank` command to resume it).")
+    missing = [c for c in ("query_id", "doc_id", column) if c not in dataset.schema.names]
+    if missing:
+        raise InvalidInputError(f"run {path} has no column {', '.join(map(repr, missing))}; "
+                                f"it has {', '.join(dataset.schema.names)}.")
+    table = dataset.to_table(columns=["query_id", "doc_id", column])
     sign = -1.0 if "rank" in column else 1.0
     run: dict[str, dict[str, float]] = {}
     for qid, did, value in zip(*(table[c].to_pylist() for c in ("query_id", "doc_id", column))):
@@ -108,11 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 
-    qrels = load_qrels(args.qrels)
-    rows = {"run (score)": evaluate(read_run(args.run), qrels, args.min_relevance)}
-    if args.baseline_column:
-        rows[f"baseline ({args.baseline_column})"] = evaluate(
-            read_run(args.run, args.baseline_column), qrels, args.min_relevance)
+    try:
+        qrels = load_qrels(args.qrels)
+        rows = {"run (score)": evaluate(read_run(args.run), qrels, args.min_relevance)}
+        if args.baseline_column:
+            rows[f"baseline ({args.baseline_column})"] = evaluate(
+                read_run(args.run, args.baseline_column), qrels, args.min_relevance)
+    except (OSError, ValueError) as exc:  # InvalidInputError is a ValueError; a missing qrels file an OSError
+        print(f"rayrank eval: error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps({name: {k: v for k, v in asdict(m).items() if k != "per_query"}
                           for name, m in rows.items()}, indent=2))

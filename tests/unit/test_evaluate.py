@@ -46,3 +46,21 @@ def test_bad_qrels_line(tmp_path):
     path.write_text("q1 0 a\n")
     with pytest.raises(ValueError, match="qrels.txt:1: expected 'query_id 0 doc_id grade'"):
         load_qrels(path)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "does not exist"),
+    ("unfinished", "holds no result files (part-*.parquet): the job has not finished"),
+    ("no-score", "has no column 'score'; it has query_id, doc_id, bm25_rank"),
+])
+def test_cli_explains_a_run_it_cannot_read(tmp_path, capsys, layout, message):
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 a 2\n")
+    run = tmp_path / "run"
+    if layout == "unfinished":  # a killed job leaves only its staging area
+        (run / "_staging").mkdir(parents=True)
+    elif layout == "no-score":
+        run.mkdir()
+        pq.write_table(pa.table({"query_id": ["q1"], "doc_id": ["a"], "bm25_rank": [1]}), run / "part-00000.parquet")
+    assert main([str(run), "--qrels", str(qrels)]) == 2
+    assert message in capsys.readouterr().err
