@@ -75,7 +75,6 @@ class Reranker:
         """Admit the request's pairs or refuse at once with 503 + Retry-After; then wait for its batch."""
         admission = self.args.admission
         if self.pending_pairs and self.pending_pairs + len(documents) > admission.max_pending_pairs:
-            self.metrics.rejected("overloaded")
             raise RequestError(503, None, f"the replica has {self.pending_pairs} pairs queued (limit "
                                f"{admission.max_pending_pairs}); retry after {admission.retry_after_s}s",
                                kind="overloaded", headers={"Retry-After": str(admission.retry_after_s)})

@@ -8,8 +8,9 @@ file's deployment options, prints the URL and blocks until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     from ray import serve
 
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # set explicitly: a background shell ignores SIGINT
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    serve.shutdown()
     return 0

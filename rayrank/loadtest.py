@@ -1,0 +1,247 @@
+"""`rayrank loadtest URL --qps 5,10,20 --duration 20 --docs 20`: open-loop load on a rerank endpoint.
+
+Open loop: requests leave on a fixed schedule (Poisson arrivals at the offered rate) whether or
+not earlier ones have answered, so a slow server builds a queue instead of slowing the client
+down. Latency runs from each request's *scheduled* time, so time a request spent waiting in the
+client counts too (no coordinated omission).
+
+`--simulate` first measures service times (sequential requests, nothing queued) and then
+replays every level through a single-server FIFO queue — same arrival times, service times
+resampled from the measured ones — printing the predicted percentiles beside the measured ones.
+A server that batches requests beats that prediction at high load; one that does not matches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PERCENTILES = (50, 95, 99, 99.9)
+WORDS = ("ray cluster node head worker actor task object store serve replica batch query document rank score "
+         "model token embedding index search latency throughput queue python data scale memory gpu cpu").split()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request: when it was due (s from level start), its status (0 = no response) and latency (s)."""
+
+    scheduled: float
+    status: int
+    latency: float
+    error: str = ""
+
+
+def arrivals(qps: float, duration: float, rng: np.random.Generator) -> np.ndarray:
+    """Poisson arrival times in [0, duration) at `qps` per second.
+
+    Example:
+        >>> times = arrivals(50, 10, np.random.default_rng(0))
+        >>> bool(400 < len(times) < 600 and (np.diff(times) >= 0).all() and times[-1] < 10)
+        True
+    """
+    gaps = rng.exponential(1.0 / qps, size=int(qps * duration * 2) + 16)
+    times = np.cumsum(gaps) - gaps[0]
+    return times[times < duration]
+
+
+def simulate_fifo(arrival_times: np.ndarray, service_times: np.ndarray) -> np.ndarray:
+    """Latency of each arrival at a single FIFO server with the given service times.
+
+    Example:
+        >>> simulate_fifo(np.array([0.0, 0.1, 5.0]), np.array([1.0, 1.0, 1.0])).tolist()
+        [1.0, 1.9, 1.0]
+    """
+    latencies = np.empty(len(arrival_times))
+    free_at = 0.0
+    for i, (arrive, service) in enumerate(zip(arrival_times, service_times)):
+        free_at = max(arrive, free_at) + service
+        latencies[i] = free_at - arrive
+    return latencies
+
+
+def percentiles(latencies: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/p99.9/max in milliseconds (NaN when there is nothing to measure)."""
+    values = np.asarray(latencies, dtype=np.float64) * 1000
+    if not len(values):
+        return {**{f"p{p:g}": float("nan") for p in PERCENTILES}, "max": float("nan")}
+    return {**{f"p{p:g}": float(np.percentile(values, p)) for p in PERCENTILES}, "max": float(values.max())}
+
+
+def make_payloads(n: int, docs: int, path: str, rng: np.random.Generator) -> list[bytes]:
+    """`n` distinct JSON bodies for `path` (Cohere `/v1/rerank` or TEI `/rerank`), `docs` documents each."""
+    key = "texts" if path.rstrip("/") == "/rerank" else "documents"
+
+    def sentence(k: int) -> str:
+        return " ".join(rng.choice(WORDS, size=k))
+
+    return [json.dumps({"query": sentence(6), key: [sentence(int(rng.integers(20, 60))) for _ in range(docs)]}).encode()
+            for _ in range(n)]
+
+
+async def _send(session, url: str, body: bytes, due: float, origin: float, timeout: float) -> Sample:
+    import aiohttp
+
+    try:
+        async with session.post(url, data=body, headers={"content-type": "application/json"},
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            await response.read()
+            status, error = response.status, "" if response.status < 400 else f"HTTP {response.status}"
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        status, error = 0, type(exc).__name__
+    return Sample(due - origin, status, time.perf_counter() - due, error)
+
+
+async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], timeout: float) -> list[Sample]:
+    """Send `payloads[i % n]` at `schedule[i]` seconds from now, never waiting for earlier answers."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        origin = time.perf_counter()
+        tasks = []
+        for i, offset in enumerate(schedule):
+            due = origin + float(offset)
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(_send(session, url, payloads[i % len(payloads)], due, origin, timeout)))
+        return list(await asyncio.gather(*tasks))
+
+
+async def measure_service_times(url: str, payloads: Sequence[bytes], count: int, timeout: float) -> np.ndarray:
+    """Latencies of `count` sequential requests: service times with nothing queued."""
+    out = []
+    for i in range(count):
+        (sample,) = await run_level(url, np.zeros(1), [payloads[i % len(payloads)]], timeout)
+        if sample.status == 200:
+            out.append(sample.latency)
+    if not out:
+        raise RuntimeError(f"no request to {url} succeeded while measuring service times.")
+    return np.array(out)
+
+
+@dataclass
+class LevelResult:
+    qps: float
+    samples: list[Sample]
+    duration: float
+    simulated: dict[str, float] | None = None
+
+    def elapsed(self) -> float:
+        """From the level's start to its last answer (at least the scheduled duration)."""
+        return max([self.duration] + [s.scheduled + s.latency for s in self.samples])
+
+    def row(self) -> dict[str, float | int | str]:
+        ok = [s.latency for s in self.samples if s.status == 200]
+        errors = Counter(s.error for s in self.samples if s.status != 200)
+        row: dict[str, float | int | str] = {"qps": self.qps, "sent": len(self.samples), "ok": len(ok),
+                                             "errors": sum(errors.values()),
+                                             "achieved_qps": round(len(ok) / self.elapsed(), 2)}
+        row.update({k: round(v, 1) for k, v in percentiles(ok).items()})
+        if self.simulated:
+            row.update({f"sim_{k}": round(v, 1) for k, v in self.simulated.items()})
+        row["error_kinds"] = "; ".join(f"{k} x{n}" for k, n in errors.most_common())
+        return row
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of the rows' common keys (latencies in ms)."""
+    keys = [k for k in rows[0] if k != "error_kinds"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(f"{r[k]:g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    qps = [r["qps"] for r in rows]
+    for key, color in zip(["p50", "p95", "p99", "p99.9"], ["C0", "C1", "C2", "C3"]):
+        ax.plot(qps, [r[key] for r in rows], "o-", color=color, label=f"{key} measured")
+        if f"sim_{key}" in rows[0]:
+            ax.plot(qps, [r[f"sim_{key}"] for r in rows], "x--", color=color, label=f"{key} FIFO simulation")
+    ax.set_xlabel("offered load (requests/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rayrank loadtest", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("url", help="the service, e.g. http://127.0.0.1:8000 (the path comes from --path)")
+    parser.add_argument("--path", default="/v1/rerank", help="/v1/rerank (Cohere) or /rerank (TEI)")
+    parser.add_argument("--qps", default="5,10,20", help="offered loads, comma-separated requests/s")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    parser.add_argument("--docs", type=int, default=20, help="documents per request")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
+    parser.add_argument("--simulate", action="store_true", help="measure service times and print a FIFO prediction")
+    parser.add_argument("--calibration-requests", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("loadtest"), help="directory for results.csv and latency.png")
+    parser.add_argument("--seed", type=int, default=0)
+    opts = parser.parse_args(argv)
+    try:
+        opts.levels = [float(q) for q in opts.qps.split(",")]
+    except ValueError:
+        parser.error(f"--qps: expected comma-separated numbers like 5,10,20, got {opts.qps!r}")
+    if not opts.levels or min(opts.levels) <= 0 or opts.duration <= 0 or opts.docs <= 0:
+        parser.error("--qps, --duration and --docs must be positive")
+    return opts
+
+
+async def _run(opts: argparse.Namespace) -> list[dict]:
+    rng = np.random.default_rng(opts.seed)
+    url = opts.url.rstrip("/") + opts.path
+    payloads = make_payloads(64, opts.docs, opts.path, rng)
+    service = (await measure_service_times(url, payloads, opts.calibration_requests, opts.timeout)
+               if opts.simulate else None)
+    if service is not None:
+        print(f"service time (sequential, n={len(service)}): p50 {np.median(service) * 1000:.1f} ms, "
+              f"mean {service.mean() * 1000:.1f} ms -> a FIFO server saturates near {1 / service.mean():.1f} req/s",
+              flush=True)
+    rows = []
+    for qps in opts.levels:
+        schedule = arrivals(qps, opts.duration, rng)
+        samples = await run_level(url, schedule, payloads, opts.timeout)
+        simulated = None
+        if service is not None:
+            simulated = percentiles(simulate_fifo(schedule, rng.choice(service, size=len(schedule))))
+        rows.append(LevelResult(qps, samples, opts.duration, simulated).row())
+        print(f"  {qps:g} req/s: {rows[-1]['ok']}/{rows[-1]['sent']} ok, p99 {rows[-1]['p99']} ms", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    try:
+        rows = asyncio.run(_run(opts))
+    except RuntimeError as exc:
+        print(f"rayrank loadtest: {exc}", file=sys.stderr)
+        return 1
+    opts.out.mkdir(parents=True, exist_ok=True)
+    with open(opts.out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, opts.out / "latency.png")
+    print(format_table(rows))
+    for row in rows:
+        if row["error_kinds"]:
+            print(f"errors at {row['qps']:g} req/s: {row['error_kinds']}")
+    print(f"wrote {opts.out / 'results.csv'} and {opts.out / 'latency.png'}")
+    return 0
