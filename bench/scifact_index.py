@@ -27,9 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[1]
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import MINILM as MODEL, SCIFACT, load_average, skip_message, table  # noqa: E402
 
 
 def parse_setting(text: str) -> dict:
@@ -56,11 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-for-all", action="store_true",
                         help="build every setting with the index job (default: the job builds the fp16 index, "
                              "other settings repack its vectors with the job's pooling/codec code)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="engine of the index job and queries")
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"], help="onnx: dynamic int8")
+    parser.add_argument("--actors", default="2,2", help="index job actors (MIN,MAX), one CPU each")
     parser.add_argument("--workdir", help="keep indexes here (default: a temporary directory)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if not SCIFACT.is_dir():
-        print(f"skipped: {SCIFACT} not found (the shared data folder is not part of a clone)")
+        print(skip_message(SCIFACT))
         return 0
 
     import rayrank
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from rayrank.index.build import repack
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scifact-index-"))
+    work.mkdir(parents=True, exist_ok=True)
     corpus = pq.read_table(SCIFACT / "corpus.parquet")
     text = pc.binary_join_element_wise(corpus["title"], corpus["text"], " ")
     docs = work / "corpus.parquet"
@@ -80,14 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     candidates = pq.read_table(SCIFACT / "candidates.test.parquet")
     bm25 = evaluate({q: {d: -r for d, r in zip(g["doc_id"], g["bm25_rank"])}
                      for q, g in _groups(candidates).items()}, qrels).ndcg_at_10
-    scorer = rayrank.Reranker(MODEL, scorer="late-interaction").scorer
+    engine = {"model": MODEL, "backend": args.backend, "quantize": args.quantize}
+    scorer = rayrank.Reranker(MODEL, scorer="late-interaction", backend=args.backend, quantize=args.quantize).scorer
+    print(f"SciFact, {MODEL}, engine {args.backend} (quantize {args.quantize}); load average {load_average()}",
+          flush=True)
     query_text = {q: t for q, t in zip(candidates["query_id"].to_pylist(), candidates["query"].to_pylist())}
     rows, base_bytes, source = [], None, None
     for name in args.settings:
         setting = parse_setting(name)
         out = work / name.replace(":", "-")
-        config = IndexJobConfig.model_validate({"input": str(docs), "output": str(out), "engine": {"model": MODEL},
-                                                "cluster": {"actors": "1,1", "cpus_per_actor": 1}, **setting})
+        config = IndexJobConfig.model_validate({"input": str(docs), "output": str(out), "engine": engine,
+                                                "cluster": {"actors": args.actors}, **setting})
         started = time.perf_counter()
         if setting["compression"] == "none" and setting["pool_factor"] == 1 or args.job_for_all or source is None:
             manifest = build_index(config)
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.exact_for is None or name in args.exact_for:
             queries = work / "queries.parquet"
             pq.write_table(pq.read_table(SCIFACT / "queries.test.parquet"), queries)
-            result = search(SearchJobConfig.model_validate({"index": str(out), "input": str(queries),
+            result = search(SearchJobConfig.model_validate({"index": str(out), "input": str(queries), "engine": engine,
                                                             "output": str(out) + "-exact", "k": 100}))
             exact_run = read_run(str(out) + "-exact")
             row.update(exact_ndcg10=round(evaluate(exact_run, qrels).ndcg_at_10, 4),
@@ -133,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                     ivf_ms_per_query=round(ivf_ms, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\nSciFact test (300 claims), {MODEL}; BM25 alone nDCG@10 = {bm25:.4f}")
-    print(f"{'setting':18} {'bytes/doc':>9} {'vs none':>7} {'tok/doc':>7} {'rerank':>7} {'exact':>7}")
-    for r in rows:
-        print(f"{r['setting']:18} {r['bytes_per_doc']:9.0f} {r['size_vs_fp16']:7.3f} {r['tokens_per_doc']:7.1f} "
-              f"{r['rerank_ndcg10']:7.4f} {r.get('exact_ndcg10', float('nan')):7.4f}")
+    columns = {"setting": "setting", "tokens_per_doc": "tokens/doc", "bytes_per_doc": "bytes/doc",
+               "size_vs_fp16": "size vs fp16", "rerank_ndcg10": "nDCG@10 rerank BM25 top-100",
+               "exact_ndcg10": "nDCG@10 exact search"}
+    print(f"\nSciFact test (300 claims), {MODEL}; BM25 alone nDCG@10 = {bm25:.4f}; load average {load_average()}")
+    print(table([{label: r.get(key, "–") for key, label in columns.items()} for r in rows], "{:.4f}"))
     if args.json:
         Path(args.json).write_text(json.dumps({"bm25_ndcg10": bm25, "rows": rows}, indent=2))
     return 0

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 import rayrank
 from jobs._output import JobOutput, OutputConflictError, job_identity
-from rayrank.config import ConfigError, IndexJobConfig, load_yaml, parse_config
+from rayrank.config import ConfigError, IndexJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index import build
 from rayrank.index.compress import ResidualCodec
 from rayrank.index.format import (
@@ -52,6 +52,7 @@ from rayrank.io.tables import (
     plan_shards,
     read_footers,
     read_shard,
+    split_duplicates,
     split_valid,
 )
 from rayrank.models import resolve_model
@@ -80,13 +81,7 @@ def parse_args(argv: list[str] | None) -> IndexJobConfig:
              "overwrite": True if args.overwrite else None}
     engine = {"model": args.model, "backend": args.backend}
     cluster = {"address": args.address, "actors": args.actors, "gpus_per_actor": args.gpus_per_actor}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    for section, values in (("engine", engine), ("cluster", cluster)):
-        given = {k: v for k, v in values.items() if v is not None}
-        if given:
-            if not isinstance(data.get(section, {}), dict):
-                raise ConfigError(f"{args.config}: `{section}` must be a mapping")
-            data[section] = {**data.get(section, {}), **given}
+    data = merge_flags(data, flags, {"engine": engine, "cluster": cluster}, args.config)
     config = parse_config(IndexJobConfig, data, args.config or "command-line flags")
     if not config.input or not config.output:
         parser.error("DOCS and INDEX_DIR are required (as arguments or `input:`/`output:` in --config)")
@@ -97,7 +92,7 @@ def _valid_docs(fs_in, shard: Shard, layout: str, config: IndexJobConfig) -> tup
     """(valid first-occurrence rows, errors, rows read) of one shard."""
     table, layout_errors = read_shard(fs_in, shard, layout, config.columns, DOC_KEYS)
     valid, invalid = split_valid(table, DOC_KEYS)
-    kept, duplicates = build.dedupe_first(valid)
+    kept, duplicates = split_duplicates(valid, ("doc_id",))
     return kept, pa.concat_tables([layout_errors, invalid, duplicates]), table.num_rows + layout_errors.num_rows
 
 
@@ -264,9 +259,8 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
         results = dataset.map_batches(
             ShardIndexer, batch_size=1,
             compute=ray.data.ActorPoolStrategy(min_size=low, max_size=min(high, len(todo)) if high >= low else low),
+            # Ray Data restarts a lost actor (dead node) and retries its shard; shards are idempotent.
             **resources,
-            # A lost actor (dead node) is restarted and its shard retried; shards are idempotent.
-            max_restarts=-1, max_task_retries=-1,
             fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,
                                    "out_options": out_options, "layouts": layouts})
         for row in results.iter_rows():

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import rayrank
-from rayrank.config import ConfigError, RerankJobConfig, load_yaml, parse_config
+from rayrank.config import ConfigError, RerankJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.io.storage import (filesystem, join, list_parquet, storage_options, write_json_atomic,
                                 write_parquet_atomic)
 from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_footers,
@@ -63,13 +63,7 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     engine = {"model": args.model, "scorer": args.scorer, "backend": args.backend, "quantize": args.quantize,
               "max_tokens_per_batch": args.max_tokens_per_batch}
     cluster = {"address": args.address, "actors": args.actors, "gpus_per_actor": args.gpus_per_actor}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    for section, values in (("engine", engine), ("cluster", cluster)):
-        given = {k: v for k, v in values.items() if v is not None}
-        if given:
-            if not isinstance(data.get(section, {}), dict):
-                raise ConfigError(f"{args.config}: `{section}` must be a mapping")
-            data[section] = {**data.get(section, {}), **given}
+    data = merge_flags(data, flags, {"engine": engine, "cluster": cluster}, args.config)
     config = parse_config(RerankJobConfig, data, args.config or "command-line flags")
     if not config.input or not config.output:
         parser.error("INPUT and OUTPUT are required (as arguments or `input:`/`output:` in --config)")

@@ -23,17 +23,17 @@ import pyarrow as pa
 
 import rayrank
 from jobs._output import JobOutput, OutputConflictError, job_identity
-from rayrank.config import ConfigError, SearchJobConfig, load_yaml, parse_config
+from rayrank.config import ConfigError, SearchJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index import IndexReader, IvfSearcher, exact_search
 from rayrank.index.format import IndexFormatError
 from rayrank.io.storage import filesystem, list_parquet, storage_options, write_parquet_atomic
 from rayrank.io.tables import (
     QUERY_KEYS,
     InputSchemaError,
-    error_rows,
     plan_shards,
     read_footers,
     read_shard,
+    split_duplicates,
     split_valid,
 )
 
@@ -57,9 +57,7 @@ def parse_args(argv: list[str] | None) -> SearchJobConfig:
     data = load_yaml(args.config) if args.config else {}
     flags = {"index": args.index, "input": args.input, "output": args.output, "k": args.k, "method": args.method,
              "nprobe": args.nprobe, "candidates": args.candidates, "overwrite": True if args.overwrite else None}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    if args.model:
-        data["engine"] = {**data.get("engine", {}), "model": args.model}
+    data = merge_flags(data, flags, {"engine": {"model": args.model}}, args.config)
     config = parse_config(SearchJobConfig, data, args.config or "command-line flags")
     if not (config.index and config.input and config.output):
         parser.error("INDEX_DIR, QUERIES and OUTPUT are required")
@@ -78,19 +76,8 @@ def read_queries(config: SearchJobConfig, options: dict) -> tuple[pa.Table, pa.T
         valid.append(good)
         errors += [layout_errors, bad]
         rows_in += table.num_rows + layout_errors.num_rows
-    table = pa.concat_tables(valid)
-    seen: dict[str, int] = {}
-    dup = np.zeros(table.num_rows, dtype=bool)
-    for i, qid in enumerate(table["query_id"].to_pylist()):
-        dup[i] = qid in seen
-        seen.setdefault(qid, i)
-    rows = table["_row"].to_pylist()
-    dup_idx = np.flatnonzero(dup)
-    ids = table["query_id"].to_pylist()
-    errors.append(error_rows(table.take(dup_idx),
-                             [f"duplicate query_id: first seen at row {rows[seen[ids[i]]]}" for i in dup_idx],
-                             table["_source"].take(dup_idx).to_pylist(), table["_row"].take(dup_idx)))
-    return table.filter(pa.array(~dup)), pa.concat_tables(errors), rows_in
+    kept, duplicates = split_duplicates(pa.concat_tables(valid), ("query_id",))
+    return kept, pa.concat_tables(errors + [duplicates]), rows_in
 
 
 def run(config: SearchJobConfig) -> dict[str, Any]:

@@ -70,6 +70,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def merge_flags(data: dict[str, Any], flags: dict[str, Any], sections: dict[str, dict[str, Any]],
+                source: str) -> dict[str, Any]:
+    """Overlay command-line flags on a config mapping: every flag given (not None) wins over the file.
+
+    `sections` (e.g. `engine`, `cluster`) are nested mappings merged key by key, so a flag changes
+    one key of the file's section and keeps the others.
+    """
+    data = {**data, **{k: v for k, v in flags.items() if v is not None}}
+    for section, values in sections.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            if not isinstance(data.get(section, {}), dict):
+                raise ConfigError(f"{source}: `{section}` must be a mapping")
+            data[section] = {**data.get(section, {}), **given}
+    return data
+
+
 def parse_config(model: type[StrictModel], data: dict[str, Any], source: str) -> Any:
     """Validate `data` into `model`, turning pydantic's error into a ConfigError naming each key."""
     try:

@@ -15,7 +15,6 @@ import pyarrow as pa
 
 from rayrank.index.compress import ResidualCodec, default_centroids, pool_tokens
 from rayrank.index.format import DOCS_SCHEMA, npy_bytes, parquet_bytes, shard_files
-from rayrank.io.tables import error_rows
 
 
 def encode(scorer, texts: Sequence[str], pool_factor: int = 1) -> list[np.ndarray]:
@@ -45,26 +44,6 @@ def train_codec(embeddings: Sequence[np.ndarray], nbits: int, centroids: int | N
     codec = ResidualCodec.train(sample, k, nbits, seed=seed)
     return codec, {"centroids": k, "sample_docs": len(embeddings), "sample_tokens": total,
                    "kmeans_tokens": len(sample)}
-
-
-def dedupe_first(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """Keep the first row of each doc_id (by `_seq`); later ones go to the errors table with a reason."""
-    order = table.sort_by([("doc_id", "ascending"), ("_seq", "ascending")])
-    ids = order["doc_id"].to_pylist()
-    dup = np.zeros(len(ids), dtype=bool)
-    first: dict[str, int] = {}
-    for i, doc_id in enumerate(ids):
-        if doc_id in first:
-            dup[i] = True
-        else:
-            first[doc_id] = i
-    dup_idx = np.flatnonzero(dup)
-    sources, rows = order["_source"].to_pylist(), order["_row"].to_pylist()
-    reasons = [f"duplicate doc_id: first seen at row {rows[first[ids[i]]]} of {sources[first[ids[i]]]}"
-               for i in dup_idx]
-    errors = error_rows(order.take(dup_idx), reasons, [sources[i] for i in dup_idx], [rows[i] for i in dup_idx])
-    kept = order.filter(pa.array(~dup)).sort_by("_seq")
-    return kept, errors
 
 
 def pack_shard(shard_id: str, doc_ids: Sequence[str], embeddings: Sequence[np.ndarray], codec: ResidualCodec,

@@ -15,6 +15,18 @@ from rayrank.io.storage import filesystem, join
 from rayrank.scoring.late_interaction import maxsim
 
 
+def token_rows(offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Row numbers `offsets[i] : offsets[i] + sizes[i]` of every document, concatenated (int64).
+
+    Example:
+        >>> token_rows(np.array([5, 0]), np.array([2, 3])).tolist()
+        [5, 6, 0, 1, 2]
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    firsts = np.cumsum(sizes) - sizes
+    return np.repeat(np.asarray(offsets, dtype=np.int64) - firsts, sizes) + np.arange(int(sizes.sum()))
+
+
 @dataclass
 class Block:
     """Consecutive documents of one shard: `vectors[starts[i]:starts[i] + sizes[i]]` is document i."""
@@ -125,7 +137,7 @@ class IndexReader:
                 span = np.asarray(self._vectors(number, lo, hi), dtype=np.float32)
                 rel = offsets - lo
                 if hi - lo != int(sizes.sum()):  # rows of dropped duplicates inside the span
-                    span = span[np.concatenate([np.arange(r, r + s) for r, s in zip(rel, sizes)])]
+                    span = span[token_rows(rel, sizes)]
                     rel = np.concatenate(([0], np.cumsum(sizes)[:-1]))
                 yield Block(chosen, rel, sizes, span)
                 start = stop

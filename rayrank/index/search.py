@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rayrank.index.reader import IndexReader
+from rayrank.index.reader import IndexReader, token_rows
 from rayrank.scoring.late_interaction import maxsim
 
 Hits = list[tuple[list[str], np.ndarray]]  # per query: doc_ids best first, float32 scores
@@ -89,7 +89,8 @@ class IvfSearcher:
         nprobe: centroids probed per query token.
         candidates: documents scored exactly per query, chosen by the centroid approximation.
 
-    Memory: the postings (one int32 per distinct (centroid, document) pair) and one code per token.
+    Memory: the postings (one int32 per distinct (centroid, document) pair) and one 2-byte code per
+    token; they are built shard by shard, so building needs no more than that plus one shard.
     """
 
     def __init__(self, reader: IndexReader, nprobe: int = 4, candidates: int = 1024) -> None:
@@ -97,21 +98,25 @@ class IvfSearcher:
             raise ValueError(f"nprobe and candidates must be positive, got {nprobe} and {candidates}.")
         self.reader, self.nprobe, self.candidates = reader, nprobe, candidates
         self.centroids = reader.codec.centroids.astype(np.float32)
-        codes, owner = [], []  # live token rows only: a dropped duplicate's rows stay unreferenced
+        n = max(len(reader), 1)
+        codes, posting_centroids, posting_docs = [], [], []
         for number in range(len(reader.manifest["shards"])):
-            shard_codes = reader.codes(number)
             positions = np.flatnonzero(reader.shard_of == number)
-            offsets, sizes = reader.offsets[positions], reader.sizes[positions]
-            rows = np.concatenate([np.arange(o, o + s) for o, s in zip(offsets, sizes)]) if len(positions) else \
-                np.empty(0, np.int64)
-            codes.append(shard_codes[rows].astype(np.int64))
-            owner.append(np.repeat(positions, sizes))
-        self.doc_codes = np.concatenate(codes) if codes else np.empty(0, np.int64)  # doc order, by document
-        token_owner = np.concatenate(owner) if owner else np.empty(0, np.int64)
-        self.doc_starts = np.concatenate(([0], np.cumsum(reader.sizes)[:-1])).astype(np.int64)
-        pairs = np.unique(self.doc_codes * len(reader) + token_owner)
-        self.posting_docs = (pairs % len(reader)).astype(np.int32) if len(reader) else pairs.astype(np.int32)
-        self.posting_starts = np.searchsorted(pairs // max(len(reader), 1), np.arange(len(self.centroids) + 1))
+            sizes = reader.sizes[positions]
+            # live token rows only: a dropped duplicate's rows stay unreferenced
+            shard_codes = reader.codes(number)[token_rows(reader.offsets[positions], sizes)]
+            codes.append(shard_codes)
+            # distinct (centroid, document) pairs; shards hold disjoint documents, so per shard suffices
+            pairs = np.unique(shard_codes.astype(np.int64) * n + np.repeat(positions, sizes))
+            posting_centroids.append((pairs // n).astype(np.int32))
+            posting_docs.append((pairs % n).astype(np.int32))
+        # every document's token codes, in document order, in the stored dtype (2 bytes a token)
+        self.doc_codes = np.concatenate(codes) if codes else np.empty(0, np.uint16)
+        self.doc_starts = np.cumsum(reader.sizes) - reader.sizes
+        cents = np.concatenate(posting_centroids) if codes else np.empty(0, np.int32)
+        order = np.argsort(cents, kind="stable")
+        self.posting_docs = (np.concatenate(posting_docs) if codes else np.empty(0, np.int32))[order]
+        self.posting_starts = np.searchsorted(cents[order], np.arange(len(self.centroids) + 1))
 
     def search(self, queries: Sequence[np.ndarray], k: int) -> Hits:
         if k < 1:
@@ -134,7 +139,6 @@ class IvfSearcher:
     def _approximate(self, centroid_scores: np.ndarray, docs: np.ndarray) -> np.ndarray:
         """MaxSim with every document token replaced by its centroid (PLAID's centroid interaction)."""
         sizes = self.reader.sizes[docs]
-        rows = np.concatenate([np.arange(s, s + n) for s, n in zip(self.doc_starts[docs], sizes)])
-        per_token = centroid_scores[:, self.doc_codes[rows]]  # (query tokens, candidate tokens)
+        per_token = centroid_scores[:, self.doc_codes[token_rows(self.doc_starts[docs], sizes)]]  # (query tokens, candidate tokens)
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         return np.maximum.reduceat(per_token, starts, axis=1).sum(axis=0)

@@ -233,23 +233,35 @@ def bucket_of(query_ids: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray
     return np.array(digests, dtype=np.uint64) % np.uint64(buckets)
 
 
+def split_duplicates(table: pa.Table, keys: tuple[str, ...]) -> tuple[pa.Table, pa.Table]:
+    """(rows with the first occurrence of each `keys` value, errors for the later ones), input order kept.
+
+    "First" is by `_seq` (shard ordinal, row), so which copy is kept does not depend on how the
+    input was split; each error's reason names where the kept copy came from.
+    """
+    by_key = table.sort_by([(k, "ascending") for k in keys] + [("_seq", "ascending")])
+    dup = np.zeros(by_key.num_rows, dtype=bool)
+    if by_key.num_rows:
+        dup[1:] = True
+        for key in keys:
+            values = by_key[key].to_numpy(zero_copy_only=False)
+            dup[1:] &= values[1:] == values[:-1]
+    first_idx = np.maximum.accumulate(np.where(~dup, np.arange(len(dup)), 0))
+    dup_idx = np.flatnonzero(dup)
+    sources, rows = by_key["_source"].to_pylist(), by_key["_row"].to_pylist()
+    label = keys[0] if len(keys) == 1 else f"({', '.join(keys)})"
+    reasons = [f"duplicate {label}: first seen at row {rows[first_idx[i]]} of {sources[first_idx[i]]}"
+               for i in dup_idx]
+    errors = error_rows(by_key.take(dup_idx), reasons, [sources[i] for i in dup_idx], [rows[i] for i in dup_idx])
+    return by_key.filter(pa.array(~dup)).sort_by("_seq"), errors
+
+
 def rank_queries(scored: pa.Table, top_n: int | None, passthrough: list[str]) -> tuple[pa.Table, pa.Table]:
     """Rank every query's rows (1 = best score; ties by doc_id) after moving duplicates to errors.
 
     Of duplicate (query_id, doc_id) rows the first in input order (`_seq`) is kept.
     """
-    by_pair = scored.sort_by([("query_id", "ascending"), ("doc_id", "ascending"), ("_seq", "ascending")])
-    qid, did = by_pair["query_id"].to_numpy(zero_copy_only=False), by_pair["doc_id"].to_numpy(zero_copy_only=False)
-    dup = np.zeros(by_pair.num_rows, dtype=bool)
-    dup[1:] = (qid[1:] == qid[:-1]) & (did[1:] == did[:-1])
-    first_idx = np.maximum.accumulate(np.where(~dup, np.arange(len(dup)), 0))
-    dup_idx = np.flatnonzero(dup)
-    sources, rows = by_pair["_source"].to_pylist(), by_pair["_row"].to_pylist()
-    reasons = [f"duplicate (query_id, doc_id): first seen at row {rows[first_idx[i]]} of {sources[first_idx[i]]}"
-               for i in dup_idx]
-    errors = error_rows(by_pair.take(dup_idx), reasons, [sources[i] for i in dup_idx],
-                        [rows[i] for i in dup_idx])
-    kept = by_pair.filter(pa.array(~dup))
+    kept, errors = split_duplicates(scored, ("query_id", "doc_id"))
     ordered = kept.sort_by([("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")])
     qid = ordered["query_id"].to_numpy(zero_copy_only=False)
     starts = np.ones(len(qid), dtype=bool)

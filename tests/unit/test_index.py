@@ -12,7 +12,8 @@ import pytest
 
 from rayrank.config import ConfigError, IndexJobConfig, RerankJobConfig, parse_config
 from rayrank.index import IndexReader, IvfSearcher, ResidualCodec, exact_search, pool_tokens
-from rayrank.index.build import dedupe_first, pack_shard, train_codec
+from rayrank.index.build import pack_shard, train_codec
+from rayrank.io.tables import split_duplicates
 from rayrank.index.format import CODEC, FORMAT_VERSION, MANIFEST, IndexFormatError, NpyArray, write_bytes_atomic
 from rayrank.io.storage import filesystem
 from rayrank.scoring.late_interaction import maxsim
@@ -176,12 +177,12 @@ def test_missing_or_foreign_index_is_explained(tmp_path):
         reader.check_model("other")
 
 
-def test_dedupe_first_keeps_earliest_row():
+def test_split_duplicates_keeps_earliest_doc_in_input_order():
     import pyarrow as pa
 
     table = pa.table({"doc_id": ["b", "a", "b", "c", "a"], "text": list("vwxyz"), "_source": ["f"] * 5,
                       "_row": [0, 1, 2, 3, 4], "_seq": [0, 1, 2, 3, 4]})
-    kept, errors = dedupe_first(table)
+    kept, errors = split_duplicates(table, ("doc_id",))
     assert kept["doc_id"].to_pylist() == ["b", "a", "c"] and kept["text"].to_pylist() == ["v", "w", "y"]
     assert sorted(errors["source_row"].to_pylist()) == [2, 4]
     assert set(errors["reason"].to_pylist()) == {"duplicate doc_id: first seen at row 0 of f",
