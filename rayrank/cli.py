@@ -13,6 +13,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("jobs.index", "build a late-interaction index (token embeddings) of a corpus on Ray Data"),
     "search": ("jobs.search", "top-k documents per query over a late-interaction index"),
     "eval": ("rayrank.evaluate", "nDCG@10, MRR@10, Recall@10/100 of a run against TREC qrels"),
+    "compare": ("jobs.compare", "several rerankers on the same candidates: quality, pairs/s, agreement"),
+    "sweep": ("jobs.sweep", "pairs/s of one model over batch sizes × token budgets, with a PNG plot"),
+    "finetune": ("jobs.finetune", "train a cross-encoder (BCE, MSE on teacher scores, pairwise margin)"),
+    "distill": ("jobs.distill", "a teacher labels pairs with the batch job; a student learns its scores"),
+    "distractors": ("rayrank.lab.distractors", "relevant vs hardest distractor: pass rate and margin per model"),
     "serve": ("ray_app.cli", "run the online reranking API (Ray Serve) from a Serve config file"),
     "loadtest": ("rayrank.loadtest", "open-loop HTTP load test of a rerank endpoint: latency percentiles per QPS"),
 }

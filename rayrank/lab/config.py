@@ -1,0 +1,122 @@
+"""Pydantic specs for the lab commands; every key can come from YAML (configs/lab.*.yaml), flags override."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from rayrank.config import ClusterConfig, EngineConfig, StrictModel
+from rayrank.models import DEFAULT_LATE_INTERACTION
+
+Loss = Literal["bce", "mse", "margin"]
+
+
+class MiningConfig(StrictModel):
+    """Examples from judged queries: positives from qrels, hard negatives from a ranked list.
+
+    The ranked list is `candidates` (a long table, ordered by `rank_column`) or, without it, BM25
+    over `corpus`.
+    """
+
+    queries: str
+    corpus: str
+    qrels: str
+    candidates: str | None = None
+    rank_column: str = "bm25_rank"
+    negatives: PositiveInt = 4
+    depth: PositiveInt = 30
+    skip_top: NonNegativeInt = 0
+    seed: int = 0
+
+
+class DataConfig(StrictModel):
+    """Exactly one source: `pairs` (query, text, label or score), `triples` (query, positive, negative), `mine`."""
+
+    pairs: str | None = None
+    triples: str | None = None
+    mine: MiningConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        given = [k for k in ("pairs", "triples", "mine") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of data.pairs, data.triples, data.mine; got {given or 'none'}")
+        return self
+
+
+class TrainConfig(StrictModel):
+    """Optimizer and schedule. `max_steps` > 0 overrides `epochs`; `max_length` caps tokens per pair;
+    `max_minutes` stops training (and saves) once that much wall time has passed."""
+
+    epochs: PositiveFloat = 1.0
+    max_steps: int = -1
+    batch_size: PositiveInt = 16
+    learning_rate: PositiveFloat = 2e-5
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_length: PositiveInt | None = 256
+    margin: PositiveFloat = 1.0
+    seed: int = 0
+    logging_steps: PositiveInt = 10
+    max_minutes: PositiveFloat | None = None
+    threads: PositiveInt | None = None
+
+
+class TrainClusterConfig(StrictModel):
+    """`workers` > 1 trains data-parallel on Ray Train; `address` joins a cluster (default: local Ray)."""
+
+    workers: PositiveInt = 1
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    address: str | None = None
+
+
+class FinetuneConfig(StrictModel):
+    """`rayrank finetune`: warm-start a 1-logit cross-encoder from `model` and train it on `data` with `loss`.
+
+    Losses: `bce` on labelled pairs; `mse` on teacher scores (pairs with a `score` column);
+    `margin`, a pairwise hinge max(0, margin - (s(q, pos) - s(q, neg))) on triples.
+    """
+
+    model: str = DEFAULT_LATE_INTERACTION
+    output: str | None = None
+    loss: Loss = "bce"
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    cluster: TrainClusterConfig = TrainClusterConfig()
+    overwrite: bool = False
+
+
+class PairSourceConfig(StrictModel):
+    """Pairs for a teacher to label: a long `candidates` table, or BM25's top `depth` over `corpus` per query."""
+
+    candidates: str | None = None
+    queries: str | None = None
+    corpus: str | None = None
+    depth: PositiveInt = 20
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PairSourceConfig:
+        if bool(self.candidates) == bool(self.queries and self.corpus):
+            raise ValueError("give data.candidates, or data.queries and data.corpus (BM25 pairs), not both")
+        return self
+
+
+class DistillConfig(StrictModel):
+    """`rayrank distill`: `teacher` scores pairs with the batch job; a student learns the scores.
+
+    A `cross-encoder` student trains with MSE on per-query standardised teacher scores (the finetune
+    path); a `late-interaction` (bi-encoder) student with Margin-MSE on MaxSim.
+    """
+
+    teacher: EngineConfig
+    teacher_cluster: ClusterConfig = ClusterConfig()
+    student: str = DEFAULT_LATE_INTERACTION
+    student_kind: Literal["cross-encoder", "late-interaction"] = "cross-encoder"
+    output: str | None = None
+    labels: str | None = None
+    data: PairSourceConfig
+    train: TrainConfig = TrainConfig()
+    cluster: TrainClusterConfig = TrainClusterConfig()
+    overwrite: bool = False

@@ -1,0 +1,247 @@
+"""The lab without Ray: agreement metrics, mining, fine-tuning, distillation students, sweep, distractors."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rayrank import Reranker
+from rayrank.config import ConfigError
+from rayrank.errors import InvalidInputError
+from rayrank.lab import data
+from rayrank.lab.agreement import agreement
+from rayrank.lab.bm25 import BM25
+from rayrank.lab.config import FinetuneConfig, TrainConfig
+from rayrank.lab.distill import MaxSimMarginMSELoss, margin_triples, standardize_per_query, train_late_interaction
+from rayrank.lab.train import train, training_columns
+
+WORDS = "ray cluster python data model query document search rank score fish sea light".split()
+
+
+def toy_pairs(n: int = 48) -> dict[str, list]:
+    """A learnable task for tiny models: the relevant document repeats the query's word."""
+    columns: dict[str, list] = {"query": [], "document": [], "label": []}
+    for i in range(n):
+        word, other = WORDS[i % len(WORDS)], WORDS[(i + 5) % len(WORDS)]
+        columns["query"] += [f"what is {word}"] * 2
+        columns["document"] += [f"{word} {word} is good", f"{other} {other} is bad"]
+        columns["label"] += [1.0, 0.0]
+    return columns
+
+
+def bce(scores: np.ndarray, labels: list[float]) -> float:
+    p = 1 / (1 + np.exp(-scores.astype(np.float64)))
+    y = np.array(labels)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def quick(**train) -> TrainConfig:
+    return TrainConfig(**{"epochs": 3, "batch_size": 16, "learning_rate": 1e-3, "logging_steps": 2,
+                          "max_length": 32, **train})
+
+
+# --- agreement -------------------------------------------------------------------------------------------
+
+def test_agreement_of_a_run_with_itself_and_its_reverse():
+    run = {"q1": {"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.5, "e": 0.1, "f": 0.0},
+           "q2": {"a": 1.0, "b": 2.0, "c": 3.0}}
+    same = agreement(run, run)
+    assert same["kendall_tau"] == 1.0 and same["top3_overlap"] == 1.0 and same["top5_overlap"] == 1.0
+    reverse = {q: {d: -s for d, s in docs.items()} for q, docs in run.items()}
+    assert agreement(run, reverse)["kendall_tau"] == -1.0
+    assert agreement(run, reverse)["top3_overlap"] == pytest.approx((0 / 3 + 3 / 3) / 2)
+    assert agreement(run, reverse)["top5_overlap"] == pytest.approx((4 / 5 + 3 / 3) / 2)
+
+
+def test_agreement_counts_queries_where_tau_is_undefined():
+    a = {"q1": {"a": 1.0, "b": 1.0}, "q2": {"a": 1.0, "b": 0.0}}
+    out = agreement(a, {"q1": {"a": 2.0, "b": 1.0}, "q2": {"a": 2.0, "b": 1.0}})
+    assert out["tau_undefined"] == 1 and out["kendall_tau"] == 1.0 and out["queries"] == 2
+    assert math.isnan(agreement({"q": {"a": 1.0}}, {"x": {"a": 1.0}})["kendall_tau"])
+
+
+# --- BM25 and mining -------------------------------------------------------------------------------------
+
+def test_bm25_prefers_rare_matching_terms():
+    index = BM25(["the fish swim", "the sea is big", "fish of the sea and fish of the river"])
+    assert index.search(["river fish"], 3)[0].tolist()[0] == 2
+    assert index.search(["nothing matches"], 3)[0].size == 0
+
+
+def test_mine_takes_negatives_from_the_ranked_list_and_never_a_judged_document():
+    corpus = {f"d{i}": f"text {i}" for i in range(10)}
+    qrels = {"q": {"d3": 1, "d1": 0}}
+    ranked = {"q": [f"d{i}" for i in range(10)]}
+    (ex,) = data.mine({"q": "query", "other": "unjudged"}, corpus, qrels, ranked, negatives=3, depth=5, skip_top=0)
+    assert ex.positives == ["text 3"]
+    assert set(ex.negative_ids) <= {"d0", "d2", "d4"} and len(ex.negative_ids) == 3
+    (short,) = data.mine({"q": "query"}, corpus, qrels, ranked, negatives=9, depth=4, skip_top=2)
+    assert short.negative_ids == ["d2"]  # ranks 2..3 minus the judged d3
+    with pytest.raises(InvalidInputError, match="no query has a relevant document"):
+        data.mine({"x": "q"}, corpus, qrels, ranked, negatives=1)
+
+
+def test_training_columns_from_mined_files(tmp_path):
+    pq.write_table(pa.table({"query_id": ["q1", "q2"], "query": ["python snake", "sea fish"]}), tmp_path / "q.parquet")
+    pq.write_table(pa.table({"doc_id": ["a", "b", "c", "d"], "title": ["Python", "", "Fish", "Snakes"],
+                             "text": ["a snake", "python code", "in the sea", "python snake facts"]}),
+                   tmp_path / "c.parquet")
+    (tmp_path / "qrels.txt").write_text("q1 0 a 1\nq2 0 c 1\n")
+    mine = {"queries": str(tmp_path / "q.parquet"), "corpus": str(tmp_path / "c.parquet"),
+            "qrels": str(tmp_path / "qrels.txt"), "negatives": 2}
+    pairs = training_columns(FinetuneConfig(data={"mine": mine}))
+    assert pairs["document"][0] == "Python a snake"  # title prepended
+    assert sorted(zip(pairs["query"], pairs["label"])).count(("python snake", 1.0)) == 1
+    assert {d for d, y in zip(pairs["document"], pairs["label"]) if y == 0} <= {"python code", "Snakes python snake facts",
+                                                                                  "Fish in the sea", "Python a snake"}
+    triples = training_columns(FinetuneConfig(loss="margin", data={"mine": mine}))
+    assert list(triples) == ["query", "positive", "negative"] and len(triples["query"]) >= 2
+
+
+def test_loss_and_data_mismatches_name_the_fix(tmp_path):
+    pq.write_table(pa.table({"query": ["q"], "text": ["d"]}), tmp_path / "p.parquet")
+    with pytest.raises(InvalidInputError, match=re.escape("lacks column(s) label")):
+        training_columns(FinetuneConfig(data={"pairs": str(tmp_path / "p.parquet")}))
+    with pytest.raises(InvalidInputError, match="give data.triples or data.mine"):
+        training_columns(FinetuneConfig(loss="margin", data={"pairs": str(tmp_path / "p.parquet")}))
+    with pytest.raises(InvalidInputError, match="rayrank distill"):
+        training_columns(FinetuneConfig(loss="mse", data={"mine": {"queries": "q", "corpus": "c", "qrels": "r"}}))
+
+
+def test_finetune_cli_errors_name_the_key(tmp_path, capsys):
+    from jobs.finetune import main
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("data: {pairs: x.parquet}\ntrain: {batch_size: 0}\nlosss: bce\n")
+    assert main([str(tmp_path / "out"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size" in err and "losss: unknown key" in err
+    with pytest.raises(ConfigError, match="exactly one of data.pairs"):
+        from rayrank.config import parse_config
+        parse_config(FinetuneConfig, {"data": {"pairs": "a", "triples": "b"}}, "test")
+
+
+# --- fine-tuning -----------------------------------------------------------------------------------------
+
+def test_bce_finetune_learns_a_toy_task_and_the_output_loads_in_the_engine(tmp_path, tiny_cross_encoder):
+    columns = toy_pairs()
+    before = Reranker(str(tiny_cross_encoder)).score_pairs(columns["query"], columns["document"]).scores
+    config = FinetuneConfig(model=str(tiny_cross_encoder), data={"pairs": "in-memory"}, train=quick())
+    summary = train(config, columns, tmp_path / "out")
+    after = Reranker(str(tmp_path / "out"), scorer="cross-encoder").score_pairs(columns["query"], columns["document"])
+    assert bce(after.scores, columns["label"]) < bce(before, columns["label"])
+    assert summary["steps"] == 18 and len(summary["losses"]) >= 2 and summary["examples"] == 96
+
+
+def test_margin_finetune_orders_positive_above_negative(tmp_path, tiny_cross_encoder):
+    pairs = toy_pairs()
+    triples = {"query": pairs["query"][::2], "positive": pairs["document"][::2], "negative": pairs["document"][1::2]}
+    config = FinetuneConfig(model=str(tiny_cross_encoder), loss="margin", data={"triples": "in-memory"}, train=quick())
+    train(config, triples, tmp_path / "out")
+
+    def pass_rate(model) -> float:
+        r = Reranker(str(model))
+        pos = r.score_pairs(triples["query"], triples["positive"]).scores
+        return float((pos > r.score_pairs(triples["query"], triples["negative"]).scores).mean())
+
+    assert pass_rate(tmp_path / "out") > pass_rate(tiny_cross_encoder)
+
+
+def test_warm_start_from_a_plain_encoder_gets_a_one_logit_head(tmp_path, tiny_encoder):
+    config = FinetuneConfig(model=str(tiny_encoder), data={"pairs": "in-memory"}, train=quick(max_steps=2))
+    train(config, toy_pairs(8), tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+    assert Reranker(str(tmp_path / "out")).score("what is ray", ["ray ray", "fish"]).shape == (2,)
+
+
+def test_finetune_cli_refuses_a_non_empty_output(tmp_path, tiny_cross_encoder, capsys):
+    from jobs.finetune import main
+
+    pq.write_table(pa.table({"query": ["what is ray"] * 2, "text": ["ray", "fish"], "label": [1, 0]}),
+                   tmp_path / "p.parquet")
+    args = [str(tmp_path / "out"), "--pairs", str(tmp_path / "p.parquet"), "--model", str(tiny_cross_encoder),
+            "--max-steps", "1"]
+    assert main(args) == 0
+    assert "load it with" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "training_summary.json").read_text())["steps"] == 1
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+
+
+# --- distillation ----------------------------------------------------------------------------------------
+
+def test_margin_triples_pair_documents_within_a_query():
+    cols = margin_triples(["a", "a", "b", "c", "c"], ["qa", "qa", "qb", "qc", "qc"], ["x", "y", "z", "u", "v"],
+                          [1.0, 0.0, 5.0, 2.0, 4.0])
+    assert cols["query"] == ["qa", "qa", "qc", "qc"]  # "b" has a single document: no pair
+    assert cols["label"] == [1.0, -1.0, -2.0, 2.0]
+    assert standardize_per_query(["a", "a"], [2.0, 2.0]).tolist() == [0.0, 0.0]
+
+
+def test_maxsim_loss_scores_as_the_engine_does(tiny_encoder):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_encoder), local_files_only=True)
+    loss = MaxSimMarginMSELoss(model).eval()
+    queries, docs = ["what is ray?", "fish"], ["ray is a cluster, fast.", "the sea; big fish!"]
+    import torch
+
+    with torch.no_grad():
+        ours = loss.maxsim(model.preprocess(queries), model.preprocess(docs)).numpy()
+    engine = Reranker(str(tiny_encoder), scorer="late-interaction").score_pairs(queries, docs).scores
+    np.testing.assert_allclose(ours, engine, rtol=1e-4, atol=1e-4)
+
+
+def test_late_interaction_student_learns_teacher_margins_and_loads(tmp_path, tiny_encoder):
+    pairs = toy_pairs()
+    qids = [q for q in pairs["query"]]
+    triples = margin_triples(qids, pairs["query"], pairs["document"], [3 * y - 1.5 for y in pairs["label"]])
+    r0 = Reranker(str(tiny_encoder), scorer="late-interaction")
+    before = r0.score_pairs(triples["query"], triples["document_a"]).scores - r0.score_pairs(
+        triples["query"], triples["document_b"]).scores
+    summary = train_late_interaction(str(tiny_encoder), triples, tmp_path / "student", quick(learning_rate=3e-3))
+    r1 = Reranker(str(tmp_path / "student"), scorer="late-interaction")
+    after = r1.score_pairs(triples["query"], triples["document_a"]).scores - r1.score_pairs(
+        triples["query"], triples["document_b"]).scores
+    target = np.array(triples["label"])
+    assert ((after - target) ** 2).mean() < ((before - target) ** 2).mean()
+    assert summary["steps"] > 0
+
+
+# --- sweep and distractors -------------------------------------------------------------------------------
+
+def test_sweep_writes_the_plot_and_reports_the_best(tmp_path, tiny_cross_encoder, capsys):
+    from jobs.sweep import main
+
+    rows = [{"query": f"what is {w}", "text": f"{w} " * (i % 7 + 1)} for i, w in enumerate(WORDS * 3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    plot = tmp_path / "sweep.png"
+    assert main([str(tmp_path / "c.parquet"), "--model", str(tiny_cross_encoder), "--batch-sizes", "8,16",
+                 "--token-budgets", "256,1024", "--plot", str(plot), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(out["rows"]) == 4 and out["pairs"] == len(rows)
+    assert out["best"] == max(out["rows"], key=lambda r: r["pairs_per_s"])
+
+
+def test_distractor_report_side_by_side(tmp_path, tiny_cross_encoder, tiny_encoder, capsys):
+    from rayrank.lab.distractors import main
+
+    pq.write_table(pa.table({"doc_id": [f"d{i}" for i in range(len(WORDS))],
+                             "text": [f"{w} {w} facts" for w in WORDS]}), tmp_path / "corpus.parquet")
+    for split, words in (("seen", WORDS[:4]), ("unseen", WORDS[4:7])):
+        pq.write_table(pa.table({"query_id": words, "query": [f"{w} facts" for w in words]}), tmp_path / f"{split}.parquet")
+        (tmp_path / f"{split}.txt").write_text("".join(f"{w} 0 d{WORDS.index(w)} 1\n" for w in words))
+    args = ["--corpus", str(tmp_path / "corpus.parquet"),
+            "--seen", str(tmp_path / "seen.parquet"), str(tmp_path / "seen.txt"),
+            "--unseen", str(tmp_path / "unseen.parquet"), str(tmp_path / "unseen.txt"),
+            "--model", f"base={tiny_cross_encoder}", "--model", f"li=late-interaction:{tiny_encoder}", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["base"]["seen"]["cases"] == 4 and out["li"]["unseen"]["cases"] == 3
+    assert 0.0 <= out["li"]["seen"]["pass_rate"] <= 1.0
