@@ -26,6 +26,15 @@ def job_identity(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def steady_rate(units: list[dict[str, Any]], key: str = "rows_in") -> float | None:
+    """Rows/s from the first unit's start to the last unit's end (`started_at`/`finished_at`): the
+    pool's rate once actors have started and loaded the model (what a long job runs at)."""
+    if not units:
+        return None
+    span = max(u["finished_at"] for u in units) - min(u["started_at"] for u in units)
+    return round(sum(int(u[key]) for u in units) / max(span, 1e-9), 2)
+
+
 class JobOutput:
     def __init__(self, fs: AbstractFileSystem, root: str) -> None:
         self.fs, self.root = fs, root.rstrip("/")

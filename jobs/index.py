@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import rayrank
-from jobs._output import JobOutput, OutputConflictError, job_identity
+from jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 from rayrank.config import ConfigError, IndexJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index import build
 from rayrank.index.compress import ResidualCodec
@@ -144,7 +144,7 @@ class ShardIndexer:
         return {key: [s[key] for s in stats] for key in stats[0]}
 
     def _index_shard(self, shard: Shard) -> dict[str, Any]:
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         config, out = self.config, self.out
         kept, errors, rows_in = _valid_docs(self.fs_in, shard, self.layouts[shard.path], config)
         embeddings = build.encode(self.reranker.scorer, kept["text"].to_pylist(), config.pool_factor)
@@ -161,7 +161,7 @@ class ShardIndexer:
         stats = {"shard": shard.shard_id, "ordinal": shard.ordinal, "source": shard.path, "rows_in": rows_in,
                  "docs": packed["docs"], "tokens": packed["tokens"], "vector_bytes": packed["vector_bytes"],
                  "invalid": errors.num_rows, "files": json.dumps(files),
-                 "seconds": time.perf_counter() - started}
+                 "seconds": time.perf_counter() - started, "started_at": started_at, "finished_at": time.time()}
         out.commit_unit("shards", shard.shard_id, stats)
         return stats
 
@@ -305,7 +305,8 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
                    "rows_invalid": invalid, "rows_duplicate": duplicates, "rows_reused": reused},
         "timings": {"started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
                     "elapsed_s": round(time.perf_counter() - started, 3), "encoding_s": round(encode_seconds, 3),
-                    "docs_per_s": round(encoded_now / encode_seconds, 2) if encoded_now else None},
+                    "docs_per_s": round(encoded_now / encode_seconds, 2) if encoded_now else None,
+                    "steady_docs_per_s": steady_rate([done[s.shard_id] for s in todo], "docs")},
         "config": config.model_dump(exclude={"storage"}),
         "shards": entries,
     }
@@ -315,7 +316,8 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
 
 def summary(manifest: dict[str, Any]) -> str:
     c, t, comp = manifest["counts"], manifest["timings"], manifest["compression"]
-    rate = f"{t['docs_per_s']:,.1f} docs/s while encoding" if t["docs_per_s"] else "no new documents encoded"
+    rate = (f"{t['docs_per_s']:,.1f} docs/s in the encoding phase, {t['steady_docs_per_s']:,.1f} once actors were up"
+            if t["docs_per_s"] else "no new documents encoded")
     setting = comp["kind"] + (f", {comp['nbits']} bits" if comp["nbits"] else "") + \
         (f", pool factor {comp['pool_factor']}" if comp["pool_factor"] > 1 else "")
     return "\n".join([

@@ -34,7 +34,7 @@ from rayrank.io.storage import (filesystem, join, list_parquet, storage_options,
 from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_footers,
                                read_shard, split_valid)
 from rayrank.models import resolve_model
-from jobs._output import JobOutput, OutputConflictError, job_identity
+from jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 
 INTERNAL = ("_source", "_row", "_seq", "score")
 
@@ -262,22 +262,13 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
         "timings": {"started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
                     "elapsed_s": round(elapsed, 3), "scoring_s": round(score_seconds, 3),
                     "pairs_per_s": round(scored_now / score_seconds, 2) if scored_now else None,
-                    "steady_pairs_per_s": _steady_rate(this_run)},
+                    "steady_pairs_per_s": steady_rate(this_run)},
         "config": config.model_dump(exclude={"storage"}),
         "files": sorted(p.rsplit("/", 1)[-1] for p in fs_out.ls(out_root, detail=False)
                         if p.rsplit("/", 1)[-1].startswith("part-")),
     }
     out.finish(manifest)
     return manifest
-
-
-def _steady_rate(shards: list[dict]) -> float | None:
-    """Pairs/s from the first shard's start to the last shard's end: the pool's rate once actors
-    have started and loaded the model (what a long job runs at), as opposed to `pairs_per_s`."""
-    if not shards:
-        return None
-    span = max(s["finished_at"] for s in shards) - min(s["started_at"] for s in shards)
-    return round(sum(int(s["rows_in"]) for s in shards) / max(span, 1e-9), 2)
 
 
 def _counts(shards: dict[str, dict], buckets: dict[str, dict]) -> dict[str, int]:
