@@ -61,14 +61,15 @@ def compare(candidates: str, qrels_path: str, specs: list[ModelSpec], engine: di
     if baseline_column:
         runs[baseline_column] = read_run(candidates, baseline_column)
         m = evaluate(runs[baseline_column], qrels)
-        rows.append({"name": baseline_column, "scorer": "column", "ndcg_at_10": m.ndcg_at_10,
+        rows.append({"label": baseline_column, "name": baseline_column, "scorer": "column", "ndcg_at_10": m.ndcg_at_10,
                      "mrr_at_10": m.mrr_at_10, "queries": m.queries, "pairs_per_s": None})
     for i, spec in enumerate(specs):
         settings = EngineConfig(**{**engine, "model": spec.model, "scorer": spec.scorer})
         run, manifest = score_with_job(candidates, settings, f"{workdir}/model-{i}", cluster)
-        runs[spec.label] = run
+        label = f"[{i + 1}] {spec.label}"  # numbered: the same model may be listed twice
+        runs[label] = run
         m = evaluate(run, qrels)
-        rows.append({"name": spec.model, "scorer": spec.scorer, "backend": settings.backend,
+        rows.append({"label": label, "name": spec.model, "scorer": spec.scorer, "backend": settings.backend,
                      "ndcg_at_10": m.ndcg_at_10, "mrr_at_10": m.mrr_at_10, "queries": m.queries,
                      "pairs": manifest["counts"]["rows_scored"],
                      "pairs_per_s": manifest["timings"]["steady_pairs_per_s"],
@@ -77,15 +78,21 @@ def compare(candidates: str, qrels_path: str, specs: list[ModelSpec], engine: di
     return {"candidates": candidates, "qrels": qrels_path, "models": rows, "agreement": pairs}
 
 
+def _short(label: str) -> str:
+    """`[2] /long/path/model (scorer)` → `[2] model (scorer)`."""
+    number, _, rest = label.partition("] ")
+    return f"{number}] {rest.rsplit('/', 1)[-1]}" if rest else label.rsplit("/", 1)[-1]
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"{'model':58} {'nDCG@10':>8} {'MRR@10':>8} {'pairs/s':>9}"]
     for r in result["models"]:
         rate = f"{r['pairs_per_s']:9.1f}" if r["pairs_per_s"] else f"{'-':>9}"
-        lines.append(f"{(r['name'] + ' (' + r['scorer'] + ')')[-58:]:58} {r['ndcg_at_10']:8.4f} "
+        lines.append(f"{_short(r['label'])[-58:]:58} {r['ndcg_at_10']:8.4f} "
                      f"{r['mrr_at_10']:8.4f} {rate}")
     lines += ["", f"{'agreement':58} {'tau':>8} {'top-3':>8} {'top-5':>9}"]
     for p in result["agreement"]:
-        name = f"{p['a'].rsplit('/', 1)[-1]}  vs  {p['b'].rsplit('/', 1)[-1]}"
+        name = f"{_short(p['a'])}  vs  {_short(p['b'])}"
         lines.append(f"{name[-58:]:58} {p['kendall_tau']:8.3f} {p['top3_overlap']:8.3f} {p['top5_overlap']:9.3f}")
     lines.append("pairs/s: the batch job's steady rate once actors were up (rerank manifest `steady_pairs_per_s`).")
     return "\n".join(lines)

@@ -34,7 +34,8 @@ from rayrank.lab.distill import margin_triples, standardize_per_query, train_lat
 def parse_args(argv: list[str] | None) -> DistillConfig:
     parser = argparse.ArgumentParser(prog="rayrank distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", nargs="?", help="directory for the student model")
-    parser.add_argument("--teacher", metavar="[SCORER:]MODEL", help="e.g. late-interaction:sentence-transformers/all-MiniLM-L6-v2")
+    parser.add_argument("--teacher", metavar="[SCORER:]MODEL",
+                        help="e.g. late-interaction:sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--teacher-actors", help="MIN,MAX scoring actors for the teacher's rerank job")
     parser.add_argument("--student-kind", choices=["cross-encoder", "late-interaction"])
     parser.add_argument("--candidates", help="pairs to label: long query-candidate Parquet")
@@ -86,7 +87,8 @@ def teacher_labels(config: DistillConfig, folder: Path) -> pa.Table:
     run, _ = score_with_job(path, config.teacher, str(folder / "teacher"), config.teacher_cluster)
     table = data.read_table(path, ["query_id", "query", "doc_id", "text"], "candidates")
     table = table.select(["query_id", "query", "doc_id", "text"])
-    scores = [run.get(str(q), {}).get(str(d)) for q, d in zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist())]
+    keys = zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist())
+    scores = [run.get(str(q), {}).get(str(d)) for q, d in keys]
     table = table.append_column("teacher_score", pa.array(scores, pa.float32())).filter(
         pa.array([s is not None for s in scores]))  # rows the job rejected are in its _errors table
     if config.labels:

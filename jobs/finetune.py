@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None) -> FinetuneConfig:
     parser.add_argument("--queries", help="mine: Parquet query_id, query")
     parser.add_argument("--corpus", help="mine: Parquet doc_id, [title,] text")
     parser.add_argument("--qrels", help="mine: TREC qrels of the queries")
-    parser.add_argument("--candidates", help="mine negatives from this long candidates table (default: BM25 over the corpus)")
+    parser.add_argument("--candidates",
+                        help="mine negatives from this long candidates table (default: BM25 over the corpus)")
     parser.add_argument("--negatives", type=int, help="hard negatives per query")
     parser.add_argument("--depth", type=int, help="sample negatives from the top DEPTH of the ranked list")
     add_training_flags(parser)

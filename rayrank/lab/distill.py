@@ -93,7 +93,8 @@ def train_late_interaction(model: str, columns: dict[str, list], save_to: str | 
     """Train a bi-encoder (late-interaction) student on margin triples; save a sentence-transformers folder
     that `rayrank.Reranker(save_to, scorer="late-interaction")` loads."""
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
 
     if train.threads:
         torch.set_num_threads(train.threads)
