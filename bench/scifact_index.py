@@ -139,11 +139,13 @@ def main(argv: list[str] | None = None) -> int:
                     ivf_ms_per_query=round(ivf_ms, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    columns = {"setting": "setting", "tokens_per_doc": "tokens/doc", "bytes_per_doc": "bytes/doc",
-               "size_vs_fp16": "size vs fp16", "rerank_ndcg10": "nDCG@10 rerank BM25 top-100",
-               "exact_ndcg10": "nDCG@10 exact search"}
+    columns = {"setting": ("setting", "{}"), "tokens_per_doc": ("tokens/doc", "{:.1f}"),
+               "bytes_per_doc": ("bytes/doc", "{:,.0f}"), "size_vs_fp16": ("size vs fp16", "{:.3f}"),
+               "rerank_ndcg10": ("nDCG@10 rerank BM25 top-100", "{:.4f}"),
+               "exact_ndcg10": ("nDCG@10 exact search", "{:.4f}")}
     print(f"\nSciFact test (300 claims), {MODEL}; BM25 alone nDCG@10 = {bm25:.4f}; load average {load_average()}")
-    print(table([{label: r.get(key, "–") for key, label in columns.items()} for r in rows], "{:.4f}"))
+    print(table([{label: fmt.format(r[key]) if key in r else "–" for key, (label, fmt) in columns.items()}
+                 for r in rows]))
     if args.json:
         Path(args.json).write_text(json.dumps({"bm25_ndcg10": bm25, "rows": rows}, indent=2))
     return 0
