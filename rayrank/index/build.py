@@ -7,6 +7,7 @@ files. Both are plain functions of their inputs, so a rerun recomputes identical
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,6 +84,7 @@ def repack(source, root: str, compression: str, nbits: int = 2, pool_factor: int
 
     if source.compression != "none" or source.pool_factor != 1:
         raise ValueError("repack needs an uncompressed, unpooled source index (compression none, pool factor 1).")
+    started = time.perf_counter()
     fs, path = filesystem(root, storage_options)
     first = [pool_tokens(e, pool_factor) for e in source.get_index(np.arange(min(sample_docs, len(source))))]
     codec, stats = train_codec(first, nbits, centroids)
@@ -103,6 +105,7 @@ def repack(source, root: str, compression: str, nbits: int = 2, pool_factor: int
     manifest.update(
         shards=entries, total_tokens=tokens, tokens_per_doc=round(tokens / docs, 2) if docs else None,
         bytes_per_doc=round(vector_bytes / docs, 1) if docs else None, output=root,
+        timings={"repack_s": round(time.perf_counter() - started, 3)},  # not the source's encoding times
         job_id=f"{source.manifest['job_id']}-repack-{compression}-{nbits}-{pool_factor}",
         repacked_from=source.url,
         compression={"kind": compression, "nbits": nbits if compression == "residual" else None,
