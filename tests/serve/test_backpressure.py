@@ -1,5 +1,6 @@
-"""A cross-encoder app with tiny queues: probabilities and logits, and overload answered with
-503 + Retry-After (never a 500, never an unbounded queue), then normal service again."""
+"""A cross-encoder app with tiny queues: probabilities and logits, the query cache with a separate
+bi-encoder, and overload answered with 503 + Retry-After (never a 500, never an unbounded queue),
+then normal service again."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ DOCS = [" ".join(["ray cluster python data model query document search rank scor
 
 
 @pytest.fixture(scope="module")
-def url(ray_cluster, tiny_cross_encoder):
+def url(ray_cluster, tiny_cross_encoder, tiny_encoder):
     args = tiny_args(tiny_cross_encoder, "cross-encoder",
+                     cache={"enabled": True, "model": str(tiny_encoder), "threshold": 0.9999},
                      batching={"max_batch_size": 2, "batch_wait_timeout_s": 0.05},
                      admission={"max_pending_pairs": 2 * len(DOCS), "retry_after_s": 2})
     with running(args, max_ongoing_requests=8, max_queued_requests=4,
@@ -33,11 +35,15 @@ def test_cross_encoder_scores_are_probabilities_and_raw_logits_on_request(url, t
     np.testing.assert_allclose([r["relevance_score"] for r in cohere], np.sort(rayrank.sigmoid(logits))[::-1],
                                rtol=1e-4)
     np.testing.assert_allclose([r["score"] for r in tei], np.sort(logits)[::-1], rtol=1e-4)
+    again = post(url, "/v1/rerank", {"query": "What is RAY", "documents": docs[::-1]}).json()
+    assert again["meta"]["cached"] and [docs[::-1][r["index"]] for r in again["results"]] == \
+        [docs[r["index"]] for r in cohere]
 
 
 def test_a_flood_gets_503_with_retry_after_and_service_recovers(url):
-    def one(_):
-        response = requests.post(url + "/v1/rerank", json={"query": "what is ray", "documents": DOCS}, timeout=120)
+    def one(i):  # distinct queries: no cache hits
+        response = requests.post(url + "/v1/rerank", json={"query": f"what is ray {i}", "documents": DOCS},
+                                 timeout=120)
         return response.status_code, response.headers.get("Retry-After"), response.text
 
     with ThreadPoolExecutor(48) as pool:
@@ -52,4 +58,4 @@ def test_a_flood_gets_503_with_retry_after_and_service_recovers(url):
 
     health = requests.get(url + "/healthz", timeout=30).json()["stats"]
     assert health["pending_pairs"] == 0 and health["rejected_overloaded"] == len(ours)
-    assert post(url, "/v1/rerank", {"query": "what is ray", "documents": DOCS[:2]}).status_code == 200
+    assert post(url, "/v1/rerank", {"query": "python data", "documents": DOCS[:2]}).status_code == 200
