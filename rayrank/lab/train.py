@@ -136,7 +136,10 @@ def train(config: FinetuneConfig, columns: dict[str, list], save_to: str | Path 
             per_device_train_batch_size=t.batch_size, learning_rate=t.learning_rate, warmup_steps=t.warmup_ratio,
             weight_decay=t.weight_decay, seed=t.seed, logging_steps=t.logging_steps, save_strategy="no",
             report_to="none", use_cpu=not torch.cuda.is_available(), dataloader_drop_last=False,
-            disable_tqdm=True)
+            disable_tqdm=True,
+            # Under Ray Train's DDP every parameter is used each step; searching for unused ones makes
+            # DDP mark the classifier ready twice and fail.
+            ddp_find_unused_parameters=False)
         trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset,
                                       loss=make_loss(config.loss, model, t.margin),
                                       callbacks=[*callbacks, *([TimeLimit(t.max_minutes)] if t.max_minutes else [])])
