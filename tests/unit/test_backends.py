@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from rayrank import Reranker
+from rayrank.backends.onnx_backend import int8_saturates
 from rayrank.scoring.late_interaction import maxsim
 
 
@@ -39,21 +40,23 @@ def test_export_is_reused(tiny_cross_encoder, cache_dir):
 
 
 def test_int8_graph_is_quantized(tiny_cross_encoder, cache_dir):
-    ops = _ops(_onnx_path(Reranker(str(tiny_cross_encoder), backend="onnx", quantize="int8", cache_dir=cache_dir)))
+    path = _onnx_path(Reranker(str(tiny_cross_encoder), backend="onnx", quantize="int8", cache_dir=cache_dir))
+    assert path.name == ("model.int8-7bit.onnx" if int8_saturates() else "model.int8.onnx")
+    ops = _ops(path)
     assert ops["QAttention"] + ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] > 0
 
 
 def test_int8_token_embeddings_keep_maxsim(tiny_colbert, cache_dir, docs):
     # Late interaction only uses cosines of normalised token embeddings, so that is the measure: each
     # token keeps its direction, and MaxSim moves by little per query token (a cosine lies in [-1, 1]).
-    # A random 32-wide model scores all documents within a few hundredths per token, so its rank order
-    # is noise either way; ranking fidelity is measured on real weights (nDCG@10 in bench/engine.py).
+    # With 8-bit weights on an x86 CPU without VNNI (int16 saturation) the mean cosine fell to 0.992
+    # and MaxSim moved by 0.02 per token; 7-bit weights there keep both bounds below.
     fp32 = Reranker(str(tiny_colbert), scorer="late-interaction", backend="onnx", cache_dir=cache_dir).scorer
     int8 = Reranker(str(tiny_colbert), scorer="late-interaction", backend="onnx", quantize="int8",
                     cache_dir=cache_dir).scorer
     a, b = fp32.encode_documents(docs), int8.encode_documents(docs)
     cosine = np.concatenate([(x.astype(np.float32) * y.astype(np.float32)).sum(-1) for x, y in zip(a, b)])
-    assert cosine.mean() > 0.98 and cosine.min() > 0.9
+    assert cosine.mean() > 0.998 and cosine.min() > 0.995
     for text in ("python data cluster", "sea sun", "fast search rank"):
         (query,) = fp32.encode_queries([text])
-        assert np.abs(maxsim(query, a) - maxsim(query, b)).max() / len(query) < 0.05
+        assert np.abs(maxsim(query, a) - maxsim(query, b)).max() / len(query) < 0.01
