@@ -7,6 +7,8 @@ import sys
 
 import ray
 
+from rayrank.config import ClusterConfig
+
 
 def connect(address: str | None) -> None:
     """`None` starts a local Ray for this process; `auto` or `ray://...`/`host:port` joins a cluster."""
@@ -33,3 +35,14 @@ def alive_nodes() -> set[str]:
 
 def node_id() -> str:
     return ray.get_runtime_context().get_node_id()
+
+
+def actor_pool(cluster: ClusterConfig, shards: int) -> ray.data.ActorPoolStrategy:
+    """MIN..MAX actors (never more than there are shards), started before the first shard is handed out.
+
+    Ray Data's default hands shards to the first actor that is ready, so on a slow node one actor can
+    drain a short job (or a resumed job's last shards) before the others have loaded the model.
+    """
+    high = max(1, min(cluster.actors[1], shards))
+    ray.data.DataContext.get_current().wait_for_min_actors_s = cluster.wait_for_actors_s
+    return ray.data.ActorPoolStrategy(min_size=min(cluster.actors[0], high), max_size=high)

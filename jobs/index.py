@@ -240,7 +240,7 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
 
     import ray
 
-    from jobs._ray import connect
+    from jobs._ray import actor_pool, connect
 
     connect(config.cluster.address)
     resources = {"num_cpus": config.cluster.cpus_per_actor, "num_gpus": config.cluster.gpus_per_actor}
@@ -254,11 +254,10 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
     encode_started = time.perf_counter()
     encoded_now = 0
     if todo:
-        low, high = config.cluster.actors
         dataset = ray.data.from_items([{"shard": json.dumps(asdict(s))} for s in todo], override_num_blocks=len(todo))
         results = dataset.map_batches(
             ShardIndexer, batch_size=1,
-            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=min(high, len(todo)) if high >= low else low),
+            compute=actor_pool(config.cluster, len(todo)),
             # Ray Data restarts a lost actor (dead node) and retries its shard; shards are idempotent.
             **resources,
             fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,

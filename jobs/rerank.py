@@ -207,21 +207,20 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
 
     import ray
 
-    from jobs._ray import alive_nodes, connect
+    from jobs._ray import actor_pool, alive_nodes, connect
 
     connect(config.cluster.address)
     nodes_at_start = alive_nodes()
     score_started = time.perf_counter()
     scored_now = 0
     if todo:
-        low, high = config.cluster.actors
         dataset = ray.data.from_items([{"shard": json.dumps(asdict(s))} for s in todo],
                                       override_num_blocks=len(todo))
         # Ray Data restarts a lost actor (dead node) and retries its shard by default (max_restarts
         # and max_task_retries -1); a shard is idempotent until its marker commits it.
         results = dataset.map_batches(
             ShardScorer, batch_size=1,
-            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=min(high, len(todo)) if high >= low else low),
+            compute=actor_pool(config.cluster, len(todo)),
             num_cpus=config.cluster.cpus_per_actor, num_gpus=config.cluster.gpus_per_actor,
             fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,
                                    "out_options": out_options, "buckets": buckets, "layouts": layouts,
