@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rayrank.config import ConfigError, load_yaml, parse_config
+from rayrank.config import ConfigError, load_yaml, merge_flags, parse_config
 from rayrank.errors import InvalidInputError, ModelUnavailableError
 from rayrank.lab.config import FinetuneConfig
 from rayrank.lab.train import train, training_columns
@@ -49,14 +49,7 @@ def merge_training_flags(data: dict[str, Any], args: argparse.Namespace) -> dict
         "cluster": {"workers": args.workers, "cpus_per_worker": args.cpus_per_worker, "address": args.address},
     }
     top = {"model": args.model, "output": getattr(args, "output", None), "overwrite": args.overwrite or None}
-    data.update({k: v for k, v in top.items() if v is not None})
-    for section, values in sections.items():
-        given = {k: v for k, v in values.items() if v is not None}
-        if given:
-            if not isinstance(data.get(section, {}), dict):
-                raise ConfigError(f"`{section}` must be a mapping")
-            data[section] = {**data.get(section, {}), **given}
-    return data
+    return merge_flags(data, top, sections, args.config or "command-line flags")
 
 
 def parse_args(argv: list[str] | None) -> FinetuneConfig:
