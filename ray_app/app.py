@@ -2,7 +2,9 @@
 
 Requests wait in `@serve.batch`; each batch's pairs are flattened into one token-budgeted engine
 call (`rayrank.Reranker.score_pairs`, in a worker thread so the replica keeps admitting and
-refusing requests meanwhile) and split back per request.
+refusing requests meanwhile) and split back per request. With an index (`args.index`) documents
+may be given by id: their token embeddings are read from it and only queries (and documents sent
+as text) are encoded.
 
 Run it with `serve run configs/serve.local.yaml` or `rayrank serve`.
 """
@@ -20,17 +22,26 @@ import rayrank
 from ray_app.config import ServeArgs
 from ray_app.http import build_http_app
 from ray_app.metrics import ServeMetrics
-from ray_app.schemas import RequestError
+from ray_app.schemas import DocumentId, RequestError
 from rayrank.cache import QueryCache, documents_key, mean_pooled
+from rayrank.index import IndexReader, score_from_index
+from rayrank.io.storage import storage_options
 from rayrank.models import DEFAULT_LATE_INTERACTION
 
 
 @dataclass(frozen=True)
 class Job:
-    """One request's pairs inside a batch."""
+    """One request's pairs inside a batch; `doc_ids[i]` is set where document i was given by id."""
 
     query: str
     documents: list[str]
+    doc_ids: tuple[str | None, ...] | None = None
+
+    def keys(self) -> list[str]:
+        """What identifies each document for the cache: its text, or its id."""
+        if self.doc_ids is None:
+            return self.documents
+        return [text if doc_id is None else f"\0id:{doc_id}" for text, doc_id in zip(self.documents, self.doc_ids)]
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,9 @@ class Reranker:
         self.metrics = ServeMetrics(args.model_name)
         self.cache = (QueryCache(args.cache.threshold, args.cache.max_entries) if args.cache.enabled else None)
         self._query_encoder = self._cache_encoder() if args.cache.enabled else None
+        self.index = IndexReader(args.index, storage_options(args.storage, args.index)) if args.index else None
+        if self.index is not None:
+            self.index.check_model(self.engine.resolved.name)
         self.pending_pairs = 0
         self.score_batch.set_max_batch_size(args.batching.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(args.batching.batch_wait_timeout_s)
@@ -71,7 +85,24 @@ class Reranker:
     def stats(self) -> dict[str, int]:
         return {"pending_pairs": self.pending_pairs, **self.metrics.counts}
 
-    async def score(self, query: str, documents: list[str]) -> Scored:
+    def document_ids(self, documents: list[str | DocumentId], field: str) -> tuple[str | None, ...] | None:
+        """Ids of the documents given by id (None for texts), or None when all are texts.
+
+        Raises a 422 naming the first document that cannot be read: no index loaded, or not in it.
+        """
+        ids = tuple(d.id if isinstance(d, DocumentId) else None for d in documents)
+        for i, doc_id in enumerate(ids):
+            if doc_id is None:
+                continue
+            if self.index is None:
+                raise RequestError(422, f"{field}[{i}]", "documents given by id need an index, and this service "
+                                   "loads none (set args.index to a `rayrank index` directory)", kind="no_index")
+            if doc_id not in self.index:
+                raise RequestError(422, f"{field}[{i}].id", f"{doc_id!r} is not in the index "
+                                   f"({len(self.index):,} documents)", kind="unknown_document")
+        return ids if any(doc_id is not None for doc_id in ids) else None
+
+    async def score(self, query: str, documents: list[str], doc_ids: tuple[str | None, ...] | None = None) -> Scored:
         """Admit the request's pairs or refuse at once with 503 + Retry-After; then wait for its batch."""
         admission = self.args.admission
         if self.pending_pairs and self.pending_pairs + len(documents) > admission.max_pending_pairs:
@@ -80,7 +111,7 @@ class Reranker:
                                kind="overloaded", headers={"Retry-After": str(admission.retry_after_s)})
         self.pending_pairs += len(documents)
         try:
-            return await self.score_batch(Job(query, documents))
+            return await self.score_batch(Job(query, documents, doc_ids))
         finally:
             self.pending_pairs -= len(documents)
 
@@ -93,24 +124,28 @@ class Reranker:
         found: list[dict[str, float] | None] = [None] * len(jobs)
         if self.cache is not None:
             vectors = mean_pooled(self._query_encoder.encode_queries([job.query for job in jobs]))
-            keys = [documents_key(job.documents) for job in jobs]
+            keys = [documents_key(job.keys()) for job in jobs]
             found = [self.cache.lookup(key, vector) for key, vector in zip(keys, vectors)]
             hits = sum(f is not None for f in found)
             self.metrics.cache(hits, len(jobs) - hits)
         todo = [i for i, f in enumerate(found) if f is None]
         queries = [jobs[i].query for i in todo for _ in jobs[i].documents]
         documents = [doc for i in todo for doc in jobs[i].documents]
-        scores = self.engine.score_pairs(queries, documents).scores
+        if self.index is not None:  # one rule for every request: documents encoded like the index's
+            doc_ids = [d for i in todo for d in (jobs[i].doc_ids or (None,) * len(jobs[i].documents))]
+            scores, _ = score_from_index(self.engine.scorer, self.index, queries, doc_ids, documents)
+        else:
+            scores = self.engine.score_pairs(queries, documents).scores
         self.metrics.batch(len(jobs), len(documents))
         out: list[Scored] = [None] * len(jobs)  # type: ignore[list-item]
         bounds = np.cumsum([0] + [len(jobs[i].documents) for i in todo])
         for i, start, end in zip(todo, bounds[:-1], bounds[1:]):
             out[i] = Scored(scores[start:end], cached=False)
             if self.cache is not None:
-                self.cache.store(keys[i], vectors[i], dict(zip(jobs[i].documents, scores[start:end].tolist())))
-        for i, by_text in enumerate(found):
-            if by_text is not None:
-                out[i] = Scored(np.array([by_text[d] for d in jobs[i].documents], dtype=np.float32), cached=True)
+                self.cache.store(keys[i], vectors[i], dict(zip(jobs[i].keys(), scores[start:end].tolist())))
+        for i, by_key in enumerate(found):
+            if by_key is not None:
+                out[i] = Scored(np.array([by_key[k] for k in jobs[i].keys()], dtype=np.float32), cached=True)
         return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, PositiveInt, model_validator
 
 from rayrank.config import EngineConfig, StrictModel, _late_interaction_engine
@@ -54,8 +56,18 @@ class ServeArgs(StrictModel):
     batching: BatchingConfig = BatchingConfig()
     admission: AdmissionConfig = AdmissionConfig()
     cache: CacheConfig = CacheConfig()
+    index: str | None = Field(None, description="INDEX_DIR written by `rayrank index` (local or s3://): "
+                              "documents may then be given by id")
+    storage: dict[str, Any] = Field({}, description="s3fs options for an s3:// index (default: AWS_* variables)")
 
     _engine = model_validator(mode="before")(_late_interaction_engine)
+
+    @model_validator(mode="after")
+    def _index_needs_late_interaction(self) -> ServeArgs:
+        if self.index and self.engine.scorer != "late-interaction":
+            raise ValueError("index: documents by id are token embeddings scored by MaxSim; serve the "
+                             "late-interaction model the index was built with (engine.scorer: late-interaction)")
+        return self
 
     @property
     def model_name(self) -> str:

@@ -115,10 +115,17 @@ def build_http_app(service: Reranker) -> FastAPI:
             raise RequestError(422, "max_tokens_per_doc", "per-request truncation is not supported; documents "
                                "are truncated to the model's maximum length", kind="unsupported")
         check_limits(request.query, request.documents, args.limits, "documents")
-        scored = await service.score(request.query, request.documents)
+        ids = service.document_ids(request.documents, "documents")
+        texts = [d if isinstance(d, str) else "" for d in request.documents]
+        scored = await service.score(request.query, texts, ids)
         scores = rayrank.sigmoid(scored.scores) if cross_encoder else scored.scores
-        results = [CohereResult(index=int(i), relevance_score=float(scores[i]),
-                                document={"text": request.documents[i]} if request.return_documents else None)
+
+        def document(i: int) -> dict[str, str] | None:
+            if not request.return_documents:
+                return None
+            return {"text": texts[i]} if ids is None or ids[i] is None else {"id": ids[i]}
+
+        results = [CohereResult(index=int(i), relevance_score=float(scores[i]), document=document(i))
                    for i in ranking(scores, request.top_n)]
         meta = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}, "model": args.model_name,
                 "cached": scored.cached}
@@ -146,7 +153,9 @@ def build_http_app(service: Reranker) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         """Liveness plus this replica's counters (requests, batches, pairs, cache, rejections)."""
-        return {"status": "ok", "model": args.model_name, "stats": service.stats()}
+        index = service.index
+        return {"status": "ok", "model": args.model_name, "stats": service.stats(),
+                "index": None if index is None else {"url": index.url, "documents": len(index)}}
 
     return app
 

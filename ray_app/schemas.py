@@ -6,6 +6,7 @@ the configurable limits (`RequestLimits`) are checked by `check_limits`, which n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, StrictStr, field_validator
@@ -26,13 +27,26 @@ class RequestError(Exception):
         return {"error": {"type": self.kind, "message": str(self), "field": self.field}}
 
 
-def _texts_of(values: list[Any]) -> list[Any]:
-    """Accept Cohere's `{"text": ...}` objects beside plain strings; name the first bad position."""
-    out = []
+@dataclass(frozen=True)
+class DocumentId:
+    """A document given as `{"id": ...}`: its token embeddings are read from the service's index."""
+
+    id: str
+
+
+def _documents_of(values: list[Any], by_id: bool) -> list[str | DocumentId]:
+    """Strings, Cohere's `{"text": ...}` objects and (`by_id`) `{"id": ...}`; name the first bad position."""
+    shapes = '{"text": string}' + (' or {"id": string}' if by_id else "")
+    out: list[str | DocumentId] = []
     for i, value in enumerate(values):
         if isinstance(value, dict):
+            if by_id and set(value) == {"id"}:
+                if not isinstance(value["id"], str) or not value["id"]:
+                    raise ValueError(f"document at index {i}: id must be a non-empty string")
+                out.append(DocumentId(value["id"]))
+                continue
             if set(value) != {"text"}:
-                raise ValueError(f"document at index {i} must be a string or {{\"text\": string}}, "
+                raise ValueError(f"document at index {i} must be a string or {shapes}, "
                                  f"got an object with keys {sorted(value)}")
             value = value["text"]
         problem = text_problem(value)
@@ -58,7 +72,8 @@ class _Request(BaseModel):
 class CohereRerankRequest(_Request):
     """Cohere Rerank v2: documents as strings or `{"text": ...}`; results best first."""
 
-    documents: list[Any] = Field(min_length=1, description='strings, or objects {"text": string}')
+    documents: list[Any] = Field(min_length=1, description='strings, objects {"text": string}, or (when the '
+                                 'service loads an index) {"id": doc_id}')
     top_n: PositiveInt | None = None
     return_documents: StrictBool = False
     model: StrictStr | None = None
@@ -66,8 +81,8 @@ class CohereRerankRequest(_Request):
 
     @field_validator("documents")
     @classmethod
-    def _documents(cls, value: list[Any]) -> list[str]:
-        return _texts_of(value)
+    def _documents(cls, value: list[Any]) -> list[str | DocumentId]:
+        return _documents_of(value, by_id=True)
 
 
 class TeiRerankRequest(_Request):
@@ -81,10 +96,10 @@ class TeiRerankRequest(_Request):
     @field_validator("texts")
     @classmethod
     def _texts(cls, value: list[Any]) -> list[str]:
-        return _texts_of(value)
+        return _documents_of(value, by_id=False)  # type: ignore[return-value]
 
 
-def check_limits(query: str, documents: list[str], limits: RequestLimits, documents_field: str) -> None:
+def check_limits(query: str, documents: list[str | DocumentId], limits: RequestLimits, documents_field: str) -> None:
     """The configurable limits, each failure a 422 naming the field."""
     if len(documents) > limits.max_documents:
         raise RequestError(422, documents_field, f"{len(documents)} documents; at most {limits.max_documents} "
@@ -93,7 +108,7 @@ def check_limits(query: str, documents: list[str], limits: RequestLimits, docume
         raise RequestError(422, "query", f"{len(query)} characters; at most {limits.max_query_chars}",
                            kind="query_too_long")
     for i, text in enumerate(documents):
-        if len(text) > limits.max_document_chars:
+        if isinstance(text, str) and len(text) > limits.max_document_chars:
             raise RequestError(422, f"{documents_field}[{i}]", f"{len(text)} characters; at most "
                                f"{limits.max_document_chars} per document", kind="document_too_long")
 
@@ -101,7 +116,7 @@ def check_limits(query: str, documents: list[str], limits: RequestLimits, docume
 class CohereResult(BaseModel):
     index: int
     relevance_score: float
-    document: dict[str, str] | None = None
+    document: dict[str, str] | None = None  # {"text": ...}, or {"id": ...} for a document given by id
 
 
 class CohereRerankResponse(BaseModel):

@@ -121,9 +121,11 @@ def test_semantic_cache_hits_same_and_near_duplicate_queries_over_the_same_docum
     ({"query": "q", "documents": DOCS, "top_n": -3}, 422, "top_n", "greater than 0"),
     ({"query": "q", "documents": DOCS, "model": "rerank-v3.5"}, 422, "model", "not served"),
     ({"query": "q", "documents": DOCS, "colour": 1}, 422, "colour", "not permitted"),
+    ({"query": "q", "documents": ["ok", {"id": "d1"}]}, 422, "documents[1]", "loads none"),
+    ({"query": "q", "documents": ["ok", {"id": 3}]}, 422, "documents", "id must be a non-empty string"),
 ], ids=["missing-query", "empty-query", "empty-documents", "too-many-documents", "document-too-long",
         "null-document", "number-document", "query-wrong-type", "documents-wrong-type", "top-n-zero",
-        "top-n-negative", "unknown-model", "unknown-key"])
+        "top-n-negative", "unknown-model", "unknown-key", "id-without-index", "id-not-a-string"])
 def test_bad_request_is_a_4xx_naming_the_field(url, payload, status, field, says):
     response = post(url, "/v1/rerank", payload)
     assert response.status_code == status, response.text
