@@ -3,7 +3,8 @@
 Runs, on the same pairs (the first N rows of ../shared/data/trec-dl20/candidates.parquet):
   1. the engine in-process (`Reranker.score_pairs`, the baseline a user would write),
   2. the rerank job on an embedded local Ray,
-  3. the job killed with SIGKILL once 90% of its shards are committed, then rerun (resume),
+  3. the job (driver and its local Ray) killed with SIGKILL once 90% of its shards are committed,
+     then rerun (resume),
 and prints pairs/s and ratios. Example:
 
     python bench/job.py --rows 2000 --scorer late-interaction
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +31,9 @@ DL20 = REPO.parent / "shared" / "data" / "trec-dl20" / "candidates.parquet"
 
 
 def _job(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", *args], cwd=REPO,
+    # A session of its own: the kill below takes the driver and the local Ray it started (actors
+    # included), as a crashed machine would; killing the driver alone lets busy actors finish.
+    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", *args], cwd=REPO, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="for cross-encoder, a local directory (no trained cross-encoder ships offline)")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     parser.add_argument("--actors", default="2,2")
+    parser.add_argument("--cpus-per-actor", type=float, default=1)
+    parser.add_argument("--shards", type=int, default=20, help="input shards the job is planned into")
     args = parser.parse_args(argv)
     if not DL20.is_file():
         print(f"skipped: {DL20} not found (the benchmark reads the shared TREC-DL20 candidates)")
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="rayrank-bench-job-"))
     table = pq.read_table(DL20).slice(0, args.rows)
-    pq.write_table(table, work / "pairs.parquet", row_group_size=max(1, args.rows // 16))
+    pq.write_table(table, work / "pairs.parquet")
 
     reranker = rayrank.Reranker(args.model, scorer=args.scorer, backend=args.backend)
     queries, texts = table["query"].to_pylist(), table["text"].to_pylist()
@@ -70,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.rows / (time.perf_counter() - started)
 
     common = ["--scorer", args.scorer, "--model", args.model, "--backend", args.backend, "--actors", args.actors]
+    # Shards of rows/--shards (20: a kill at 90% falls between shards, not after the last one);
+    # both runs use the same plan, so the rerun is compared with the same job.
     config = work / "job.yaml"
-    config.write_text(f"shard_rows: {max(1, args.rows // 16)}\n")
+    config.write_text(f"shard_rows: {math.ceil(args.rows / args.shards)}\n"
+                      f"cluster:\n  cpus_per_actor: {args.cpus_per_actor}\n")
     # In-process is measured before and after the job, so drifting machine load hits both sides.
     before = in_process_rate()
     full_s, manifest = _timed_job([str(work / "pairs.parquet"), str(work / "full"), "--config", str(config), *common])
@@ -84,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     job_args = [str(work / "pairs.parquet"), str(out), "--config", str(config), *common]
     proc = _job(job_args)
     shards, markers = manifest["shards"], out / "_staging" / "done" / "shards"
-    while proc.poll() is None and len(list(markers.glob("*.json")) if markers.exists() else []) < int(0.9 * shards):
+    committed = 0
+    while proc.poll() is None and committed < int(0.9 * shards):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+        committed = len(list(markers.glob("*.json"))) if markers.exists() else 0
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     resume_s, resumed = _timed_job(job_args)
 
@@ -98,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
          "the above plus actor start and model load"),
         ("job, end to end", f"{args.rows / full_s:,.1f}", f"{args.rows / full_s / in_process:.2f}",
          f"{full_s:.1f} s incl. Ray start and ranking"),
-        ("rerun after SIGKILL at 90%", "", "",
+        (f"rerun after SIGKILL at {committed}/{shards} shards", "", "",
          f"{resume_s:.1f} s = {resume_s / full_s:.0%} of a full run; reused "
          f"{resumed['counts']['rows_reused']:,} of {args.rows:,} rows"),
     ]
     print(f"\nrerank job vs in-process engine — {args.rows:,} TREC-DL20 pairs, {args.scorer}, {args.backend}, "
-          f"actors {args.actors}\n")
+          f"actors {args.actors} x {args.cpus_per_actor:g} CPU, {shards} shards of about "
+          f"{args.rows // shards:,} rows\n")
     print(f"{'':32} {'pairs/s':>9} {'ratio':>6}  note")
     for name, rate, ratio, note in rows:
         print(f"{name:32} {rate:>9} {ratio:>6}  {note}")

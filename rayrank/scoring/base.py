@@ -46,10 +46,17 @@ def make_backend(config: EngineConfig, module: torch.nn.Module, model_dir: Path,
     return OnnxBackend(path, device=config.device, threads=config.threads)
 
 
+# What one more batch costs, in tokens, when the config leaves it unset (see EngineConfig).
+_BATCH_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 2048}
+
+
 def run_batches(backend: Backend, encoded: Encoded, config: EngineConfig, pad_id: int
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (row indices, backend output) for token-budget batches, longest first."""
-    for rows in plan_batches(encoded.lengths, config.max_tokens_per_batch, config.max_batch_size):
+    overhead = config.batch_overhead_tokens
+    if overhead is None:
+        overhead = _BATCH_OVERHEAD_TOKENS["cuda" if backend.device.startswith("cuda") else "cpu"]
+    for rows in plan_batches(encoded.lengths, config.max_tokens_per_batch, config.max_batch_size, overhead):
         yield rows, backend.run(encoded.batch(rows, pad_id))
 
 

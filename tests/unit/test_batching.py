@@ -34,3 +34,40 @@ def test_pad():
     out = pad([[1, 2, 3], [4]], pad_value=9)
     assert out.dtype == np.int64
     assert out.tolist() == [[1, 2, 3], [4, 9, 9]]
+
+
+def _cost(lengths, batches, overhead):
+    return sum(len(b) * lengths[b].max() + overhead for b in batches)
+
+
+def _brute_force(sorted_lengths, max_tokens, max_batch_size, overhead):
+    """Cheapest cut of longest-first lengths into runs, over every one of the 2^(n-1) cuts."""
+    n, best = len(sorted_lengths), None
+    for mask in range(2 ** (n - 1)):
+        bounds = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        runs = [sorted_lengths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        if any(len(r) > max_batch_size or len(r) * r[0] > max_tokens for r in runs):
+            continue
+        cost = sum(len(r) * r[0] + overhead for r in runs)
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_is_the_cheapest_cut(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 60, size=int(rng.integers(1, 10)))
+    overhead = int(rng.integers(0, 80))
+    batches = plan_batches(lengths, max_tokens=150, max_batch_size=4, batch_overhead_tokens=overhead)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert _cost(lengths, batches, overhead) == _brute_force(np.sort(lengths)[::-1], 150, 4, overhead)
+
+
+def test_cutting_saves_padding_on_a_small_varied_set():
+    """A 60-row shard of passage-like lengths: filling batches to the budget pads far more."""
+    lengths = np.random.default_rng(0).lognormal(4.3, 0.45, size=60).astype(int) + 8
+    filled = plan_batches(lengths, max_tokens=8192, max_batch_size=128, batch_overhead_tokens=10**6)
+    cut = plan_batches(lengths, max_tokens=8192, max_batch_size=128, batch_overhead_tokens=32)
+    padded = lambda batches: sum(len(b) * lengths[b].max() for b in batches) / lengths.sum()
+    assert padded(filled) > 1.3
+    assert padded(cut) < 1.05
