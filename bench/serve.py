@@ -8,8 +8,9 @@ late-interaction scorer. Each client sends its next request when the previous on
 
 Serving overhead = the best pairs/s of the served app / pairs/s of `Reranker.score_pairs` in this
 process on the pairs of one full batch (`--max-batch-size` requests), measured before, between
-and after the Serve runs; the best one counts.
-The replica and the in-process engine use the same engine settings and thread count.
+and after the Serve runs; the best one counts. The app runs `--replicas` replicas (default 2, as
+the default config's autoscaler reaches under load) sharing the CPUs; the in-process engine gets
+every CPU to itself, with the same engine settings.
 
     python bench/serve.py                       # about 5 minutes on 2 CPU cores
     python bench/serve.py --seconds 10 --clients 1,4 --docs 20
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,4,16", help="concurrency levels")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per level")
     parser.add_argument("--max-batch-size", type=int, default=16, help="requests per batch with batching on")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, replica and in-process")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs: the in-process engine's torch "
+                        "threads, and Ray's CPUs shared by the replicas")
+    parser.add_argument("--replicas", type=int, default=2, help="replicas, each with cpus / replicas threads")
     opts = parser.parse_args(argv)
     candidates = load_candidates(DL20 / "candidates.parquet")
     if candidates is None:
@@ -107,19 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     from rayrank.config import EngineConfig
 
     requests = requests_from(candidates, opts.docs)
-    engine = EngineConfig(model=MINILM, scorer="late-interaction", threads=opts.threads)
+    engine = EngineConfig(model=MINILM, scorer="late-interaction", threads=opts.cpus)
+    replica_engine = engine.model_copy(update={"threads": max(1, opts.cpus // opts.replicas)})
     print(f"{len(requests)} requests of {opts.docs} documents; load average {load_average()} at start", flush=True)
     batch = requests[:opts.max_batch_size]
     baseline = [in_process_pairs_per_s(engine, batch)]
     print(f"in-process engine: {baseline[0]:.1f} pairs/s", flush=True)
 
-    ray.init(num_cpus=opts.threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=opts.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8765})
     rows = []
     for label, batch_size in (("on", opts.max_batch_size), ("off", 1)):
-        args = ServeArgs(engine=engine, batching={"max_batch_size": batch_size, "batch_wait_timeout_s": 0.005})
-        deployment = Reranker.options(num_replicas=1, max_ongoing_requests=64,
-                                      ray_actor_options={"num_cpus": opts.threads})
+        args = ServeArgs(engine=replica_engine,
+                         batching={"max_batch_size": batch_size, "batch_wait_timeout_s": 0.005})
+        deployment = Reranker.options(num_replicas=opts.replicas, max_ongoing_requests=64,
+                                      ray_actor_options={"num_cpus": opts.cpus / opts.replicas})
         serve.run(deployment.bind(args), name="bench", route_prefix="/")
         url = "http://127.0.0.1:8765/v1/rerank"
         closed_loop(url, requests, 1, 2.0)  # warm up
@@ -133,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
 
     best = max(r["pairs/s"] for r in rows)
-    print(f"\nall-MiniLM-L6-v2 late interaction, {opts.docs} docs/request, torch CPU, {opts.threads} threads; "
-          f"load average {load_average()} at end")
+    print(f"\nall-MiniLM-L6-v2 late interaction, {opts.docs} docs/request, torch CPU, {opts.replicas} replica(s) "
+          f"of {replica_engine.threads} thread(s); load average {load_average()} at end")
     print(table(rows, "{:.1f}"))
-    print(f"\nin-process engine, one call on {len(batch) * opts.docs} pairs: {max(baseline):.1f} pairs/s (runs: "
+    print(f"\nin-process engine, {opts.cpus} threads, one call on {len(batch) * opts.docs} pairs: "
+          f"{max(baseline):.1f} pairs/s (runs: "
           f"{', '.join(f'{b:.1f}' for b in baseline)})")
     print(f"serving overhead: best served {best:.1f} pairs/s = {100 * best / max(baseline):.0f}% of in-process "
           "(goal >= 85%)")

@@ -1,8 +1,9 @@
 """The `Reranker` Serve deployment and the typed application builder `build_app`.
 
-Requests wait in `@serve.batch`; each batch's pairs are flattened into one token-budgeted engine
-call (`rayrank.Reranker.score_pairs`, in a worker thread so the replica keeps admitting and
-refusing requests meanwhile) and split back per request. With an index (`args.index`) documents
+Requests wait in `@serve.batch`; the batches waiting for the engine (`ray_app.coalesce`) have
+their pairs flattened into one token-budgeted engine call (`rayrank.Reranker.score_pairs`, in a
+worker thread so the replica keeps admitting and refusing requests meanwhile) and split back per
+request. With an index (`args.index`) documents
 may be given by id: their token embeddings are read from it and only queries (and documents sent
 as text) are encoded.
 
@@ -11,7 +12,6 @@ Run it with `serve run configs/serve.local.yaml` or `rayrank serve`.
 
 # No `from __future__ import annotations`: Serve reads build_app's annotation as a class to
 # validate `args` with it.
-import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve import Application
 
 import rayrank
+from ray_app.coalesce import EngineGate
 from ray_app.config import ServeArgs
 from ray_app.http import build_http_app
 from ray_app.metrics import ServeMetrics
@@ -68,6 +69,7 @@ class Reranker:
         if self.index is not None:
             self.index.check_model(self.engine.resolved.name)
         self.pending_pairs = 0
+        self.gate = EngineGate(self._score_jobs, args.batching.max_batch_size)
         self.score_batch.set_max_batch_size(args.batching.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(args.batching.batch_wait_timeout_s)
 
@@ -115,9 +117,11 @@ class Reranker:
         finally:
             self.pending_pairs -= len(documents)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    # Batches that form while the engine is busy wait in the gate and are scored together; four may
+    # wait at once (4 x the default 16 requests = the default max_ongoing_requests).
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, max_concurrent_batches=4)
     async def score_batch(self, jobs: list[Job]) -> list[Scored]:
-        return await asyncio.to_thread(self._score_jobs, jobs)
+        return await self.gate.submit(jobs)
 
     def _score_jobs(self, jobs: list[Job]) -> list[Scored]:
         """Cache lookups, then one engine call for every pair of every missed request, split back."""
