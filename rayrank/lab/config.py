@@ -47,7 +47,9 @@ class DataConfig(StrictModel):
 
 class TrainConfig(StrictModel):
     """Optimizer and schedule. `max_steps` > 0 overrides `epochs`; `max_length` caps tokens per pair;
-    `max_minutes` stops training (and saves) once that much wall time has passed."""
+    `max_minutes` stops training (and saves) once that much wall time has passed;
+    `freeze_embeddings` keeps the word-embedding matrix fixed (half of MiniLM's weights: AdamW then
+    skips them, about 20% faster a step on CPU, and the vocabulary keeps its pretrained meaning)."""
 
     epochs: PositiveFloat = 1.0
     max_steps: int = -1
@@ -61,6 +63,7 @@ class TrainConfig(StrictModel):
     logging_steps: PositiveInt = 10
     max_minutes: PositiveFloat | None = None
     threads: PositiveInt | None = None
+    freeze_embeddings: bool = False
 
 
 class TrainClusterConfig(StrictModel):

@@ -128,6 +128,8 @@ def train(config: FinetuneConfig, columns: dict[str, list], save_to: str | Path 
         raise InvalidInputError("no training examples: the data source produced 0 rows.")
     torch.manual_seed(t.seed)
     model = load_student(config.model, t.max_length)
+    if t.freeze_embeddings:
+        model.model.get_input_embeddings().weight.requires_grad_(False)
     dataset = Dataset.from_dict(columns)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rayrank-finetune-") as scratch:

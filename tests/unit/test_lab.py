@@ -247,3 +247,15 @@ def test_distractor_report_side_by_side(tmp_path, tiny_cross_encoder, tiny_encod
     out = json.loads(capsys.readouterr().out)
     assert out["base"]["seen"]["cases"] == 4 and out["li"]["unseen"]["cases"] == 3
     assert 0.0 <= out["li"]["seen"]["pass_rate"] <= 1.0
+
+
+def test_frozen_embeddings_stay_as_they_were_while_the_rest_trains(tmp_path, tiny_cross_encoder):
+    from safetensors.torch import load_file
+
+    config = FinetuneConfig(model=str(tiny_cross_encoder), data={"pairs": "in-memory"},
+                            train=quick(max_steps=4, freeze_embeddings=True))
+    train(config, toy_pairs(16), tmp_path / "out")
+    before, after = load_file(str(tiny_cross_encoder / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    word = next(k for k in before if k.endswith("word_embeddings.weight"))
+    assert np.array_equal(before[word].numpy(), after[word].numpy())
+    assert not np.array_equal(before["classifier.weight"].numpy(), after["classifier.weight"].numpy())
