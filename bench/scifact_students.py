@@ -121,16 +121,17 @@ def student(work: Path, a: argparse.Namespace) -> None:
         m = np.array([q in tr for q in qid]) & (rank <= a.depth)
         idx = np.flatnonzero(m)
         if a.recipe == "bce":
-            rows, labels = [], []
+            from rayrank.lab import data
+
+            corpus = data.read_corpus(str(SCIFACT / "corpus.parquet"))
+            known = set(cols["doc_id"])  # positives among the prepared candidates
+            rows = []
             for q in sorted(tr):
                 qi = [i for i in np.flatnonzero(qid == q) if rank[i] <= a.depth]
                 pos = [d for d, g in QRELS[q].items() if g > 0]
                 negs = [i for i in qi if cols["label"][i] == 0]
-                rows += [(cols["query"][qi[0]], d, 1.0) for d in pos if d in set(cols["doc_id"])]  # positives (text below)
+                rows += [(cols["query"][qi[0]], d, 1.0) for d in pos if d in known]
                 rows += [(cols["query"][i], cols["doc_id"][i], 0.0) for i in rng.sample(negs, min(a.neg, len(negs)))]
-            import pyarrow.parquet as pq
-            from rayrank.lab import data
-            corpus = data.read_corpus(str(SCIFACT / "corpus.parquet"))
             rows = [(q, corpus[d], l) for q, d, l in rows]
             rng.shuffle(rows)
             columns = {"query": [r[0] for r in rows], "document": [r[1] for r in rows], "label": [r[2] for r in rows]}

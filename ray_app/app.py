@@ -3,9 +3,8 @@
 Requests wait in `@serve.batch`; the batches waiting for the engine (`ray_app.coalesce`) have
 their pairs flattened into one token-budgeted engine call (`rayrank.Reranker.score_pairs`, in a
 worker thread so the replica keeps admitting and refusing requests meanwhile) and split back per
-request. With an index (`args.index`) documents
-may be given by id: their token embeddings are read from it and only queries (and documents sent
-as text) are encoded.
+request. With an index (`args.index`) documents may be given by id: their token embeddings are
+read from it and only queries (and documents sent as text) are encoded.
 
 Run it with `serve run configs/serve.local.yaml` or `rayrank serve`.
 """

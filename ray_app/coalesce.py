@@ -36,6 +36,7 @@ class EngineGate(Generic[Job, Result]):
         self.score, self.max_requests = score, max_requests
         self._waiting: list[tuple[list[Job], asyncio.Future]] = []
         self._running = False
+        self._drainer: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
 
     async def submit(self, jobs: list[Job]) -> list[Result]:
         """Queue one batch of jobs and wait for their results."""
@@ -43,7 +44,7 @@ class EngineGate(Generic[Job, Result]):
         self._waiting.append((list(jobs), future))
         if not self._running:
             self._running = True
-            asyncio.create_task(self._drain())
+            self._drainer = asyncio.create_task(self._drain())
         return await future
 
     def _take(self) -> list[tuple[list[Job], asyncio.Future]]:
