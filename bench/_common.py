@@ -55,6 +55,21 @@ def load_scifact(rows: int | None = None):
     return table, load_qrels(SCIFACT / "qrels.test.txt")
 
 
+def scifact_corpus(path: Path) -> Path:
+    """SciFact's abstracts as `doc_id`, `text` = title + " " + abstract (the text of candidates.test.parquet
+    and of `rayrank.lab.data.read_corpus`), for the index job, which reads one text column. Written once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        corpus = pq.read_table(SCIFACT / "corpus.parquet")
+        text = pc.binary_join_element_wise(corpus["title"], corpus["text"], " ")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"doc_id": corpus["doc_id"], "text": text}), path, row_group_size=1000)
+    return path
+
+
 def minilm_cross_encoder(folder: Path, seed: int = 0) -> Path:
     """The bundled all-MiniLM-L6-v2 backbone with a fresh seeded 1-logit head, saved with its tokenizer.
 

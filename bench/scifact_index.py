@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MINILM as MODEL, SCIFACT, load_average, skip_message, table  # noqa: E402
+from _common import MINILM as MODEL, SCIFACT, load_average, scifact_corpus, skip_message, table  # noqa: E402
 
 
 def parse_setting(text: str) -> dict:
@@ -75,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scifact-index-"))
     work.mkdir(parents=True, exist_ok=True)
-    corpus = pq.read_table(SCIFACT / "corpus.parquet")
-    text = pc.binary_join_element_wise(corpus["title"], corpus["text"], " ")
-    docs = work / "corpus.parquet"
-    pq.write_table(pa.table({"doc_id": corpus["doc_id"], "text": text}), docs, row_group_size=1000)
+    docs = scifact_corpus(work / "corpus.parquet")
     qrels = load_qrels(SCIFACT / "qrels.test.txt")
     candidates = pq.read_table(SCIFACT / "candidates.test.parquet")
     bm25 = evaluate({q: {d: -r for d, r in zip(g["doc_id"], g["bm25_rank"])}

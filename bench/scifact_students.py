@@ -1,24 +1,28 @@
 """SciFact cross-encoder recipes compared on held-out *train* claims (the test claims stay untouched).
 
-The README's "Follow-up on a quiet machine" table. Two steps:
+The README's "Recipes on held-out train claims" table. Two steps:
 
     python bench/scifact_students.py prepare            # BM25 top 100 + late-interaction teacher scores, ~5 min
     python bench/scifact_students.py student bce1 bce --minutes 8 --lr 5e-5
     python bench/scifact_students.py student mse_li1 mse_li --minutes 8 --lr 5e-5
     python bench/scifact_students.py student mse_f_hi mse_fused --minutes 8 --lr 1.5e-4
+    python bench/scifact_students.py student list1 list_fused --minutes 8 --lr 1e-4 --head-lr 2e-3 --bs 32
 
 `prepare` scores every judged train claim's BM25 top 100 over the corpus with BM25 and the bundled
 all-MiniLM-L6-v2 as late interaction (documents encoded once) and prints the teachers' nDCG@10.
 `student` trains a cross-encoder (rayrank.lab.train, word embeddings frozen) on 709 claims with
 one recipe — `bce` (qrels positives + BM25 negatives), `mse_li` (MSE on per-claim z-scored late
 interaction), `mse_fused` (late interaction + w x BM25), `mse_gold` (fused + beta on judged
-positives) — and scores the other 100 claims' BM25 top 30. Work files go to --work.
-"""
+positives), `list_fused` (the fused + gold target learnt listwise, as `rayrank distill --loss
+listwise` does: lists of --k documents led by each claim's best) — and scores the other 100
+claims' BM25 top --eval-depth (30). Work files go to --work."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections import Counter
 import random
 import sys
 import time
@@ -33,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import SCIFACT, skip_message  # noqa: E402
 from rayrank.evaluate import evaluate, load_qrels  # noqa: E402
-from rayrank.lab.distill import standardize_per_query as z  # noqa: E402
+from rayrank.lab.data import to_lists  # noqa: E402
+from rayrank.lab.distill import standardize_per_query as z, teacher_targets  # noqa: E402
 
 QRELS = load_qrels(SCIFACT / "qrels.train.txt") if (SCIFACT / "qrels.train.txt").is_file() else {}
 
@@ -56,7 +61,7 @@ def ndcg(qids, docs, scores, qrels=None):
 def prepare(work: Path) -> None:
     import rayrank
     from rayrank.lab import data
-    from rayrank.lab.bm25 import BM25, tokenize
+    from rayrank.lab.bm25 import BM25
     from rayrank.scoring.late_interaction import maxsim
 
     torch.set_num_threads(2)
@@ -66,12 +71,9 @@ def prepare(work: Path) -> None:
     judged = {q: t for q, t in queries.items() if q in qrels}
     doc_ids = list(corpus); bm = BM25([corpus[d] for d in doc_ids])
     rows = []
-    for qid, q in judged.items():
-        cols = [bm.vocab[w] for w in tokenize(q) if w in bm.vocab]
-        scores = np.asarray(bm.weights[:, cols] @ bm.idf[cols]).ravel()
-        top = np.argsort(-scores, kind="stable")[:100]
-        for r, i in enumerate(top):
-            rows.append((qid, q, doc_ids[i], r + 1, float(scores[i]), int(qrels[qid].get(doc_ids[i], 0))))
+    for (qid, q), (top, scores) in zip(judged.items(), bm.search_scored(list(judged.values()), 100)):
+        for r, (i, score) in enumerate(zip(top, scores)):
+            rows.append((qid, q, doc_ids[i], r + 1, float(score), int(qrels[qid].get(doc_ids[i], 0))))
     print(len(judged), "claims", len(rows), "pairs")
     uniq = sorted({r[2] for r in rows}); print(len(uniq), "unique docs")
     li = rayrank.Reranker("sentence-transformers/all-MiniLM-L6-v2", scorer="late-interaction").scorer
@@ -136,6 +138,14 @@ def student(work: Path, a: argparse.Namespace) -> None:
             rng.shuffle(rows)
             columns = {"query": [r[0] for r in rows], "document": [r[1] for r in rows], "label": [r[2] for r in rows]}
             loss = "bce"
+        elif a.recipe == "list_fused":  # the product's `rayrank distill --loss listwise` target and lists
+            q_ids = qid[idx].tolist()
+            teacher = teacher_targets(q_ids, li[idx], {"bm25": (a.w, bm[idx])}, np.array(cols["label"])[idx] > 0,
+                                      a.beta) / a.temp
+            per_round = sum(math.ceil((n - 1) / (a.k - 1)) for n in Counter(q_ids).values())
+            columns = to_lists(q_ids, [cols["query"][i] for i in idx], [cols["text"][i] for i in idx],
+                               teacher.tolist(), a.k, rounds=math.ceil(a.minutes * 60 * a.rate / a.k / per_round))
+            loss = "listwise"
         else:
             teacher = z(qid, li) if a.recipe == "mse_li" else z(qid, z(qid, li) + a.w * z(qid, bm))
             if a.recipe == "mse_gold":
@@ -145,13 +155,16 @@ def student(work: Path, a: argparse.Namespace) -> None:
                        "label": [float(teacher[i]) for i in order]}
             loss = "mse"
         steps = int(a.minutes * 60 * a.rate / a.bs)
+        if loss == "listwise":
+            a.bs = max(1, a.bs // a.k)  # lists per step: the same pairs per step as the pointwise recipes
         cfg = FinetuneConfig(model=a.init, loss=a.loss or loss, data={"pairs": "unused"},
                              train={"max_steps": steps, "batch_size": a.bs, "learning_rate": a.lr, "warmup_ratio": 0.1,
                                     "max_length": a.L, "logging_steps": 25, "threads": 2, "freeze_embeddings": True,
+                                    "head_learning_rate": a.head_lr,
                                     "max_minutes": a.minutes * 1.5})
         s = train(cfg, columns, out)
         print(f"TRAIN {a.name}: {s['examples']} examples avail, {s['steps']} steps, {s['seconds']} s, losses {s['losses'][:2]}..{s['losses'][-3:]}")
-    m = np.array([q in dev for q in qid]) & (rank <= 30)
+    m = np.array([q in dev for q in qid]) & (rank <= a.eval_depth)
     sub = np.flatnonzero(m)
     r = rayrank.Reranker(out, max_length=a.eval_L or a.L)
     st = time.perf_counter()
@@ -159,7 +172,7 @@ def student(work: Path, a: argparse.Namespace) -> None:
     q, d = [cols["query_id"][i] for i in sub], [cols["doc_id"][i] for i in sub]
     res = {"student": ndcg(q, d, sc), "bm25": ndcg(q, d, bm[sub]), "li": ndcg(q, d, li[sub]),
            "student+0.3bm": ndcg(q, d, z(q, sc) + 0.3 * z(q, bm[sub]))}
-    print(f"DEV {a.name} ({len(sub)} pairs, {len(sub)/(time.perf_counter()-st):.0f} pairs/s):", json.dumps({k: round(v, 4) for k, v in res.items()}))
+    print(f"DEV {a.name} top {a.eval_depth} ({len(sub)} pairs, {len(sub)/(time.perf_counter()-st):.0f} pairs/s):", json.dumps({k: round(v, 4) for k, v in res.items()}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,15 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="step", required=True)
     sub.add_parser("prepare")
     s = sub.add_parser("student")
-    s.add_argument("name"); s.add_argument("recipe", choices=["bce", "mse_li", "mse_fused", "mse_gold"])
+    s.add_argument("name"); s.add_argument("recipe", choices=["bce", "mse_li", "mse_fused", "mse_gold", "list_fused"])
     s.add_argument("--minutes", type=float, default=8); s.add_argument("--lr", type=float, default=5e-5)
     s.add_argument("--depth", type=int, default=30); s.add_argument("--neg", type=int, default=7)
     s.add_argument("--w", type=float, default=0.3); s.add_argument("--beta", type=float, default=2.0)
     s.add_argument("--rate", type=float, default=14.0, help="training pairs/s, to size max_steps to --minutes")
-    s.add_argument("--bs", type=int, default=16)
+    s.add_argument("--bs", type=int, default=16, help="pairs per step (list_fused: --bs // --k lists)")
+    s.add_argument("--k", type=int, default=16, help="list_fused: documents per list")
+    s.add_argument("--temp", type=float, default=1.0, help="list_fused: teacher softmax temperature")
+    s.add_argument("--head-lr", type=float, default=None, help="learning rate of the fresh head")
     s.add_argument("--L", type=int, default=128); s.add_argument("--eval-L", type=int, default=None)
     s.add_argument("--init", default="sentence-transformers/all-MiniLM-L6-v2"); s.add_argument("--loss", default=None)
     s.add_argument("--eval-only", action="store_true")
+    s.add_argument("--eval-depth", type=int, default=30, help="score the dev claims' BM25 top K")
     a = p.parse_args(argv)
     if not QRELS:
         print(skip_message(SCIFACT))

@@ -42,19 +42,23 @@ class ModelSpec:
         return f"{self.model} ({self.scorer})"
 
 
-def score_with_job(candidates: str, engine: EngineConfig, output: str, cluster: ClusterConfig) -> tuple[Run, dict]:
-    """Score every pair of `candidates` with the batch rerank job; return (query → doc → score, manifest)."""
+def score_with_job(candidates: str, engine: EngineConfig, output: str, cluster: ClusterConfig,
+                   index: str | None = None) -> tuple[Run, dict]:
+    """Score every pair of `candidates` with the batch rerank job (a late-interaction engine reads documents
+    from `index` when given); return (query → doc → score, manifest)."""
     from jobs.rerank import run
 
     config = parse_config(RerankJobConfig, {"input": candidates, "output": output, "engine": engine.model_dump(),
-                                            "cluster": cluster.model_dump()}, "rayrank lab")
+                                            "cluster": cluster.model_dump(), "index": index}, "rayrank lab")
     manifest = run(config)
     return read_run(output), manifest
 
 
 def compare(candidates: str, qrels_path: str, specs: list[ModelSpec], engine: dict[str, Any],
-            cluster: ClusterConfig, workdir: str, baseline_column: str | None = None) -> dict[str, Any]:
-    """Score with each model, evaluate, and compute pairwise agreement (baseline column included)."""
+            cluster: ClusterConfig, workdir: str, baseline_column: str | None = None,
+            index: str | None = None) -> dict[str, Any]:
+    """Score with each model, evaluate, and compute pairwise agreement (baseline column included);
+    late-interaction models read documents from `index` when given (a `rayrank index` of their model)."""
     qrels = load_qrels(qrels_path)
     runs: dict[str, Run] = {}
     rows = []
@@ -65,7 +69,8 @@ def compare(candidates: str, qrels_path: str, specs: list[ModelSpec], engine: di
                      "mrr_at_10": m.mrr_at_10, "queries": m.queries, "pairs_per_s": None})
     for i, spec in enumerate(specs):
         settings = EngineConfig(**{**engine, "model": spec.model, "scorer": spec.scorer})
-        run, manifest = score_with_job(candidates, settings, f"{workdir}/model-{i}", cluster)
+        run, manifest = score_with_job(candidates, settings, f"{workdir}/model-{i}", cluster,
+                                       index if spec.scorer == "late-interaction" else None)
         label = f"[{i + 1}] {spec.label}"  # numbered: the same model may be listed twice
         runs[label] = run
         m = evaluate(run, qrels)

@@ -28,7 +28,9 @@ from rayrank.errors import InvalidInputError, ModelUnavailableError
 from rayrank.io.tables import InputSchemaError
 from rayrank.lab import data
 from rayrank.lab.config import DistillConfig, FinetuneConfig
-from rayrank.lab.distill import margin_triples, standardize_per_query, train_late_interaction
+from rayrank.evaluate import load_qrels
+from rayrank.lab.bm25 import BM25
+from rayrank.lab.distill import margin_triples, teacher_targets, train_late_interaction
 
 
 def parse_args(argv: list[str] | None) -> DistillConfig:
@@ -37,7 +39,12 @@ def parse_args(argv: list[str] | None) -> DistillConfig:
     parser.add_argument("--teacher", metavar="[SCORER:]MODEL",
                         help="e.g. late-interaction:sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--teacher-actors", help="MIN,MAX scoring actors for the teacher's rerank job")
+    parser.add_argument("--teacher-index", help="a late-interaction teacher reads documents from this rayrank index")
     parser.add_argument("--student-kind", choices=["cross-encoder", "late-interaction"])
+    parser.add_argument("--loss", choices=["mse", "listwise"], help="cross-encoder student's loss (default mse)")
+    parser.add_argument("--blend", action="append", metavar="COLUMN=WEIGHT",
+                        help="fuse a numeric pairs column into the target, e.g. bm25_score=0.3 (repeatable)")
+    parser.add_argument("--qrels", help="judged-relevant pairs get +gold_weight on the target")
     parser.add_argument("--candidates", help="pairs to label: long query-candidate Parquet")
     parser.add_argument("--queries", help="pairs to label: BM25 top --depth of the corpus for these queries")
     parser.add_argument("--corpus")
@@ -54,7 +61,9 @@ def parse_args(argv: list[str] | None) -> DistillConfig:
         data_["teacher"] = {**data_.get("teacher", {}), "model": spec.model, "scorer": spec.scorer}
     if args.teacher_actors:
         data_["teacher_cluster"] = {**data_.get("teacher_cluster", {}), "actors": args.teacher_actors}
-    for key in ("student_kind", "labels"):
+    if args.blend:
+        data_["blend"] = {**data_.get("blend", {}), **dict(parse_blend(b) for b in args.blend)}
+    for key in ("student_kind", "labels", "teacher_index", "loss", "qrels"):
         if getattr(args, key):
             data_[key] = getattr(args, key)
     source = {k: getattr(args, k) for k in ("candidates", "queries", "corpus", "depth") if getattr(args, k)}
@@ -66,27 +75,40 @@ def parse_args(argv: list[str] | None) -> DistillConfig:
     return config
 
 
+def parse_blend(flag: str) -> tuple[str, float]:
+    column, _, weight = flag.partition("=")
+    try:
+        return column, float(weight)
+    except ValueError:
+        raise ConfigError(f"--blend {flag!r}: expected COLUMN=WEIGHT, e.g. bm25_score=0.3") from None
+
+
 def pairs_table(config: DistillConfig, folder: Path) -> str:
-    """The pairs to label as a long Parquet file (query_id, query, doc_id, text)."""
+    """The pairs to label as a long Parquet file: the candidates table, or BM25's top `depth` over the
+    corpus per query (query_id, query, doc_id, text, bm25_rank, bm25_score)."""
     if config.data.candidates:
         return config.data.candidates
     queries, corpus = data.read_queries(config.data.queries), data.read_corpus(config.data.corpus)
-    ranked = data.ranked_from_bm25(queries, corpus, config.data.depth)
-    rows = [{"query_id": q, "query": queries[q], "doc_id": d, "text": corpus[d]} for q, docs in ranked.items()
-            for d in docs]
+    doc_ids = list(corpus)
+    hits = BM25([corpus[d] for d in doc_ids]).search_scored(list(queries.values()), config.data.depth)
+    rows = [{"query_id": q, "query": queries[q], "doc_id": doc_ids[i], "text": corpus[doc_ids[i]], "bm25_rank": r + 1,
+             "bm25_score": float(score)}
+            for q, (top, scores) in zip(queries, hits) for r, (i, score) in enumerate(zip(top, scores))]
     path = folder / "pairs.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     return str(path)
 
 
 def teacher_labels(config: DistillConfig, folder: Path) -> pa.Table:
-    """query_id, query, doc_id, text, teacher_score: every pair scored by the teacher's rerank job."""
+    """query_id, query, doc_id, text, the `blend` columns, teacher_score: every pair scored by the teacher's
+    rerank job."""
+    columns = ["query_id", "query", "doc_id", "text", *config.blend]
     if config.labels and Path(config.labels).is_file():
-        return data.read_table(config.labels, ["query_id", "query", "doc_id", "text", "teacher_score"], "labels")
+        return data.read_table(config.labels, [*columns, "teacher_score"], "labels")
     path = pairs_table(config, folder)
-    run, _ = score_with_job(path, config.teacher, str(folder / "teacher"), config.teacher_cluster)
-    table = data.read_table(path, ["query_id", "query", "doc_id", "text"], "candidates")
-    table = table.select(["query_id", "query", "doc_id", "text"])
+    table = data.read_table(path, columns, "candidates").select(columns)
+    run, _ = score_with_job(path, config.teacher, str(folder / "teacher"), config.teacher_cluster,
+                            config.teacher_index)
     keys = zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist())
     scores = [run.get(str(q), {}).get(str(d)) for q, d in keys]
     table = table.append_column("teacher_score", pa.array(scores, pa.float32())).filter(
@@ -102,14 +124,21 @@ def run(config: DistillConfig) -> dict[str, Any]:
         folder = Path(scratch)
         labels = teacher_labels(config, folder)
         qids = [str(q) for q in labels["query_id"].to_pylist()]
-        target = standardize_per_query(qids, labels["teacher_score"].to_numpy()).tolist()
+        relevant = None
+        if config.qrels:
+            qrels = load_qrels(config.qrels)
+            relevant = [qrels.get(q, {}).get(str(d), 0) > 0 for q, d in zip(qids, labels["doc_id"].to_pylist())]
+        blend = {c: (w, labels[c].to_numpy()) for c, w in config.blend.items()}
+        target = teacher_targets(qids, labels["teacher_score"].to_numpy(), blend, relevant,
+                                 config.gold_weight).tolist()
         queries, texts = labels["query"].to_pylist(), labels["text"].to_pylist()
         teacher = {"teacher": config.teacher.model_name, "teacher_scorer": config.teacher.scorer,
-                   "pairs_labelled": labels.num_rows}
+                   "pairs_labelled": labels.num_rows, "blend": config.blend,
+                   "relevant_pairs": sum(relevant) if relevant is not None else None}
         if config.student_kind == "cross-encoder":
             pairs = folder / "student-pairs.parquet"
-            pq.write_table(pa.table({"query": queries, "text": texts, "score": target}), pairs)
-            student = FinetuneConfig(model=config.student, output=config.output, loss="mse",
+            pq.write_table(pa.table({"query_id": qids, "query": queries, "text": texts, "score": target}), pairs)
+            student = FinetuneConfig(model=config.student, output=config.output, loss=config.loss,
                                      data={"pairs": str(pairs)}, train=config.train, cluster=config.cluster,
                                      overwrite=config.overwrite)
             summary = finetune(student)

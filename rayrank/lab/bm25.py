@@ -50,14 +50,19 @@ class BM25:
 
     def search(self, queries: Sequence[str], k: int) -> list[np.ndarray]:
         """Indices of the `k` best documents for each query, best first (documents sharing no term are left out)."""
+        return [top for top, _ in self.search_scored(queries, k)]
+
+    def search_scored(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(indices, BM25 scores) of the `k` best documents for each query, best first, as `search`."""
         results = []
         for query in queries:
             cols = [self.vocab[w] for w in tokenize(query) if w in self.vocab]
             if not cols:
-                results.append(np.empty(0, np.int64))
+                results.append((np.empty(0, np.int64), np.empty(0, np.float32)))
                 continue
             scores = np.asarray(self.weights[:, cols] @ self.idf[cols]).ravel()
             top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
             top = top[np.argsort(-scores[top], kind="stable")]
-            results.append(top[scores[top] > 0])
+            top = top[scores[top] > 0]
+            results.append((top, scores[top]))
         return results

@@ -9,7 +9,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 from rayrank.config import ClusterConfig, EngineConfig, StrictModel
 from rayrank.models import DEFAULT_LATE_INTERACTION
 
-Loss = Literal["bce", "mse", "margin"]
+Loss = Literal["bce", "mse", "margin", "listwise"]
 
 
 class MiningConfig(StrictModel):
@@ -49,7 +49,10 @@ class TrainConfig(StrictModel):
     """Optimizer and schedule. `max_steps` > 0 overrides `epochs`; `max_length` caps tokens per pair;
     `max_minutes` stops training (and saves) once that much wall time has passed;
     `freeze_embeddings` keeps the word-embedding matrix fixed (half of MiniLM's weights: AdamW then
-    skips them, about 20% faster a step on CPU, and the vocabulary keeps its pretrained meaning)."""
+    skips them, about 20% faster a step on CPU, and the vocabulary keeps its pretrained meaning);
+    `head_learning_rate` trains the classification head (and BERT's pooler) at its own rate, since a
+    fresh head learns too slowly at a backbone's rate; `list_size` is documents per list for the
+    listwise loss, where `batch_size` counts lists."""
 
     epochs: PositiveFloat = 1.0
     max_steps: int = -1
@@ -64,6 +67,8 @@ class TrainConfig(StrictModel):
     max_minutes: PositiveFloat | None = None
     threads: PositiveInt | None = None
     freeze_embeddings: bool = False
+    head_learning_rate: PositiveFloat | None = None
+    list_size: int = Field(16, ge=2)
 
 
 class TrainClusterConfig(StrictModel):
@@ -79,7 +84,10 @@ class FinetuneConfig(StrictModel):
     """`rayrank finetune`: warm-start a 1-logit cross-encoder from `model` and train it on `data` with `loss`.
 
     Losses: `bce` on labelled pairs; `mse` on teacher scores (pairs with a `score` column);
-    `margin`, a pairwise hinge max(0, margin - (s(q, pos) - s(q, neg))) on triples.
+    `margin`, a pairwise hinge max(0, margin - (s(q, pos) - s(q, neg))) on triples; `listwise`,
+    ListNet (cross-entropy between the softmax of the labels and of the scores over each list of a
+    query's documents) on teacher scores or labels: it learns the order within a query and not each
+    query's scale, which a pointwise loss spends steps on.
     """
 
     model: str = DEFAULT_LATE_INTERACTION
@@ -109,17 +117,37 @@ class PairSourceConfig(StrictModel):
 class DistillConfig(StrictModel):
     """`rayrank distill`: `teacher` scores pairs with the batch job; a student learns the scores.
 
-    A `cross-encoder` student trains with MSE on per-query standardised teacher scores (the finetune
-    path); a `late-interaction` (bi-encoder) student with Margin-MSE on MaxSim.
+    The target is the teacher's per-query z-score (`rayrank.lab.distill.teacher_targets`), optionally
+    fused with `blend` (pairs-table column → weight, e.g. `{bm25_score: 0.3}`) and raised by `gold_weight`
+    on the pairs `qrels` judges relevant. A `cross-encoder` student learns it with `loss` (`mse`, or
+    `listwise`: ListNet over lists of `train.list_size` documents of a query) on the finetune path;
+    a `late-interaction` (bi-encoder) student with Margin-MSE on MaxSim. `teacher_index` (a `rayrank
+    index` of the corpus) lets a late-interaction teacher read document embeddings instead of encoding
+    each pair's document.
     """
 
     teacher: EngineConfig
     teacher_cluster: ClusterConfig = ClusterConfig()
+    teacher_index: str | None = None
     student: str = DEFAULT_LATE_INTERACTION
     student_kind: Literal["cross-encoder", "late-interaction"] = "cross-encoder"
+    loss: Literal["mse", "listwise"] = "mse"
+    blend: dict[str, float] = {}
+    qrels: str | None = None
+    gold_weight: float = Field(2.0, ge=0)
     output: str | None = None
     labels: str | None = None
     data: PairSourceConfig
     train: TrainConfig = TrainConfig()
     cluster: TrainClusterConfig = TrainClusterConfig()
     overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillConfig:
+        if self.teacher_index and self.teacher.scorer != "late-interaction":
+            raise ValueError("teacher_index: an index holds late-interaction embeddings; the teacher must be "
+                             "`late-interaction:MODEL`.")
+        if self.student_kind == "late-interaction" and self.loss != "mse":
+            raise ValueError("loss: the late-interaction student trains with Margin-MSE on MaxSim; `listwise` "
+                             "is for a cross-encoder student.")
+        return self

@@ -121,3 +121,32 @@ def to_triples(examples: list[Example]) -> dict[str, list]:
             columns["positive"].append(ex.positives[i % len(ex.positives)])
             columns["negative"].append(negative)
     return columns
+
+
+def to_lists(query_ids: list[str], queries: list[str], texts: list[str], scores: list[float], list_size: int,
+             rounds: int = 1, seed: int = 0) -> dict[str, list]:
+    """Listwise examples (query, docs, labels): each query's best-scored document leads every list of its
+    query, followed by `list_size - 1` of its other documents; each round deals every other document once.
+
+    Leading with the best document keeps a clear target in every list (a list of only negatives
+    teaches a softmax nothing); a query with a single document gives no list.
+
+    Example:
+        >>> to_lists(["q", "q", "q"], ["Q"] * 3, ["a", "b", "c"], [0.0, 2.0, 1.0], list_size=2)
+        {'query': ['Q', 'Q'], 'docs': [['b', 'c'], ['b', 'a']], 'labels': [[2.0, 1.0], [2.0, 0.0]]}
+    """
+    if list_size < 2:
+        raise InvalidInputError(f"list_size must be at least 2 (the best document and one other), got {list_size}.")
+    rng = random.Random(seed)
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(query_ids):
+        groups.setdefault(q, []).append(i)
+    lists = []
+    for _ in range(rounds):
+        for rows in groups.values():
+            best, *others = sorted(rows, key=lambda i: -scores[i])
+            rng.shuffle(others)
+            lists += [[best, *others[k:k + list_size - 1]] for k in range(0, len(others), list_size - 1)]
+    rng.shuffle(lists)
+    return {"query": [queries[rows[0]] for rows in lists], "docs": [[texts[i] for i in rows] for rows in lists],
+            "labels": [[float(scores[i]) for i in rows] for rows in lists]}

@@ -11,7 +11,7 @@ import random
 import string
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,28 @@ def standardize_per_query(query_ids: Sequence[str], scores: Sequence[float]) -> 
         spread = scores[rows].std()
         out[rows] = (scores[rows] - scores[rows].mean()) / (spread if spread > 0 else 1.0)
     return out.astype(np.float32)
+
+
+def teacher_targets(query_ids: Sequence[str], teacher: Sequence[float],
+                    blend: Mapping[str, tuple[float, Sequence[float]]] | None = None,
+                    relevant: Sequence[bool] | None = None, gold_weight: float = 0.0) -> np.ndarray:
+    """What a student learns: the teacher's per-query z-scores plus `weight` × the z-scores of each blended
+    signal (name → (weight, values); e.g. BM25, whose lexical evidence a dense teacher lacks), standardised
+    again; then judged-relevant pairs get `gold_weight` more, so the teacher's mistakes on them are not learnt.
+
+    Example:
+        >>> [round(float(x), 3) for x in teacher_targets(["q"] * 3, [3.0, 2.0, 1.0], relevant=[False, False, True],
+        ...                                                  gold_weight=2.0)]
+        [1.225, 0.0, 0.775]
+    """
+    target = standardize_per_query(query_ids, teacher)
+    if blend:
+        for weight, values in blend.values():
+            target = target + weight * standardize_per_query(query_ids, values)
+        target = standardize_per_query(query_ids, target)
+    if relevant is not None and gold_weight:
+        target = target + gold_weight * np.asarray(relevant, dtype=np.float32)
+    return target.astype(np.float32)
 
 
 def margin_triples(query_ids: Sequence[str], queries: Sequence[str], texts: Sequence[str], scores: Sequence[float],

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 from sentence_transformers.cross_encoder import CrossEncoder
-from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, MarginMSELoss, MSELoss
+from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, ListNetLoss, MarginMSELoss, MSELoss
 from transformers import TrainerCallback
 
 from rayrank.errors import InvalidInputError
@@ -85,6 +86,8 @@ def training_columns(config: FinetuneConfig) -> dict[str, list]:
         return data.to_triples(mined_examples(source.mine))
     if source.triples:
         raise InvalidInputError(f"loss {loss} trains on pairs: give data.pairs or data.mine, not data.triples.")
+    if loss == "listwise":
+        return listwise_columns(config)
     if source.mine:
         if loss == "mse":
             raise InvalidInputError("loss mse learns teacher scores: give data.pairs with a `score` column "
@@ -94,6 +97,23 @@ def training_columns(config: FinetuneConfig) -> dict[str, list]:
     table = data.read_table(source.pairs, ["query", "text", label], "pairs")
     return {"query": table["query"].to_pylist(), "document": table["text"].to_pylist(),
             "label": [float(x) for x in table[label].to_pylist()]}
+
+
+def listwise_columns(config: FinetuneConfig) -> dict[str, list]:
+    """Lists of `train.list_size` documents per query (see `data.to_lists`): from a pairs file grouped by
+    `query_id` (else by query text) with a `score` or `label` column, or mined positives with their negatives."""
+    source, size = config.data, config.train.list_size
+    if source.mine:
+        pairs = data.to_pairs(mined_examples(source.mine))
+        return data.to_lists(pairs["query"], pairs["query"], pairs["document"], pairs["label"], size,
+                             seed=config.train.seed)
+    names = pq.read_schema(source.pairs).names
+    label = next((c for c in ("score", "label") if c in names), "score")
+    table = data.read_table(source.pairs, ["query", "text", label], "pairs")
+    queries = table["query"].to_pylist()
+    groups = list(map(str, table["query_id"].to_pylist())) if "query_id" in names else queries
+    return data.to_lists(groups, queries, table["text"].to_pylist(), [float(x) for x in table[label].to_pylist()],
+                         size, seed=config.train.seed)
 
 
 def load_student(model: str, max_length: int | None) -> CrossEncoder:
@@ -108,7 +128,19 @@ def make_loss(name: str, model: CrossEncoder, margin: float = 1.0) -> torch.nn.M
         return BinaryCrossEntropyLoss(model)
     if name == "mse":
         return MSELoss(model)
+    if name == "listwise":
+        # Every pair of the batch's lists in one forward pass (the default is one pair per list per pass).
+        return ListNetLoss(model, mini_batch_size=0)
     return PairwiseMarginLoss(model, margin)
+
+
+def head_learning_rates(model: CrossEncoder, rate: float | None) -> dict[str, float]:
+    """`learning_rate_mapping` that gives the classification head (and BERT's pooler, which feeds it) its own
+    rate: a fresh head starts at random and learns too slowly at a backbone's fine-tuning rate."""
+    if rate is None:
+        return {}
+    names = [n for n, _ in model.model.named_parameters()]
+    return {rf"\.{part}\.": rate for part in ("classifier", "pooler") if any(f"{part}." in n for n in names)}
 
 
 def train(config: FinetuneConfig, columns: dict[str, list], save_to: str | Path | None,
@@ -138,7 +170,7 @@ def train(config: FinetuneConfig, columns: dict[str, list], save_to: str | Path 
             per_device_train_batch_size=t.batch_size, learning_rate=t.learning_rate, warmup_steps=t.warmup_ratio,
             weight_decay=t.weight_decay, seed=t.seed, logging_steps=t.logging_steps, save_strategy="no",
             report_to="none", use_cpu=not torch.cuda.is_available(), dataloader_drop_last=False,
-            disable_tqdm=True,
+            disable_tqdm=True, learning_rate_mapping=head_learning_rates(model, t.head_learning_rate),
             # Under Ray Train's DDP every parameter is used each step; searching for unused ones makes
             # DDP mark the classifier ready twice and fail.
             ddp_find_unused_parameters=False)

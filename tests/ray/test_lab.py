@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -92,3 +93,44 @@ def test_distill_teacher_labels_with_the_job_and_students_load(tmp_path, tiny_cr
     assert main(args) == 0
     assert "late-interaction student" in capsys.readouterr().out
     assert Reranker(str(tmp_path / "li"), scorer="late-interaction").score("what is ray", ["ray"]).shape == (1,)
+
+
+def test_distill_listwise_student_of_an_indexed_teacher_fused_with_bm25_and_gold(
+        tmp_path, tiny_cross_encoder, tiny_encoder, ray_cluster, capsys):
+    from jobs.distill import main
+    from jobs.index import main as index_main
+
+    words = "ray cluster python data model query document search rank score fish sea light".split()
+    docs = [{"doc_id": f"d{i}", "text": " ".join(words[(i * 5 + j) % len(words)] for j in range(3 + i % 4))}
+            for i in range(24)]
+    write_rows(tmp_path / "corpus" / "c.parquet", docs)
+    write_rows(tmp_path / "queries.parquet", [{"query_id": f"q{i}", "query": f"what is {words[i]} {words[i + 1]}"}
+                                              for i in range(4)])
+    (tmp_path / "qrels.txt").write_text("q0 0 d0 1\nq1 0 d9 2\nq2 0 nowhere 1\n")
+    (tmp_path / "index.yaml").write_text(json.dumps({"engine": {"model": str(tiny_encoder)},
+                                                     "cluster": {"address": ray_cluster, "actors": "1,1"}}))
+    assert index_main([str(tmp_path / "corpus"), str(tmp_path / "ix"), "--config", str(tmp_path / "index.yaml")]) == 0
+
+    labels = tmp_path / "labels.parquet"
+    common = ["--teacher", f"late-interaction:{tiny_encoder}", "--queries", str(tmp_path / "queries.parquet"),
+              "--corpus", str(tmp_path / "corpus" / "c.parquet"), "--depth", "6", "--address", ray_cluster]
+    assert main([str(tmp_path / "ce"), "--model", str(tiny_cross_encoder), *common, "--teacher-index",
+                 str(tmp_path / "ix"), "--loss", "listwise", "--blend", "bm25_score=0.5", "--qrels",
+                 str(tmp_path / "qrels.txt"), "--labels", str(labels), "--max-steps", "2", "--batch-size", "2"]) == 0
+    table = pq.read_table(labels)
+    assert {"bm25_score", "teacher_score"} <= set(table.column_names)  # the blended column is kept
+    bm25 = table.filter(pc.equal(table["query_id"], "q0"))["bm25_score"].to_pylist()
+    assert bm25 == sorted(bm25, reverse=True) and len(bm25) == 6  # BM25's top 6, best first
+    plain = Reranker(str(tiny_encoder), scorer="late-interaction")
+    expected = plain.score_pairs(table["query"].to_pylist(), table["text"].to_pylist()).scores
+    assert table["teacher_score"].to_numpy() == pytest.approx(expected, rel=2e-3, abs=2e-3)  # fp16 index
+    judged = {("q0", "d0"), ("q1", "d9")}
+    summary = json.loads((tmp_path / "ce" / "training_summary.json").read_text())
+    assert summary["loss"] == "listwise" and summary["blend"] == {"bm25_score": 0.5} and summary["steps"] == 2
+    assert summary["relevant_pairs"] == sum((q, d) in judged for q, d in zip(table["query_id"].to_pylist(),
+                                                                               table["doc_id"].to_pylist()))
+    assert Reranker(str(tmp_path / "ce")).score("what is ray", ["ray", "fish"]).shape == (2,)
+    capsys.readouterr()
+    # A blend column the pairs lack is named before any teacher job runs.
+    assert main([str(tmp_path / "ce2"), *common, "--blend", "bm25_scor=0.3"]) == 2
+    assert "lacks column(s) bm25_scor" in capsys.readouterr().err

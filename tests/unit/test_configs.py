@@ -16,6 +16,15 @@ def test_rerank_configs_validate(path):
     assert config.engine.scorer in ("cross-encoder", "late-interaction")
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("lab.*.yaml")), ids=lambda p: p.name)
+def test_lab_configs_validate(path):
+    from rayrank.lab.config import DistillConfig, FinetuneConfig
+
+    kind = DistillConfig if path.name.startswith("lab.distill.") else FinetuneConfig
+    config = parse_config(kind, load_yaml(path), str(path))
+    assert config.output and config.train.max_minutes  # the documented demonstrations bound their time
+
+
 def test_cli_help_and_unknown_command(capsys):
     assert cli([]) == 0 and "rerank" in capsys.readouterr().out
     assert cli(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err

@@ -127,6 +127,31 @@ def test_finetune_cli_errors_name_the_key(tmp_path, capsys):
         parse_config(FinetuneConfig, {"data": {"pairs": "a", "triples": "b"}}, "test")
 
 
+def test_distill_config_refuses_settings_that_cannot_work_together():
+    from rayrank.config import parse_config
+    from rayrank.lab.config import DistillConfig
+
+    base = {"teacher": {"model": "m"}, "data": {"candidates": "c.parquet"}}
+    with pytest.raises(ConfigError, match="teacher must be `late-interaction:MODEL`"):
+        parse_config(DistillConfig, {**base, "teacher_index": "ix"}, "test")
+    with pytest.raises(ConfigError, match="`listwise` is for a cross-encoder student"):
+        parse_config(DistillConfig, {**base, "student_kind": "late-interaction", "loss": "listwise"}, "test")
+
+
+def test_teacher_targets_fuse_signals_per_query_and_lift_judged_pairs():
+    from rayrank.lab.distill import teacher_targets
+
+    qids = ["a"] * 3 + ["b"] * 3
+    teacher, bm25 = [3.0, 2.0, 1.0, 30.0, 20.0, 10.0], [0.0, 1.0, 2.0, 5.0, 5.0, 5.0]
+    plain = teacher_targets(qids, teacher)
+    assert plain.tolist() == pytest.approx(standardize_per_query(qids, teacher).tolist())  # scale-free per query
+    fused = teacher_targets(qids, teacher, {"bm25": (1.0, bm25)})
+    assert fused[:3].tolist() == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)  # opposite signals cancel in query a
+    assert fused[3:].tolist() == pytest.approx(plain[3:].tolist())  # a constant signal changes nothing
+    gold = teacher_targets(qids, teacher, relevant=[False, False, True] * 2, gold_weight=2.0)
+    assert (gold - plain).tolist() == pytest.approx([0, 0, 2.0] * 2)
+
+
 # --- fine-tuning -----------------------------------------------------------------------------------------
 
 def test_bce_finetune_learns_a_toy_task_and_the_output_loads_in_the_engine(tmp_path, tiny_cross_encoder):
@@ -144,13 +169,70 @@ def test_margin_finetune_orders_positive_above_negative(tmp_path, tiny_cross_enc
     triples = {"query": pairs["query"][::2], "positive": pairs["document"][::2], "negative": pairs["document"][1::2]}
     config = FinetuneConfig(model=str(tiny_cross_encoder), loss="margin", data={"triples": "in-memory"}, train=quick())
     train(config, triples, tmp_path / "out")
+    case = triples["query"], triples["positive"], triples["negative"]
+    assert pass_rate(tmp_path / "out", *case) > pass_rate(tiny_cross_encoder, *case)
 
-    def pass_rate(model) -> float:
-        r = Reranker(str(model))
-        pos = r.score_pairs(triples["query"], triples["positive"]).scores
-        return float((pos > r.score_pairs(triples["query"], triples["negative"]).scores).mean())
 
-    assert pass_rate(tmp_path / "out") > pass_rate(tiny_cross_encoder)
+def pass_rate(model, query: list[str], positive: list[str], negative: list[str]) -> float:
+    r = Reranker(str(model))
+    return float((r.score_pairs(query, positive).scores > r.score_pairs(query, negative).scores).mean())
+
+
+def test_to_lists_lead_with_the_best_document_and_deal_every_other_once_per_round():
+    ids = ["a"] * 7 + ["b"] * 3 + ["c"]
+    texts = [f"a{i}" for i in range(7)] + ["b0", "b1", "b2", "c0"]
+    scores = [0.1, 0.5, 3.0, 0.2, 0.0, 0.4, 0.3, 1.0, 2.0, 0.0, 9.0]
+    lists = data.to_lists(ids, [f"Q{q}" for q in ids], texts, scores, list_size=3, rounds=2)
+    by_query: dict[str, list[list[str]]] = {}
+    for query, docs, labels in zip(lists["query"], lists["docs"], lists["labels"]):
+        by_query.setdefault(query, []).append(docs)
+        assert len(docs) == len(labels) <= 3 and labels[0] == max(labels)
+        assert {d[0] for d in docs} == {query[1]}  # one query's documents only
+    assert {d[0] for d in by_query["Qa"]} == {"a2"} and {d[0] for d in by_query["Qb"]} == {"b1"}
+    assert sorted(d for docs in by_query["Qa"] for d in docs[1:]) == sorted(2 * ["a0", "a1", "a3", "a4", "a5", "a6"])
+    assert len(by_query["Qa"]) == 6 and len(by_query["Qb"]) == 2 and "Qc" not in by_query  # one document: no list
+    with pytest.raises(InvalidInputError, match="list_size must be at least 2"):
+        data.to_lists(ids, ids, texts, scores, list_size=1)
+
+
+def test_listwise_finetune_from_teacher_scores_orders_each_list(tmp_path, tiny_cross_encoder):
+    pairs = toy_pairs()
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"query_id": pairs["query"], "query": pairs["query"], "text": pairs["document"],
+                             "score": [3.0 * y for y in pairs["label"]]}), path)
+    config = FinetuneConfig(model=str(tiny_cross_encoder), loss="listwise", data={"pairs": str(path)},
+                            train=quick(batch_size=4, list_size=4))
+    columns = training_columns(config)
+    assert list(columns) == ["query", "docs", "labels"] and all(labels[0] == 3.0 for labels in columns["labels"])
+    train(config, columns, tmp_path / "out")
+    query, positive, negative = pairs["query"][::2], pairs["document"][::2], pairs["document"][1::2]
+    assert pass_rate(tmp_path / "out", query, positive, negative) > pass_rate(tiny_cross_encoder, query, positive,
+                                                                            negative)
+
+
+def test_listwise_lists_from_mined_positives_and_negatives(tmp_path):
+    pq.write_table(pa.table({"query_id": ["q1"], "query": ["python snake"]}), tmp_path / "q.parquet")
+    pq.write_table(pa.table({"doc_id": ["a", "b", "c", "d"], "text": ["a snake", "python code", "sea", "python"]}),
+                   tmp_path / "c.parquet")
+    (tmp_path / "qrels.txt").write_text("q1 0 a 1\n")
+    mine = {"queries": str(tmp_path / "q.parquet"), "corpus": str(tmp_path / "c.parquet"),
+            "qrels": str(tmp_path / "qrels.txt"), "negatives": 2}
+    lists = training_columns(FinetuneConfig(loss="listwise", data={"mine": mine}, train={"list_size": 8}))
+    assert lists["docs"] == [["a snake", *lists["docs"][0][1:]]] and lists["labels"] == [[1.0, 0.0, 0.0]]
+    with pytest.raises(InvalidInputError, match="not data.triples"):
+        training_columns(FinetuneConfig(loss="listwise", data={"triples": "t.parquet"}))
+
+
+def test_head_learning_rate_moves_the_head_while_the_backbone_barely_moves(tmp_path, tiny_cross_encoder):
+    from safetensors.torch import load_file
+
+    config = FinetuneConfig(model=str(tiny_cross_encoder), data={"pairs": "in-memory"},
+                            train=quick(max_steps=4, learning_rate=1e-9, head_learning_rate=1e-2, warmup_ratio=0))
+    train(config, toy_pairs(16), tmp_path / "out")
+    before, after = load_file(str(tiny_cross_encoder / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    moved = {k: float((after[k] - before[k]).abs().max()) for k in before}
+    assert moved["classifier.weight"] > 1e-3 and moved["bert.pooler.dense.weight"] > 1e-3
+    assert max(v for k, v in moved.items() if ".encoder." in k) < 1e-6
 
 
 def test_warm_start_from_a_plain_encoder_gets_a_one_logit_head(tmp_path, tiny_encoder):
