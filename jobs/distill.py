@@ -1,8 +1,9 @@
 """`rayrank distill`: a teacher labels pairs with the batch rerank job; a student learns its scores.
 
-Students: `cross-encoder` (MSE on per-query standardised teacher scores, via `rayrank finetune`'s
-training path, so `--workers N` trains on Ray Train) or `late-interaction`, the bi-encoder student
-(Margin-MSE on MaxSim; trains in-process).
+The target is the teacher's per-query z-score, optionally fused with pairs columns (`--blend
+bm25_score=0.3`) and lifted on judged pairs (`--qrels`). Students: `cross-encoder` (`--loss mse` or
+`listwise`, via `rayrank finetune`'s training path, so `--workers N` trains on Ray Train) or
+`late-interaction`, the bi-encoder student (Margin-MSE on MaxSim; trains in-process).
 
 Usage: `rayrank distill OUTPUT --teacher late-interaction:sentence-transformers/all-MiniLM-L6-v2
 --candidates CANDIDATES.parquet --student sentence-transformers/all-MiniLM-L6-v2`

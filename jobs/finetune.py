@@ -1,4 +1,4 @@
-"""`rayrank finetune`: train a cross-encoder reranker (BCE, MSE on teacher scores, or pairwise margin).
+"""`rayrank finetune`: train a cross-encoder reranker (BCE, MSE on teacher scores, pairwise margin, or listwise).
 
 One worker trains in this process; `--workers N` trains data-parallel on Ray Train (TorchTrainer),
 each worker running the same `rayrank.lab.train.train` on its share of every batch.
@@ -55,7 +55,7 @@ def merge_training_flags(data: dict[str, Any], args: argparse.Namespace) -> dict
 def parse_args(argv: list[str] | None) -> FinetuneConfig:
     parser = argparse.ArgumentParser(prog="rayrank finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", nargs="?", help="directory for the trained model")
-    parser.add_argument("--loss", choices=["bce", "mse", "margin"])
+    parser.add_argument("--loss", choices=["bce", "mse", "margin", "listwise"])
     parser.add_argument("--pairs", help="Parquet: query, text, label (bce) or score (mse)")
     parser.add_argument("--triples", help="Parquet: query, positive, negative (margin)")
     parser.add_argument("--queries", help="mine: Parquet query_id, query")
