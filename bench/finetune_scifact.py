@@ -16,7 +16,7 @@ Steps (each can be skipped by passing its result):
 `--claims N` evaluates the first N test claims (sorted by query_id) and `--depth K` only BM25's top K
 per claim: a documented subset for a busy CPU.
 
-    python bench/finetune_scifact.py                                   # all steps, about 45 min on 2 cores
+    python bench/finetune_scifact.py                                   # all steps, about an hour on 2 cores
     python bench/finetune_scifact.py --model runs/scifact-ce-distilled # evaluate a trained model
 """
 

@@ -89,6 +89,11 @@ def _short(label: str) -> str:
     return f"{number}] {rest.rsplit('/', 1)[-1]}" if rest else label.rsplit("/", 1)[-1]
 
 
+def _number(label: str) -> str:
+    """`[2] /long/path/model (scorer)` → `[2]`; a baseline column keeps its name."""
+    return label.partition(" ")[0] if label.startswith("[") else label
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"{'model':58} {'nDCG@10':>8} {'MRR@10':>8} {'pairs/s':>9}"]
     for r in result["models"]:
@@ -97,7 +102,7 @@ def table(result: dict[str, Any]) -> str:
                      f"{r['mrr_at_10']:8.4f} {rate}")
     lines += ["", f"{'agreement':58} {'tau':>8} {'top-3':>8} {'top-5':>9}"]
     for p in result["agreement"]:
-        name = f"{_short(p['a'])}  vs  {_short(p['b'])}"
+        name = f"{_number(p['a'])}  vs  {_number(p['b'])}"  # the models by their number in the table above
         lines.append(f"{name[-58:]:58} {p['kendall_tau']:8.3f} {p['top3_overlap']:8.3f} {p['top5_overlap']:9.3f}")
     lines.append("pairs/s: the batch job's steady rate once actors were up (rerank manifest `steady_pairs_per_s`).")
     return "\n".join(lines)
