@@ -26,11 +26,11 @@ from jobs.finetune import SUMMARY, add_training_flags, merge_training_flags, pre
 from jobs.finetune import run as finetune
 from rayrank.config import ConfigError, load_yaml, parse_config
 from rayrank.errors import InvalidInputError, ModelUnavailableError
+from rayrank.evaluate import load_qrels
 from rayrank.io.tables import InputSchemaError
 from rayrank.lab import data
-from rayrank.lab.config import DistillConfig, FinetuneConfig
-from rayrank.evaluate import load_qrels
 from rayrank.lab.bm25 import BM25
+from rayrank.lab.config import DistillConfig, FinetuneConfig
 from rayrank.lab.distill import margin_triples, teacher_targets, train_late_interaction
 
 
