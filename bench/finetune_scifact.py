@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                        check=True)
         print(f"distillation (teacher labels + training) took {time.perf_counter() - started:.0f} s")
 
-    from jobs.compare import compare, table as compare_table
+    from jobs.compare import compare, model_output, table as compare_table
     from jobs.compare import ModelSpec
     from rayrank.config import ClusterConfig
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates = subset(SCIFACT / "candidates.test.parquet", args.claims, args.depth, Path(scratch))
         result = compare(str(candidates), str(SCIFACT / "qrels.test.txt"), specs, {"backend": args.backend},
                          ClusterConfig(address=args.address, actors=(1, 1)), scratch, "bm25_rank", str(index))
-        fused = fused_with_bm25(str(candidates), f"{scratch}/model-0", SCIFACT / "qrels.test.txt")
+        fused = fused_with_bm25(str(candidates), model_output(scratch, 0), SCIFACT / "qrels.test.txt")
     print(f"\nSciFact test: {args.claims or 300} claims, BM25 top {args.depth or 100} "
           f"({result['models'][1]['pairs']:,} pairs); load average now {load_average()}")
     print(compare_table(result))

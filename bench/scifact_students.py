@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections import Counter
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np

@@ -54,6 +54,11 @@ def score_with_job(candidates: str, engine: EngineConfig, output: str, cluster: 
     return read_run(output), manifest
 
 
+def model_output(workdir: str, i: int) -> str:
+    """Where `compare` has the rerank job write the scores of its `i`-th model (0-based)."""
+    return f"{workdir}/model-{i}"
+
+
 def compare(candidates: str, qrels_path: str, specs: list[ModelSpec], engine: dict[str, Any],
             cluster: ClusterConfig, workdir: str, baseline_column: str | None = None,
             index: str | None = None) -> dict[str, Any]:
@@ -69,7 +74,7 @@ def compare(candidates: str, qrels_path: str, specs: list[ModelSpec], engine: di
                      "mrr_at_10": m.mrr_at_10, "queries": m.queries, "pairs_per_s": None})
     for i, spec in enumerate(specs):
         settings = EngineConfig(**{**engine, "model": spec.model, "scorer": spec.scorer})
-        run, manifest = score_with_job(candidates, settings, f"{workdir}/model-{i}", cluster,
+        run, manifest = score_with_job(candidates, settings, model_output(workdir, i), cluster,
                                        index if spec.scorer == "late-interaction" else None)
         label = f"[{i + 1}] {spec.label}"  # numbered: the same model may be listed twice
         runs[label] = run
