@@ -138,6 +138,13 @@ def test_distill_config_refuses_settings_that_cannot_work_together():
         parse_config(DistillConfig, {**base, "student_kind": "late-interaction", "loss": "listwise"}, "test")
 
 
+def test_distill_cli_names_a_malformed_blend_flag(capsys):
+    from jobs.distill import main
+
+    assert main(["out", "--teacher", "m", "--candidates", "c.parquet", "--blend", "bm25_score"]) == 2
+    assert "--blend 'bm25_score': expected COLUMN=WEIGHT" in capsys.readouterr().err
+
+
 def test_teacher_targets_fuse_signals_per_query_and_lift_judged_pairs():
     from rayrank.lab.distill import teacher_targets
 
