@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = scifact_corpus(WORK / "corpus.parquet")
     index = WORK / "index"
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "jobs.index", str(corpus), str(index), "--model", MINILM], cwd=REPO,
+    subprocess.run([sys.executable, "-m", "rayrank.jobs.index", str(corpus), str(index), "--model", MINILM], cwd=REPO,
                    check=True)
     print(f"index step took {time.perf_counter() - started:.0f} s")
     model = args.model
@@ -108,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
 
         model = yaml.safe_load(Path(args.config).read_text())["output"]
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "jobs.distill", "--config", args.config, "--overwrite"], cwd=REPO,
+        subprocess.run([sys.executable, "-m", "rayrank.jobs.distill", "--config", args.config, "--overwrite"], cwd=REPO,
                        check=True)
         print(f"distillation (teacher labels + training) took {time.perf_counter() - started:.0f} s")
 
-    from jobs.compare import compare, model_output, table as compare_table
-    from jobs.compare import ModelSpec
     from rayrank.config import ClusterConfig
+    from rayrank.jobs.compare import compare, model_output
+    from rayrank.jobs.compare import table as compare_table
+    from rayrank.lab.config import ModelSpec
 
     specs = [ModelSpec(str(model))]
     if not args.no_late_interaction:

@@ -5,7 +5,7 @@ Default mode, on the same documents in the same run (the BM25 top-100 documents 
   1. `SentenceTransformer.encode(doc, output_value="token_embeddings")`, one call per document,
   2. one batched `SentenceTransformer.encode(docs, output_value="token_embeddings")` call (timed
      before and after the index jobs, so drift of the shared machine's load shows),
-  3. the index job (`python -m jobs.index`, embedded local Ray) once per `--engines` setting
+  3. the index job (`python -m rayrank.jobs.index`, embedded local Ray) once per `--engines` setting
      (`torch`, `onnx`, `onnx-int8`): docs/s once its actors are up (first shard start to last shard
      end, what a long build runs at), in the whole encoding phase, and end to end,
 and then, per query with its 100 candidates: late-interaction rerank from the first engine's index
@@ -44,12 +44,12 @@ ENGINES = {"torch": {"backend": "torch"}, "onnx": {"backend": "onnx"},
 
 
 def _index_job(args: list[str], sample_rss: bool = False) -> tuple[float, dict, dict]:
-    """Run `python -m jobs.index`; (wall seconds, manifest, peak RSS in MiB of the process tree)."""
+    """Run `python -m rayrank.jobs.index`; (wall seconds, manifest, peak RSS in MiB of the process tree)."""
     # Ray runs workers at nice 15; on a shared machine that would starve the job against the
     # sentence-transformers baseline (nice 0) in this process, so both run at the same priority.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "RAY_worker_niceness": "0"}
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.index", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "rayrank.jobs.index", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peaks = {"driver": 0.0, "largest_other": 0.0, "tree_total": 0.0}
     stop = threading.Event()

@@ -33,7 +33,7 @@ DL20 = REPO.parent / "shared" / "data" / "trec-dl20" / "candidates.parquet"
 def _job(args: list[str]) -> subprocess.Popen:
     # A session of its own: the kill below takes the driver and the local Ray it started (actors
     # included), as a crashed machine would; killing the driver alone lets busy actors finish.
-    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", *args], cwd=REPO, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "rayrank.jobs.rerank", *args], cwd=REPO, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MINILM as MODEL, SCIFACT, load_average, scifact_corpus, skip_message, table  # noqa: E402
+from _common import MINILM as MODEL  # noqa: E402
+from _common import SCIFACT, load_average, scifact_corpus, skip_message, table
 
 
 def parse_setting(text: str) -> dict:
@@ -65,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import rayrank
-    from jobs.index import run as build_index
-    from jobs.search import run as search
     from rayrank.config import IndexJobConfig, SearchJobConfig
     from rayrank.evaluate import evaluate, load_qrels, read_run
     from rayrank.index import IndexReader, IvfSearcher, score_from_index
     from rayrank.index.build import repack
+    from rayrank.jobs.index import run as build_index
+    from rayrank.jobs.search import run as search
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scifact-index-"))
     work.mkdir(parents=True, exist_ok=True)

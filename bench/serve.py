@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from ray_app.app import Reranker
-    from ray_app.config import ServeArgs
     from rayrank.config import EngineConfig
+    from rayrank.ray_app.app import Reranker
+    from rayrank.ray_app.config import ServeArgs
 
     requests = requests_from(candidates, opts.docs)
     engine = EngineConfig(model=MINILM, scorer="late-interaction", threads=opts.cpus)

@@ -1,6 +1,6 @@
 """`rayrank compare`: several rerankers on the same candidates — quality, speed and how much they agree.
 
-Each model scores every pair with the batch job (`jobs.rerank.run`, Ray Data actors); the outputs
+Each model scores every pair with the batch job (`rayrank.jobs.rerank.run`, Ray Data actors); the outputs
 are evaluated against qrels (nDCG@10, MRR@10) and compared pairwise (Kendall τ, top-3/top-5 overlap).
 
 Usage: `rayrank compare CANDIDATES --qrels QRELS --model cross-encoder:DIR --model late-interaction:ID`
@@ -13,40 +13,21 @@ import itertools
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
-from rayrank.config import ClusterConfig, ConfigError, EngineConfig, RerankJobConfig, ScorerName, parse_config
+from rayrank.config import ClusterConfig, ConfigError, EngineConfig, RerankJobConfig, parse_config
 from rayrank.errors import ModelUnavailableError
 from rayrank.evaluate import Run, evaluate, load_qrels, read_run
 from rayrank.io.tables import InputSchemaError
 from rayrank.lab.agreement import agreement
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """`[SCORER:]MODEL`, e.g. `late-interaction:sentence-transformers/all-MiniLM-L6-v2`; default cross-encoder."""
-
-    model: str
-    scorer: str = "cross-encoder"
-
-    @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        prefix, sep, rest = text.partition(":")
-        if sep and prefix in get_args(ScorerName):
-            return cls(rest, prefix)
-        return cls(text)
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} ({self.scorer})"
+from rayrank.lab.config import ModelSpec
 
 
 def score_with_job(candidates: str, engine: EngineConfig, output: str, cluster: ClusterConfig,
                    index: str | None = None) -> tuple[Run, dict]:
     """Score every pair of `candidates` with the batch rerank job (a late-interaction engine reads documents
     from `index` when given); return (query → doc → score, manifest)."""
-    from jobs.rerank import run
+    from rayrank.jobs.rerank import run
 
     config = parse_config(RerankJobConfig, {"input": candidates, "output": output, "engine": engine.model_dump(),
                                             "cluster": cluster.model_dump(), "index": index}, "rayrank lab")

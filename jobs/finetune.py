@@ -105,7 +105,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: train on its share, rank 0 reports the saved model as the checkpoint."""
     import ray.train
 
-    from jobs._ray import quiet_worker
+    from rayrank.jobs._ray import quiet_worker
 
     quiet_worker()
     config = FinetuneConfig.model_validate(loop_config["config"])
@@ -120,7 +120,7 @@ def train_on_ray(config: FinetuneConfig, columns: dict[str, list], out: Path) ->
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs._ray import connect
+    from rayrank.jobs._ray import connect
 
     connect(config.cluster.address)
     c = config.cluster

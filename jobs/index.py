@@ -10,7 +10,7 @@ Phases, each resumable (see rayrank/index/format.py for the layout):
    token rows stay unreferenced) and listed in `_errors/`, so every doc_id is indexed exactly once.
 The manifest, written last, marks the index finished. A rerun of a killed build skips committed work.
 
-Usage: `rayrank index DOCS INDEX_DIR [options]` or `python -m jobs.index DOCS INDEX_DIR [options]`.
+Usage: `rayrank index DOCS INDEX_DIR [options]` or `python -m rayrank.jobs.index DOCS INDEX_DIR [options]`.
 """
 
 from __future__ import annotations
@@ -30,31 +30,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import rayrank
-from jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 from rayrank.config import ConfigError, IndexJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index import build
 from rayrank.index.compress import ResidualCodec
-from rayrank.index.format import (
-    CODEC,
-    FORMAT_VERSION,
-    IndexFormatError,
-    parquet_bytes,
-    sha256,
-    shard_files,
-    write_bytes_atomic,
-)
+from rayrank.index.format import (CODEC, FORMAT_VERSION, IndexFormatError, parquet_bytes, sha256, shard_files,
+                                  write_bytes_atomic)
 from rayrank.io.storage import filesystem, join, list_parquet, storage_options, write_parquet_atomic
-from rayrank.io.tables import (
-    DOC_KEYS,
-    InputSchemaError,
-    Shard,
-    error_rows,
-    plan_shards,
-    read_footers,
-    read_shard,
-    split_duplicates,
-    split_valid,
-)
+from rayrank.io.tables import (DOC_KEYS, InputSchemaError, Shard, error_rows, plan_shards, read_footers, read_shard,
+                               split_duplicates, split_valid)
+from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 from rayrank.models import resolve_model
 
 
@@ -99,7 +83,7 @@ def _valid_docs(fs_in, shard: Shard, layout: str, config: IndexJobConfig) -> tup
 def train_codec(config: dict, in_options: dict, out_options: dict, layouts: dict[str, str],
                 shards: list[str]) -> dict[str, Any]:
     """Phase 1 (a Ray task): encode a sample of documents, train the codec, publish `codec.npz`."""
-    from jobs._ray import quiet_worker
+    from rayrank.jobs._ray import quiet_worker
 
     quiet_worker()
     config_ = IndexJobConfig.model_validate(config)
@@ -128,7 +112,7 @@ class ShardIndexer:
     """Ray Data actor: loads the encoder and the codec once, then encodes and writes whole shards."""
 
     def __init__(self, config: dict, in_options: dict, out_options: dict, layouts: dict[str, str]) -> None:
-        from jobs._ray import quiet_worker
+        from rayrank.jobs._ray import quiet_worker
 
         quiet_worker()
         self.config = IndexJobConfig.model_validate(config)
@@ -240,7 +224,7 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
 
     import ray
 
-    from jobs._ray import actor_pool, connect
+    from rayrank.jobs._ray import actor_pool, connect
 
     connect(config.cluster.address)
     resources = {"num_cpus": config.cluster.cpus_per_actor, "num_gpus": config.cluster.gpus_per_actor}

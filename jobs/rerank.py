@@ -9,7 +9,7 @@ Two phases, each resumable unit by unit:
    table, ranks each query and publishes `part-NNNNN.parquet` by rename.
 The manifest, written last, marks the job finished. A rerun of a killed job skips committed work.
 
-Usage: `rayrank rerank INPUT OUTPUT [options]` or `python -m jobs.rerank INPUT OUTPUT [options]`.
+Usage: `rayrank rerank INPUT OUTPUT [options]` or `python -m rayrank.jobs.rerank INPUT OUTPUT [options]`.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ import pyarrow.parquet as pq
 
 import rayrank
 from rayrank.config import ConfigError, RerankJobConfig, load_yaml, merge_flags, parse_config
-from rayrank.io.storage import (filesystem, join, list_parquet, storage_options, write_json_atomic,
-                                write_parquet_atomic)
-from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_footers,
-                               read_shard, split_valid)
+from rayrank.io.storage import filesystem, join, list_parquet, storage_options, write_json_atomic, write_parquet_atomic
+from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_footers, read_shard,
+                               split_valid)
+from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 from rayrank.models import resolve_model
-from jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 
 INTERNAL = ("_source", "_row", "_seq", "score")
 
@@ -75,7 +74,7 @@ class ShardScorer:
 
     def __init__(self, config: dict, in_options: dict, out_options: dict, buckets: int,
                  layouts: dict[str, str], index_options: dict | None = None) -> None:
-        from jobs._ray import quiet_worker
+        from rayrank.jobs._ray import quiet_worker
 
         quiet_worker()
         self.config = RerankJobConfig.model_validate(config)
@@ -96,7 +95,7 @@ class ShardScorer:
         return {key: [s[key] for s in stats] for key in stats[0]}
 
     def _score_shard(self, shard: Shard) -> dict[str, Any]:
-        from jobs._ray import node_id
+        from rayrank.jobs._ray import node_id
 
         started, started_at = time.perf_counter(), time.time()
         # An attempt marker without a commit marker means an earlier attempt died (killed job, lost node).
@@ -207,7 +206,7 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
 
     import ray
 
-    from jobs._ray import actor_pool, alive_nodes, connect
+    from rayrank.jobs._ray import actor_pool, alive_nodes, connect
 
     connect(config.cluster.address)
     nodes_at_start = alive_nodes()

@@ -7,7 +7,7 @@ OUTPUT gets `part-00000.parquet` (`query_id`, `doc_id`, `score`, `rank`), `_erro
 so `rayrank eval OUTPUT --qrels ...` reads it like a rerank output. Runs in one process: the index
 is memory-mapped (or streamed from S3), so no Ray cluster is needed.
 
-Usage: `rayrank search INDEX_DIR QUERIES OUTPUT --k 100` or `python -m jobs.search ...`.
+Usage: `rayrank search INDEX_DIR QUERIES OUTPUT --k 100` or `python -m rayrank.jobs.search ...`.
 """
 
 from __future__ import annotations
@@ -22,20 +22,13 @@ import numpy as np
 import pyarrow as pa
 
 import rayrank
-from jobs._output import JobOutput, OutputConflictError, job_identity
 from rayrank.config import ConfigError, SearchJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index import IndexReader, IvfSearcher, exact_search
 from rayrank.index.format import IndexFormatError
 from rayrank.io.storage import filesystem, list_parquet, storage_options, write_parquet_atomic
-from rayrank.io.tables import (
-    QUERY_KEYS,
-    InputSchemaError,
-    plan_shards,
-    read_footers,
-    read_shard,
-    split_duplicates,
-    split_valid,
-)
+from rayrank.io.tables import (QUERY_KEYS, InputSchemaError, plan_shards, read_footers, read_shard, split_duplicates,
+                               split_valid)
+from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity
 
 RESULT_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32()),
                            ("rank", pa.int32())])

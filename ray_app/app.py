@@ -1,6 +1,6 @@
 """The `Reranker` Serve deployment and the typed application builder `build_app`.
 
-Requests wait in `@serve.batch`; the batches waiting for the engine (`ray_app.coalesce`) have
+Requests wait in `@serve.batch`; the batches waiting for the engine (`rayrank.ray_app.coalesce`) have
 their pairs flattened into one token-budgeted engine call (`rayrank.Reranker.score_pairs`, in a
 worker thread so the replica keeps admitting and refusing requests meanwhile) and split back per
 request. With an index (`args.index`) documents may be given by id: their token embeddings are
@@ -11,45 +11,21 @@ Run it with `serve run configs/serve.local.yaml` or `rayrank serve`.
 
 # No `from __future__ import annotations`: Serve reads build_app's annotation as a class to
 # validate `args` with it.
-from dataclasses import dataclass
-
 import numpy as np
 from ray import serve
 from ray.serve import Application
 
 import rayrank
-from ray_app.coalesce import EngineGate
-from ray_app.config import ServeArgs
-from ray_app.http import build_http_app
-from ray_app.metrics import ServeMetrics
-from ray_app.schemas import DocumentId, RequestError
 from rayrank.cache import QueryCache, documents_key, mean_pooled
 from rayrank.index import IndexReader, score_from_index
 from rayrank.io.storage import storage_options
 from rayrank.models import DEFAULT_LATE_INTERACTION
-
-
-@dataclass(frozen=True)
-class Job:
-    """One request's pairs inside a batch; `doc_ids[i]` is set where document i was given by id."""
-
-    query: str
-    documents: list[str]
-    doc_ids: tuple[str | None, ...] | None = None
-
-    def keys(self) -> list[str]:
-        """What identifies each document for the cache: its text, or its id."""
-        if self.doc_ids is None:
-            return self.documents
-        return [text if doc_id is None else f"\0id:{doc_id}" for text, doc_id in zip(self.documents, self.doc_ids)]
-
-
-@dataclass(frozen=True)
-class Scored:
-    """Scores in the request's document order (logits for cross-encoders, MaxSim otherwise)."""
-
-    scores: np.ndarray
-    cached: bool
+from rayrank.ray_app.coalesce import EngineGate
+from rayrank.ray_app.config import ServeArgs
+from rayrank.ray_app.http import build_http_app
+from rayrank.ray_app.metrics import ServeMetrics
+from rayrank.ray_app.schemas import DocumentId, RequestError
+from rayrank.ray_app.service import Job, Scored
 
 
 @serve.deployment(name="Reranker", max_ongoing_requests=64, max_queued_requests=64,
@@ -153,5 +129,5 @@ class Reranker:
 
 
 def build_app(args: ServeArgs) -> Application:
-    """Serve's typed application builder (`import_path: ray_app.app:build_app`)."""
+    """Serve's typed application builder (`import_path: rayrank.ray_app.app:build_app`)."""
     return Reranker.bind(args)

@@ -17,12 +17,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ray_app.config import ServeArgs
 from rayrank.config import format_validation_error, load_yaml, parse_config
 from rayrank.errors import ConfigError
+from rayrank.ray_app.config import ServeArgs
 
 DEFAULT_CONFIG = Path("configs/serve.local.yaml")
-IMPORT_PATH = "ray_app.app:build_app"
+IMPORT_PATH = "rayrank.ray_app.app:build_app"
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ServePlan:
 
 
 def load_plan(path: Path, host: str | None = None, port: int | None = None) -> ServePlan:
-    """Read and validate a Serve config file that runs `ray_app.app:build_app`."""
+    """Read and validate a Serve config file that runs `rayrank.ray_app.app:build_app`."""
     from ray.serve.schema import DeploymentSchema, ServeDeploySchema
 
     data = load_yaml(path)
@@ -70,7 +70,7 @@ def run(plan: ServePlan, address: str | None) -> list[str]:
     import ray
     from ray import serve
 
-    from ray_app.app import Reranker
+    from rayrank.ray_app.app import Reranker
 
     if not ray.is_initialized():
         ray.init(address=address, namespace="serve", configure_logging=False)

@@ -47,7 +47,7 @@ class CacheConfig(StrictModel):
 
 
 class ServeArgs(StrictModel):
-    """Arguments of `ray_app.app:build_app`. The engine's scorer defaults to late interaction (the
+    """Arguments of `rayrank.ray_app.app:build_app`. The engine's scorer defaults to late interaction (the
     bundled all-MiniLM-L6-v2); `engine: {scorer: cross-encoder, model: ...}` serves a cross-encoder."""
 
     engine: EngineConfig = EngineConfig(scorer="late-interaction")

@@ -8,7 +8,7 @@ never a 500.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -16,12 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import rayrank
-from ray_app.metrics import ServeMetrics
-from ray_app.schemas import (CohereRerankRequest, CohereRerankResponse, CohereResult, ModelCard, ModelList,
-                             RequestError, TeiRerankRequest, TeiResult, check_limits)
-
-if TYPE_CHECKING:
-    from ray_app.app import Reranker
+from rayrank.ray_app.metrics import ServeMetrics
+from rayrank.ray_app.schemas import (CohereRerankRequest, CohereRerankResponse, CohereResult, ModelCard, ModelList,
+                                     RequestError, TeiRerankRequest, TeiResult, check_limits)
+from rayrank.ray_app.service import RerankService
 
 
 class BodyLimit:
@@ -86,7 +84,7 @@ def ranking(scores: np.ndarray, top_n: int | None) -> np.ndarray:
     return np.argsort(-scores, kind="stable")[:top_n]
 
 
-def build_http_app(service: Reranker) -> FastAPI:
+def build_http_app(service: RerankService) -> FastAPI:
     args, metrics = service.args, service.metrics
     cross_encoder = service.engine.config.scorer == "cross-encoder"
     app = FastAPI(title="rayrank", version=rayrank.__version__,

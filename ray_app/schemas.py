@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, StrictStr, field_validator
 
-from ray_app.config import RequestLimits
+from rayrank.ray_app.config import RequestLimits
 from rayrank.validate import text_problem
 
 

@@ -9,16 +9,16 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "rerank": ("jobs.rerank", "rerank a Parquet query-candidate table on Ray Data"),
-    "index": ("jobs.index", "build a late-interaction index (token embeddings) of a corpus on Ray Data"),
-    "search": ("jobs.search", "top-k documents per query over a late-interaction index"),
+    "rerank": ("rayrank.jobs.rerank", "rerank a Parquet query-candidate table on Ray Data"),
+    "index": ("rayrank.jobs.index", "build a late-interaction index (token embeddings) of a corpus on Ray Data"),
+    "search": ("rayrank.jobs.search", "top-k documents per query over a late-interaction index"),
     "eval": ("rayrank.evaluate", "nDCG@10, MRR@10, Recall@10/100 of a run against TREC qrels"),
-    "compare": ("jobs.compare", "several rerankers on the same candidates: quality, pairs/s, agreement"),
-    "sweep": ("jobs.sweep", "pairs/s of one model over batch sizes × token budgets, with a PNG plot"),
-    "finetune": ("jobs.finetune", "train a cross-encoder (BCE, MSE on teacher scores, pairwise margin)"),
-    "distill": ("jobs.distill", "a teacher labels pairs with the batch job; a student learns its scores"),
+    "compare": ("rayrank.jobs.compare", "several rerankers on the same candidates: quality, pairs/s, agreement"),
+    "sweep": ("rayrank.jobs.sweep", "pairs/s of one model over batch sizes × token budgets, with a PNG plot"),
+    "finetune": ("rayrank.jobs.finetune", "train a cross-encoder (BCE, MSE on teacher scores, pairwise margin)"),
+    "distill": ("rayrank.jobs.distill", "a teacher labels pairs with the batch job; a student learns its scores"),
     "distractors": ("rayrank.lab.distractors", "relevant vs hardest distractor: pass rate and margin per model"),
-    "serve": ("ray_app.cli", "run the online reranking API (Ray Serve) from a Serve config file"),
+    "serve": ("rayrank.ray_app.cli", "run the online reranking API (Ray Serve) from a Serve config file"),
     "loadtest": ("rayrank.loadtest", "open-loop HTTP load test of a rerank endpoint: latency percentiles per QPS"),
 }
 

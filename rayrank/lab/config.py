@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from rayrank.config import ClusterConfig, EngineConfig, StrictModel
+from rayrank.config import ClusterConfig, EngineConfig, ScorerName, StrictModel
 from rayrank.models import DEFAULT_LATE_INTERACTION
 
 Loss = Literal["bce", "mse", "margin", "listwise"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """`[SCORER:]MODEL`, e.g. `late-interaction:sentence-transformers/all-MiniLM-L6-v2`; default cross-encoder."""
+
+    model: str
+    scorer: str = "cross-encoder"
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        prefix, sep, rest = text.partition(":")
+        if sep and prefix in get_args(ScorerName):
+            return cls(rest, prefix)
+        return cls(text)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} ({self.scorer})"
 
 
 class MiningConfig(StrictModel):

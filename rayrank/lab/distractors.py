@@ -23,6 +23,7 @@ import numpy as np
 from rayrank.errors import InvalidInputError, ModelUnavailableError
 from rayrank.evaluate import load_qrels
 from rayrank.lab import data
+from rayrank.lab.config import ModelSpec
 
 
 def build_cases(queries: Mapping[str, str], corpus: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
@@ -72,8 +73,6 @@ def summarize(margins: np.ndarray, cases: list[dict[str, str]]) -> dict[str, dic
 
 def _model_arg(text: str) -> tuple[str, str, str]:
     """NAME=[SCORER:]MODEL (NAME defaults to MODEL)."""
-    from jobs.compare import ModelSpec
-
     name, sep, rest = text.partition("=")
     spec = ModelSpec.parse(rest if sep else text)
     return (name if sep else spec.model), spec.model, spec.scorer

@@ -7,6 +7,7 @@ import ast
 import json
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -22,6 +23,8 @@ except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
+# Packages whose folder is not their dotted path (pyproject: `rayrank.jobs` lives in jobs/).
+PACKAGE_DIRS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
 CRDS = REPO / "tests" / "data" / "crds"
 
 # The oldest Kubernetes minor the manifests must work on (CronJob.timeZone is GA since 1.27).
@@ -195,8 +198,13 @@ def read_dockerfile(path: Path = CLUSTER / "Dockerfile") -> Dockerfile:
 # --- Python sources (read, never imported) -----------------------------------------------------------
 
 def module_file(module: str) -> Path | None:
-    """The repository file that `python -m module` / `import module` would run, if it exists."""
-    base = REPO.joinpath(*module.split("."))
+    """The repository file that `python -m module` / `import module` would run, if it exists
+    (through pyproject's `package-dir`: `rayrank.jobs.rerank` is `jobs/rerank.py`)."""
+    parts = module.split(".")
+    for package, folder in PACKAGE_DIRS.items():
+        if module == package or module.startswith(package + "."):
+            parts = [folder, *parts[len(package.split(".")):]]
+    base = REPO.joinpath(*parts)
     for candidate in (base.with_suffix(".py"), base / "__main__.py", base / "__init__.py"):
         if candidate.is_file():
             return candidate

@@ -30,9 +30,10 @@ def pyproject_requirement(name: str) -> Requirement:
     return next(r for r in reqs if r.name == name)
 
 
-def installed_packages() -> list[str]:
-    """Top-level packages `pip install .` puts in the image (pyproject's packages.find include)."""
-    return [p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]]
+def installed(module: str) -> bool:
+    """Whether `pip install .` puts `module`'s package in the image (pyproject's `packages`)."""
+    package = module.rpartition(".")[0] if module_file(module).name != "__init__.py" else module
+    return package in PYPROJECT["tool"]["setuptools"]["packages"]
 
 
 def image_path_in_repo(path: str) -> Path:
@@ -67,7 +68,7 @@ def option(argv: list[str], name: str) -> str | None:
 def test_entrypoint_module_exists_and_is_installed(manifest):
     module, _ = entrypoint(manifest)
     assert module_file(module), f"{manifest}: `python -m {module}` but {module.replace('.', '/')}.py is not in the repo"
-    assert module.split(".")[0] in installed_packages(), f"{module} is not in pyproject's packages.find include"
+    assert installed(module), f"{module} is not in pyproject's packages"
 
 
 @pytest.mark.parametrize("manifest", RAY_JOBS, ids=str)
@@ -247,12 +248,12 @@ def test_serve_key_check_catches_a_misspelt_key():
 
 
 def test_serve_import_paths_and_deployments_exist():
-    declared = serve_deployment_names(REPO / "ray_app") if (REPO / "ray_app").is_dir() else set()
+    declared = serve_deployment_names(REPO / "ray_app")
     for app in serve_config()["applications"]:
         module, _, attr = app["import_path"].partition(":")
         path = module_file(module)
         assert path, f"serveConfigV2 imports {module} but {module.replace('.', '/')}.py is not in the repo"
-        assert module.split(".")[0] in installed_packages()
+        assert installed(module)
         assert attr in top_level_names(path), f"{path.relative_to(REPO)} defines no top-level {attr}"
         fields = builder_arg_fields(path, attr)
         if fields is not None:  # args go to the builder's pydantic model: unknown keys would be rejected

@@ -68,7 +68,7 @@ def _job(tmp_path: Path, address: str, tiny_encoder: Path, rows: int) -> tuple[l
 
 
 def _run(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", *args], cwd=REPO, env=ENV, text=True,
+    return subprocess.Popen([sys.executable, "-m", "rayrank.jobs.rerank", *args], cwd=REPO, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

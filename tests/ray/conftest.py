@@ -59,7 +59,7 @@ def job_config(tmp_path, tiny_encoder, ray_cluster):
     return make
 
 
-def start_job(args: list[str], module: str = "jobs.rerank") -> subprocess.Popen:
+def start_job(args: list[str], module: str = "rayrank.jobs.rerank") -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -2,8 +2,8 @@
 
 import ray
 
-from jobs._ray import actor_pool
 from rayrank.config import ClusterConfig
+from rayrank.jobs._ray import actor_pool
 
 
 def test_pool_never_outnumbers_shards_and_waits_for_min_actors():

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import rayrank
-from jobs.index import main as index_main
-from jobs.rerank import main as rerank_main
-from jobs.search import main as search_main
 from rayrank.evaluate import evaluate, read_run
 from rayrank.index import IndexReader
+from rayrank.jobs.index import main as index_main
+from rayrank.jobs.rerank import main as rerank_main
+from rayrank.jobs.search import main as search_main
 from rayrank.scoring.late_interaction import maxsim
 from tests.ray.conftest import manifest, read_errors, read_output, start_job, write_rows
 from tests.ray.test_resume import _count, _kill_when
@@ -169,7 +169,7 @@ def test_sigkill_then_rerun_indexes_every_doc_exactly_once(tmp_path, tiny_encode
     args = [str(tmp_path / "docs"), str(out), "--config", str(config)]
     shards = out / "_staging" / "done" / "shards"
     # a generous wait: on a loaded machine the first shards can take minutes
-    _kill_when(start_job(args, "jobs.index"), lambda: _count(shards) >= 2, "two shards committed", timeout=900)
+    _kill_when(start_job(args, "rayrank.jobs.index"), lambda: _count(shards) >= 2, "two shards committed", timeout=900)
     assert _count(shards) < 12, "the build finished before it could be killed"
     assert not (out / "_manifest.json").exists()
 

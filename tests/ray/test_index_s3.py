@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.index import main as index_main
-from jobs.search import main as search_main
 from rayrank.index import IndexReader, exact_search
 from rayrank.io.storage import storage_options
+from rayrank.jobs.index import main as index_main
+from rayrank.jobs.search import main as search_main
 from tests.ray.test_index import corpus
 from tests.ray.test_s3 import s3_endpoint  # noqa: F401  (fixture)
 

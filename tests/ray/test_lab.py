@@ -23,7 +23,7 @@ def judged(tmp_path):
 
 
 def test_compare_models_with_themselves_and_each_other(judged, tiny_cross_encoder, tiny_encoder, ray_cluster, capsys):
-    from jobs.compare import main
+    from rayrank.jobs.compare import main
 
     path, qrels = judged
     assert main([str(path), "--qrels", str(qrels), "--model", str(tiny_cross_encoder), "--model",
@@ -43,8 +43,9 @@ def test_compare_models_with_themselves_and_each_other(judged, tiny_cross_encode
 
 
 def test_compare_same_model_twice_agrees_perfectly(judged, tiny_cross_encoder, ray_cluster, tmp_path):
-    from jobs.compare import ModelSpec, compare
     from rayrank.config import ClusterConfig
+    from rayrank.jobs.compare import compare
+    from rayrank.lab.config import ModelSpec
 
     path, qrels = judged
     cluster = ClusterConfig(address=ray_cluster, actors=(1, 1), cpus_per_actor=0.5)
@@ -55,7 +56,7 @@ def test_compare_same_model_twice_agrees_perfectly(judged, tiny_cross_encoder, r
 
 
 def test_finetune_on_ray_train_with_two_workers(tmp_path, tiny_cross_encoder, ray_cluster, capsys):
-    from jobs.finetune import main
+    from rayrank.jobs.finetune import main
 
     words = "ray cluster python data model query document search".split()
     rows = [{"query": f"what is {w}", "text": f"{w} {w}" if y else f"{words[(i + 3) % 8]} only", "label": y}
@@ -73,7 +74,7 @@ def test_finetune_on_ray_train_with_two_workers(tmp_path, tiny_cross_encoder, ra
 
 def test_distill_teacher_labels_with_the_job_and_students_load(tmp_path, tiny_cross_encoder, tiny_encoder,
                                                              ray_cluster, capsys):
-    from jobs.distill import main
+    from rayrank.jobs.distill import main
 
     path = write_rows(tmp_path / "pairs.parquet", candidates(3, 5))
     labels = tmp_path / "labels.parquet"
@@ -97,8 +98,8 @@ def test_distill_teacher_labels_with_the_job_and_students_load(tmp_path, tiny_cr
 
 def test_distill_listwise_student_of_an_indexed_teacher_fused_with_bm25_and_gold(
         tmp_path, tiny_cross_encoder, tiny_encoder, ray_cluster, capsys):
-    from jobs.distill import main
-    from jobs.index import main as index_main
+    from rayrank.jobs.distill import main
+    from rayrank.jobs.index import main as index_main
 
     words = "ray cluster python data model query document search rank score fish sea light".split()
     docs = [{"doc_id": f"d{i}", "text": " ".join(words[(i * 5 + j) % len(words)] for j in range(3 + i % 4))}

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from jobs.rerank import main
+from rayrank.jobs.rerank import main
 from tests.ray.conftest import candidates, manifest, read_errors, read_output, write_rows
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.rerank import main
+from rayrank.jobs.rerank import main
 from tests.ray.conftest import candidates, manifest, read_output, start_job, write_rows
 
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.rerank import main
+from rayrank.jobs.rerank import main
 from tests.ray.conftest import candidates
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import requests
 
-from ray_app.config import ServeArgs
+from rayrank.ray_app.config import ServeArgs
 
 
 def free_port() -> int:
@@ -22,7 +22,7 @@ def running(args: ServeArgs, **deployment_options) -> Iterator[str]:
     """Run the app (with optional `Reranker` deployment options) and yield its base URL; shut Serve down after."""
     from ray import serve
 
-    from ray_app.app import Reranker
+    from rayrank.ray_app.app import Reranker
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

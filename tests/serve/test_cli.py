@@ -12,8 +12,8 @@ import pytest
 import requests
 import yaml
 
-from ray_app.cli import load_plan
 from rayrank.errors import ConfigError
+from rayrank.ray_app.cli import load_plan
 from tests.serve.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import pytest
 import requests
 
 import rayrank
-from jobs.index import main as index_main
-from ray_app.config import ServeArgs
+from rayrank.jobs.index import main as index_main
+from rayrank.ray_app.config import ServeArgs
 from tests.ray.conftest import write_rows
 from tests.serve.conftest import post, running, tiny_args
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from ray_app.coalesce import EngineGate
+from rayrank.ray_app.coalesce import EngineGate
 
 
 class SlowEngine:

@@ -13,9 +13,9 @@ import pytest
 from rayrank.config import ConfigError, IndexJobConfig, RerankJobConfig, parse_config
 from rayrank.index import IndexReader, IvfSearcher, ResidualCodec, exact_search, pool_tokens
 from rayrank.index.build import pack_shard, train_codec
-from rayrank.io.tables import split_duplicates
 from rayrank.index.format import CODEC, FORMAT_VERSION, MANIFEST, IndexFormatError, NpyArray, write_bytes_atomic
 from rayrank.io.storage import filesystem
+from rayrank.io.tables import split_duplicates
 from rayrank.scoring.late_interaction import maxsim
 
 
@@ -36,7 +36,7 @@ def random_docs(n: int, dim: int = 16, seed: int = 0) -> list[np.ndarray]:
 
 def write_index(root, docs: list[np.ndarray], compression: str = "none", nbits: int = 2, shards: int = 3,
                 centroids: int = 16, pool_factor: int = 1) -> IndexReader:
-    """An index directory the way `jobs.index` lays it out, from arrays (the manifest keys readers use)."""
+    """An index directory the way `rayrank.jobs.index` lays it out, from arrays (the manifest keys readers use)."""
     fs, path = filesystem(str(root))
     codec, _ = train_codec(docs, nbits, centroids)
     write_bytes_atomic(fs, f"{path}/{CODEC}", codec.to_bytes())

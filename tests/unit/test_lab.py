@@ -115,7 +115,7 @@ def test_loss_and_data_mismatches_name_the_fix(tmp_path):
 
 
 def test_finetune_cli_errors_name_the_key(tmp_path, capsys):
-    from jobs.finetune import main
+    from rayrank.jobs.finetune import main
 
     config = tmp_path / "bad.yaml"
     config.write_text("data: {pairs: x.parquet}\ntrain: {batch_size: 0}\nlosss: bce\n")
@@ -139,7 +139,7 @@ def test_distill_config_refuses_settings_that_cannot_work_together():
 
 
 def test_distill_cli_names_a_malformed_blend_flag(capsys):
-    from jobs.distill import main
+    from rayrank.jobs.distill import main
 
     assert main(["out", "--teacher", "m", "--candidates", "c.parquet", "--blend", "bm25_score"]) == 2
     assert "--blend 'bm25_score': expected COLUMN=WEIGHT" in capsys.readouterr().err
@@ -251,7 +251,7 @@ def test_warm_start_from_a_plain_encoder_gets_a_one_logit_head(tmp_path, tiny_en
 
 
 def test_finetune_cli_refuses_a_non_empty_output(tmp_path, tiny_cross_encoder, capsys):
-    from jobs.finetune import main
+    from rayrank.jobs.finetune import main
 
     pq.write_table(pa.table({"query": ["what is ray"] * 2, "text": ["ray", "fish"], "label": [1, 0]}),
                    tmp_path / "p.parquet")
@@ -306,7 +306,7 @@ def test_late_interaction_student_learns_teacher_margins_and_loads(tmp_path, tin
 # --- sweep and distractors -------------------------------------------------------------------------------
 
 def test_sweep_writes_the_plot_and_reports_the_best(tmp_path, tiny_cross_encoder, capsys):
-    from jobs.sweep import main
+    from rayrank.jobs.sweep import main
 
     rows = [{"query": f"what is {w}", "text": f"{w} " * (i % 7 + 1)} for i, w in enumerate(WORDS * 3)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")

@@ -1,0 +1,58 @@
+"""What one replica offers its HTTP routes: the request's pairs in (`Job`), scores out (`Scored`).
+
+`RerankService` is the interface `rayrank.ray_app.http` builds its routes on, so the HTTP module
+never imports the deployment (`rayrank.ray_app.app.Reranker` implements it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import rayrank
+    from rayrank.index import IndexReader
+    from rayrank.ray_app.config import ServeArgs
+    from rayrank.ray_app.metrics import ServeMetrics
+    from rayrank.ray_app.schemas import DocumentId
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's pairs inside a batch; `doc_ids[i]` is set where document i was given by id."""
+
+    query: str
+    documents: list[str]
+    doc_ids: tuple[str | None, ...] | None = None
+
+    def keys(self) -> list[str]:
+        """What identifies each document for the cache: its text, or its id."""
+        if self.doc_ids is None:
+            return self.documents
+        return [text if doc_id is None else f"\0id:{doc_id}" for text, doc_id in zip(self.documents, self.doc_ids)]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores in the request's document order (logits for cross-encoders, MaxSim otherwise)."""
+
+    scores: np.ndarray
+    cached: bool
+
+
+class RerankService(Protocol):
+    """A replica as its routes see it."""
+
+    args: ServeArgs
+    metrics: ServeMetrics
+    engine: rayrank.Reranker
+    index: IndexReader | None
+
+    def stats(self) -> dict[str, int]: ...
+
+    def document_ids(self, documents: list[str | DocumentId], field: str) -> tuple[str | None, ...] | None: ...
+
+    async def score(self, query: str, documents: list[str],
+                    doc_ids: tuple[str | None, ...] | None = None) -> Scored: ...
