@@ -5,9 +5,14 @@ Runs, on the same pairs (the first N rows of ../shared/data/trec-dl20/candidates
   2. the rerank job on an embedded local Ray,
   3. the job (driver and its local Ray) killed with SIGKILL once 90% of its shards are committed,
      then rerun (resume),
-and prints pairs/s and ratios. Example:
+and prints pairs/s and ratios. `--case tokenizer-heavy` instead runs short synthetic pairs
+(bench/synthetic.py) through a tiny random cross-encoder, where tokenizing costs as much as the
+model: one actor of 2 CPUs with a 1-thread model, with and without prefetching shards inside the
+actor (`cluster.prefetch_shards` 1 vs 0, alternating), against the in-process serial rate
+(tokenize, then score, one thread). Examples:
 
     python bench/job.py --rows 2000 --scorer late-interaction
+    python bench/job.py --case tokenizer-heavy --rows 200000
 """
 
 from __future__ import annotations
@@ -46,8 +51,70 @@ def _timed_job(args: list[str]) -> tuple[float, dict]:
     return time.perf_counter() - started, json.loads((Path(args[1]) / "_manifest.json").read_text())
 
 
+def tokenizer_heavy(rows: int, repeats: int) -> int:
+    """Job with and without in-actor prefetch vs the serial in-process engine, on short synthetic pairs."""
+    sys.path.insert(0, str(REPO))
+    from bench.synthetic import write
+    from tests.tiny_models import make_cross_encoder
+
+    work = Path(tempfile.mkdtemp(prefix="rayrank-bench-tok-"))
+    model = make_cross_encoder(work / "tiny-ce")
+    write(work / "pairs", rows, rows_per_file=rows)
+    table = pq.read_table(work / "pairs")
+    queries, texts = table["query"].to_pylist(), table["text"].to_pylist()
+
+    env = dict(os.environ)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the serial baseline: the Rust tokenizer on one thread
+    import rayrank
+
+    reranker = rayrank.Reranker(str(model), threads=1)
+    reranker.score_pairs(queries[:256], texts[:256])  # warm-up
+
+    def serial() -> float:
+        started = time.perf_counter()
+        reranker.score_pairs(queries, texts)
+        return rows / (time.perf_counter() - started)
+
+    def job(prefetch: int, run: int) -> dict:
+        config = work / f"job-{prefetch}.yaml"
+        config.write_text(f"shard_rows: {math.ceil(rows / 20)}\nengine:\n  model: {model}\n  threads: 1\n"
+                          f"cluster:\n  actors: 1,1\n  cpus_per_actor: 2\n  prefetch_shards: {prefetch}\n")
+        out = work / f"out-{prefetch}-{run}"
+        proc = subprocess.run([sys.executable, "-m", "rayrank.jobs.rerank", str(work / "pairs"), str(out),
+                               "--config", str(config)], cwd=REPO, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return json.loads((out / "_manifest.json").read_text())
+
+    serial_rates, runs = [], {0: [], 1: []}
+    for run in range(repeats):  # alternating, so load drift hits every contender alike
+        serial_rates.append(serial())
+        for prefetch in (1, 0):
+            runs[prefetch].append(job(prefetch, run))
+    base = max(serial_rates)
+    print(f"\nrerank job vs serial in-process engine — {rows:,} short synthetic pairs, tiny random cross-encoder, "
+          f"1 actor x 2 CPUs, engine.threads 1, 20 shards; best of {repeats}\n")
+    print(f"{'':34} {'pairs/s':>9} {'ratio':>6} {'busy':>5}  phases summed over shards (s)")
+    print(f"{'in-process serial (baseline)':34} {base:>9,.1f} {1:>6.2f}")
+    for prefetch, label in ((0, "job, one shard at a time"), (1, "job, prefetch 1 shard (default)")):
+        best = max(runs[prefetch], key=lambda m: m["timings"]["steady_pairs_per_s"])
+        rate, ph = best["timings"]["steady_pairs_per_s"], best["phases"]
+        print(f"{label:34} {rate:>9,.1f} {rate / base:>6.2f} {ph['model_busy']:>5.2f}  read {ph['read_s']:.1f}, "
+              f"validate {ph['validate_s']:.1f}, tokenize {ph['tokenize_s']:.1f}, model {ph['model_s']:.1f}, "
+              f"write {ph['write_s']:.1f}")
+    print(f"\nactors-running rates (first shard start to last shard end); load average {_load()}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", default="dl20", choices=["dl20", "tokenizer-heavy"])
+    parser.add_argument("--repeats", type=int, default=2, help="tokenizer-heavy: alternating runs of each")
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--scorer", default="late-interaction", choices=["late-interaction", "cross-encoder"])
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
@@ -57,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-actor", type=float, default=1)
     parser.add_argument("--shards", type=int, default=20, help="input shards the job is planned into")
     args = parser.parse_args(argv)
+    if args.case == "tokenizer-heavy":
+        return tokenizer_heavy(args.rows, args.repeats)
     if not DL20.is_file():
         print(f"skipped: {DL20} not found (the benchmark reads the shared TREC-DL20 candidates)")
         return 0

@@ -37,12 +37,23 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def actor_id() -> str:
+    return ray.get_runtime_context().get_actor_id() or "driver"
+
+
 def actor_pool(cluster: ClusterConfig, shards: int) -> ray.data.ActorPoolStrategy:
     """MIN..MAX actors (never more than there are shards), started before the first shard is handed out.
 
     Ray Data's default hands shards to the first actor that is ready, so on a slow node one actor can
     drain a short job (or a resumed job's last shards) before the others have loaded the model.
+    GPU pools start at MAX: Ray Data does not scale a GPU actor pool up on an autoscaling cluster
+    (ray-project/ray#59144), so MIN < MAX would run at MIN all night.
+    Each actor runs `prefetch_shards + 1` shard calls at once (threads; see jobs/_phases.py), and is
+    sent no more than that, so shards queue at the pool, not behind a busy actor.
     """
     high = max(1, min(cluster.actors[1], shards))
+    low = high if cluster.gpus_per_actor > 0 else min(cluster.actors[0], high)
+    calls = cluster.prefetch_shards + 1
     ray.data.DataContext.get_current().wait_for_min_actors_s = cluster.wait_for_actors_s
-    return ray.data.ActorPoolStrategy(min_size=min(cluster.actors[0], high), max_size=high)
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=calls,
+                                      max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True)

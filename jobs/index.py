@@ -6,6 +6,7 @@ Phases, each resumable (see rayrank/index/format.py for the layout):
 2. Encode: input shards go to an autoscaling pool of actors that each hold one encoder; an actor
    validates rows (bad ones and in-shard duplicates to the errors table), encodes documents,
    optionally pools and compresses them, writes the shard's files, then a marker commits the shard.
+   Like the rerank job's actors, each works on several shards at once (jobs/_phases.py).
 3. Deduplicate: a doc_id seen in an earlier shard is dropped from later shards' doc tables (its
    token rows stay unreferenced) and listed in `_errors/`, so every doc_id is indexed exactly once.
 The manifest, written last, marks the index finished. A rerun of a killed build skips committed work.
@@ -35,10 +36,12 @@ from rayrank.index import build
 from rayrank.index.compress import ResidualCodec
 from rayrank.index.format import (CODEC, FORMAT_VERSION, IndexFormatError, parquet_bytes, sha256, shard_files,
                                   write_bytes_atomic)
-from rayrank.io.storage import filesystem, join, list_parquet, storage_options, write_parquet_atomic
+from rayrank.io.storage import (StorageError, filesystem, join, list_parquet, retrying, storage_cause, storage_options,
+                                write_parquet_atomic)
 from rayrank.io.tables import (DOC_KEYS, InputSchemaError, Shard, error_rows, plan_shards, read_footers, read_shard,
                                split_duplicates, split_valid)
 from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
+from rayrank.jobs._phases import ModelGate, Phases, phase_line, summarize
 from rayrank.models import resolve_model
 
 
@@ -72,11 +75,16 @@ def parse_args(argv: list[str] | None) -> IndexJobConfig:
     return config
 
 
-def _valid_docs(fs_in, shard: Shard, layout: str, config: IndexJobConfig) -> tuple[pa.Table, pa.Table, int]:
+def _valid_docs(fs_in, shard: Shard, layout: str, config: IndexJobConfig, phases: Phases | None = None
+                ) -> tuple[pa.Table, pa.Table, int]:
     """(valid first-occurrence rows, errors, rows read) of one shard."""
-    table, layout_errors = read_shard(fs_in, shard, layout, config.columns, DOC_KEYS)
-    valid, invalid = split_valid(table, DOC_KEYS)
-    kept, duplicates = split_duplicates(valid, ("doc_id",))
+    phases = phases or Phases()
+    with phases.timed("read_s"):
+        table, layout_errors = retrying(f"reading shard {shard.shard_id} of {shard.path}",
+                                        lambda: read_shard(fs_in, shard, layout, config.columns, DOC_KEYS))
+    with phases.timed("validate_s"):
+        valid, invalid = split_valid(table, DOC_KEYS)
+        kept, duplicates = split_duplicates(valid, ("doc_id",))
     return kept, pa.concat_tables([layout_errors, invalid, duplicates]), table.num_rows + layout_errors.num_rows
 
 
@@ -112,11 +120,13 @@ class ShardIndexer:
     """Ray Data actor: loads the encoder and the codec once, then encodes and writes whole shards."""
 
     def __init__(self, config: dict, in_options: dict, out_options: dict, layouts: dict[str, str]) -> None:
-        from rayrank.jobs._ray import quiet_worker
+        from rayrank.jobs._ray import actor_id, quiet_worker
 
         quiet_worker()
         self.config = IndexJobConfig.model_validate(config)
         self.reranker = rayrank.Reranker.from_config(self.config.engine)
+        self.gate = ModelGate(self.reranker.scorer)
+        self.actor = actor_id()
         self.fs_in, _ = filesystem(self.config.input, in_options)
         fs_out, root = filesystem(self.config.output, out_options)
         self.out = JobOutput(fs_out, root)
@@ -128,25 +138,35 @@ class ShardIndexer:
         return {key: [s[key] for s in stats] for key in stats[0]}
 
     def _index_shard(self, shard: Shard) -> dict[str, Any]:
+        phases = Phases()
+        with self.gate.shard(phases):
+            return self._run_shard(shard, phases)
+
+    def _run_shard(self, shard: Shard, phases: Phases) -> dict[str, Any]:
         started, started_at = time.perf_counter(), time.time()
-        config, out = self.config, self.out
-        kept, errors, rows_in = _valid_docs(self.fs_in, shard, self.layouts[shard.path], config)
-        embeddings = build.encode(self.reranker.scorer, kept["text"].to_pylist(), config.pool_factor)
-        data, packed = build.pack_shard(shard.shard_id, kept["doc_id"].to_pylist(), embeddings, self.codec,
-                                        config.compression)
-        files = {role: {"path": path, "sha256": write_bytes_atomic(out.fs, out.path(path), data[path]),
-                        "bytes": len(data[path])}
-                 for role, path in shard_files(shard.shard_id, config.compression).items()}
-        # Where each document came from, for the cross-shard duplicate report.
-        write_parquet_atomic(pa.table({"doc_id": kept["doc_id"], "_row": kept["_row"]}), out.fs,
-                             out.stage("rows", f"{shard.shard_id}.parquet"))
-        if errors.num_rows:
-            write_parquet_atomic(errors, out.fs, out.stage("errors", f"{shard.shard_id}.parquet"))
-        stats = {"shard": shard.shard_id, "ordinal": shard.ordinal, "source": shard.path, "rows_in": rows_in,
+        config, out, sid = self.config, self.out, shard.shard_id
+        kept, errors, rows_in = _valid_docs(self.fs_in, shard, self.layouts[shard.path], config, phases)
+        with self.gate.engine(phases):  # tokenizing, the encoder and pooling
+            embeddings = build.encode(self.reranker.scorer, kept["text"].to_pylist(), config.pool_factor)
+        with phases.timed("write_s"):  # compression and the shard's files
+            data, packed = build.pack_shard(sid, kept["doc_id"].to_pylist(), embeddings, self.codec,
+                                            config.compression)
+            files = {role: {"path": path, "bytes": len(data[path]),
+                            "sha256": retrying(f"writing {path}",
+                                               lambda path=path: write_bytes_atomic(out.fs, out.path(path), data[path]))}
+                     for role, path in shard_files(sid, config.compression).items()}
+            # Where each document came from, for the cross-shard duplicate report.
+            rows = pa.table({"doc_id": kept["doc_id"], "_row": kept["_row"]})
+            retrying(f"staging the rows of shard {sid}",
+                     lambda: write_parquet_atomic(rows, out.fs, out.stage("rows", f"{sid}.parquet")))
+            if errors.num_rows:
+                retrying(f"staging the errors of shard {sid}",
+                         lambda: write_parquet_atomic(errors, out.fs, out.stage("errors", f"{sid}.parquet")))
+        stats = {"shard": sid, "ordinal": shard.ordinal, "source": shard.path, "rows_in": rows_in,
                  "docs": packed["docs"], "tokens": packed["tokens"], "vector_bytes": packed["vector_bytes"],
-                 "invalid": errors.num_rows, "files": json.dumps(files),
+                 "invalid": errors.num_rows, "files": json.dumps(files), "actor": self.actor, **phases.as_stats(),
                  "seconds": time.perf_counter() - started, "started_at": started_at, "finished_at": time.time()}
-        out.commit_unit("shards", shard.shard_id, stats)
+        retrying(f"committing shard {sid}", lambda: out.commit_unit("shards", sid, stats))
         return stats
 
 
@@ -290,6 +310,7 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
                     "elapsed_s": round(time.perf_counter() - started, 3), "encoding_s": round(encode_seconds, 3),
                     "docs_per_s": round(encoded_now / encode_seconds, 2) if encoded_now else None,
                     "steady_docs_per_s": steady_rate([done[s.shard_id] for s in todo], "docs")},
+        "phases": summarize([done[s.shard_id] for s in todo]),
         "config": config.model_dump(exclude={"storage"}),
         "shards": entries,
     }
@@ -303,6 +324,7 @@ def summary(manifest: dict[str, Any]) -> str:
             if t["docs_per_s"] else "no new documents encoded")
     setting = comp["kind"] + (f", {comp['nbits']} bits" if comp["nbits"] else "") + \
         (f", pool factor {comp['pool_factor']}" if comp["pool_factor"] > 1 else "")
+    phases = [phase_line(manifest["phases"])] if manifest.get("phases", {}).get("actors") else []
     return "\n".join([
         f"rayrank index: {manifest['output']}",
         f"  model          {manifest['model']['name']} (dim {manifest['dim']}, from {manifest['model']['source']})",
@@ -313,6 +335,7 @@ def summary(manifest: dict[str, Any]) -> str:
          f" see {join(manifest['output'], '_errors')})"),
         f"  compression    {setting}; {comp['centroids']} centroids; {manifest['bytes_per_doc']} bytes/doc",
         f"  elapsed        {t['elapsed_s']:.1f} s  ({rate})",
+        *phases,
     ])
 
 
@@ -320,9 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
         manifest = run(config)
-    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError, IndexFormatError,
+    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError, IndexFormatError, StorageError,
             rayrank.ModelUnavailableError) as exc:
         print(f"rayrank index: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a StorageError raised in an actor reaches the driver wrapped by Ray
+        if (cause := storage_cause(exc)) is None:
+            raise
+        print(f"rayrank index: error: {cause} (rerun the same command to resume)", file=sys.stderr)
         return 2
     print(summary(manifest))
     return 0

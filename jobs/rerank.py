@@ -3,10 +3,12 @@
 Two phases, each resumable unit by unit:
 1. Score: input shards (row groups of a file) go to an autoscaling pool of actors that each hold
    one model. An actor validates rows (bad ones to the errors table), scores the rest, and stages
-   them split by hash(query_id) into buckets; a marker then commits the shard.
-2. Rank: one task per bucket reads every committed shard's piece of it, so all candidates of a
-   query meet however the input was split, drops duplicate (query_id, doc_id) rows to the errors
-   table, ranks each query and publishes `part-NNNNN.parquet` by rename.
+   them as one object split by hash(query_id) into buckets (rayrank/io/staging.py); a marker then
+   commits the shard. An actor works on several shards at once (jobs/_phases.py): while one holds
+   the model, the next is read, validated and tokenized, and the last one's writes go out.
+2. Rank: one task per bucket reads every committed shard's piece of it (one ranged read each), so
+   all candidates of a query meet however the input was split, drops duplicate (query_id, doc_id)
+   rows to the errors table, ranks each query and publishes `part-NNNNN.parquet`.
 The manifest, written last, marks the job finished. A rerun of a killed job skips committed work.
 
 Usage: `rayrank rerank INPUT OUTPUT [options]` or `python -m rayrank.jobs.rerank INPUT OUTPUT [options]`.
@@ -29,10 +31,13 @@ import pyarrow.parquet as pq
 
 import rayrank
 from rayrank.config import ConfigError, RerankJobConfig, load_yaml, merge_flags, parse_config
-from rayrank.io.storage import filesystem, join, list_parquet, storage_options, write_json_atomic, write_parquet_atomic
+from rayrank.io.staging import pack_buckets, read_piece
+from rayrank.io.storage import (StorageError, count_requests, filesystem, join, list_parquet, put_atomic, retrying,
+                                storage_cause, storage_options, write_json_atomic, write_parquet_atomic)
 from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_footers, read_shard,
                                split_valid)
 from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
+from rayrank.jobs._phases import ModelGate, Phases, phase_line, summarize
 from rayrank.models import resolve_model
 
 INTERNAL = ("_source", "_row", "_seq", "score")
@@ -70,18 +75,26 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
 
 
 class ShardScorer:
-    """Ray Data actor: loads the model once, then validates, scores and stages whole shards."""
+    """Ray Data actor: loads the model once, then validates, scores and stages whole shards.
+
+    Ray Data calls it from several threads at once (`cluster.prefetch_shards`); the model gate lets
+    one call use the model while the others read, validate, tokenize or write.
+    """
 
     def __init__(self, config: dict, in_options: dict, out_options: dict, buckets: int,
                  layouts: dict[str, str], index_options: dict | None = None) -> None:
-        from rayrank.jobs._ray import quiet_worker
+        from rayrank.jobs._ray import actor_id, quiet_worker
 
         quiet_worker()
         self.config = RerankJobConfig.model_validate(config)
         self.reranker = rayrank.Reranker.from_config(self.config.engine)
+        self.gate = ModelGate(self.reranker.scorer)
         self.fs_in, _ = filesystem(self.config.input, in_options)
         fs_out, root = filesystem(self.config.output, out_options)
         self.out = JobOutput(fs_out, root)
+        self.requests = count_requests(fs_out) if self.fs_in is fs_out else \
+            (lambda a=count_requests(self.fs_in), b=count_requests(fs_out): a() + b())
+        self.actor = actor_id()
         self.buckets, self.layouts = buckets, layouts
         self.index = None
         if self.config.index:  # documents come from the index; only queries (and misses) are encoded
@@ -95,54 +108,71 @@ class ShardScorer:
         return {key: [s[key] for s in stats] for key in stats[0]}
 
     def _score_shard(self, shard: Shard) -> dict[str, Any]:
+        phases = Phases()
+        with self.gate.shard(phases):
+            return self._run_shard(shard, phases)
+
+    def _run_shard(self, shard: Shard, phases: Phases) -> dict[str, Any]:
         from rayrank.jobs._ray import node_id
 
         started, started_at = time.perf_counter(), time.time()
+        fs, sid = self.out.fs, shard.shard_id
         # An attempt marker without a commit marker means an earlier attempt died (killed job, lost node).
-        attempt = self.out.stage("attempts", f"{shard.shard_id}.json")
-        retried = self.out.fs.exists(attempt)
-        write_json_atomic({"node": node_id()}, self.out.fs, attempt)
-        table, layout_errors = read_shard(self.fs_in, shard, self.layouts[shard.path], self.config.columns)
-        valid, invalid = split_valid(table)
-        errors = pa.concat_tables([layout_errors, invalid])
+        attempt = self.out.stage("attempts", f"{sid}.json")
+        retried = retrying(f"checking {attempt}", lambda: fs.exists(attempt))
+        retrying(f"writing {attempt}", lambda: write_json_atomic({"node": node_id()}, fs, attempt))
+        with phases.timed("read_s"):
+            table, layout_errors = retrying(
+                f"reading shard {sid} (row groups {list(shard.row_groups)} of {shard.path})",
+                lambda: read_shard(self.fs_in, shard, self.layouts[shard.path], self.config.columns))
+        with phases.timed("validate_s"):
+            valid, invalid = split_valid(table)
+            errors = pa.concat_tables([layout_errors, invalid])
         index_missing = None
-        if self.index is not None:
-            from rayrank.index import score_from_index
+        with self.gate.engine(phases):
+            if self.index is not None:
+                from rayrank.index import score_from_index
 
-            scores, index_missing = score_from_index(self.reranker.scorer, self.index, valid["query"].to_pylist(),
-                                                     valid["doc_id"].to_pylist(), valid["text"].to_pylist())
-            result = rayrank.PairScores(scores)
-        else:
-            result = self.reranker.scorer.score_pairs(valid["query"].to_pylist(), valid["text"].to_pylist())
-        scored = valid.append_column("score", pa.array(result.scores, pa.float32()))
-        buckets = bucket_of(scored["query_id"], self.buckets)
-        for b in np.unique(buckets):
-            piece = scored.filter(pa.array(buckets == b))
-            write_parquet_atomic(piece, self.out.fs, self.out.stage("scores", f"{int(b):05d}", f"{shard.shard_id}.parquet"))
-        if errors.num_rows:
-            write_parquet_atomic(errors, self.out.fs, self.out.stage("errors", f"{shard.shard_id}.parquet"))
-        stats = {"shard": shard.shard_id, "rows_in": table.num_rows + layout_errors.num_rows,
+                scores, index_missing = score_from_index(self.reranker.scorer, self.index,
+                                                         valid["query"].to_pylist(), valid["doc_id"].to_pylist(),
+                                                         valid["text"].to_pylist())
+                result = rayrank.PairScores(scores)
+            else:
+                result = self.reranker.scorer.score_pairs(valid["query"].to_pylist(), valid["text"].to_pylist())
+        with phases.timed("write_s"):
+            scored = valid.append_column("score", pa.array(result.scores, pa.float32()))
+            data, pieces = pack_buckets(scored, bucket_of(scored["query_id"], self.buckets))
+            staged = self.out.stage("scores", f"{sid}.parquet")
+            retrying(f"staging shard {sid} to {staged}", lambda: put_atomic(data, fs, staged))
+            if errors.num_rows:
+                path = self.out.stage("errors", f"{sid}.parquet")
+                retrying(f"staging the errors of shard {sid} to {path}", lambda: write_parquet_atomic(errors, fs, path))
+        stats = {"shard": sid, "rows_in": table.num_rows + layout_errors.num_rows,
                  "valid": valid.num_rows, "invalid": errors.num_rows, "truncated": result.truncated,
                  "seconds": time.perf_counter() - started, "started_at": started_at, "finished_at": time.time(),
-                 "node": node_id(), "retried": retried}
+                 "node": node_id(), "actor": self.actor, "retried": retried, **phases.as_stats(),
+                 # {bucket: [start, end]} byte ranges of the staged object; the actor's requests so far.
+                 "pieces": json.dumps(pieces), "staged_objects": 1 + bool(errors.num_rows),
+                 "actor_requests": self.requests()}
         if index_missing is not None:
             stats["index_missing"] = index_missing
-        self.out.commit_unit("shards", shard.shard_id, stats)
+        retrying(f"committing shard {sid}", lambda: self.out.commit_unit("shards", sid, stats))
         return stats
 
 
-def rank_bucket(config: dict, out_options: dict, bucket: int, shard_ids: list[str]) -> dict[str, Any]:
-    """Rank one bucket from every committed shard's piece of it and publish its part file."""
+def rank_bucket(config: dict, out_options: dict, bucket: int, pieces: list[tuple[str, int, int]]) -> dict[str, Any]:
+    """Rank one bucket from its pieces, (shard id, start, end) of committed shards' staged objects, and publish
+    its part file."""
     config_ = RerankJobConfig.model_validate(config)
     fs, root = filesystem(config_.output, out_options)
+    requests = count_requests(fs)
+    before = requests()
     out = JobOutput(fs, root)
     name = f"{bucket:05d}"
-    pieces = [out.stage("scores", name, f"{sid}.parquet") for sid in shard_ids]
-    tables = []
-    for path in pieces:
-        if fs.exists(path):
-            with fs.open(path, "rb") as handle:
-                tables.append(pq.read_table(handle))
+    tables = [retrying(f"reading bucket {bucket} of staged shard {sid}",
+                       lambda sid=sid, start=start, end=end: read_piece(fs, out.stage("scores", f"{sid}.parquet"),
+                                                                        start, end))
+              for sid, start, end in pieces]
     stats = {"bucket": bucket, "rows_ranked": 0, "duplicates": 0, "rows_written": 0, "queries": 0}
     if tables:
         scored = pa.concat_tables(tables, promote_options="permissive")
@@ -151,13 +181,25 @@ def rank_bucket(config: dict, out_options: dict, bucket: int, shard_ids: list[st
                        and c not in keep]
         ranked, duplicates = rank_queries(scored, config_.top_n, passthrough)
         if duplicates.num_rows:
-            write_parquet_atomic(duplicates, fs, out.path("_errors", f"duplicates-{name}.parquet"))
+            path = out.path("_errors", f"duplicates-{name}.parquet")
+            retrying(f"writing {path}", lambda: write_parquet_atomic(duplicates, fs, path))
         if ranked.num_rows:
-            write_parquet_atomic(ranked, fs, out.path(f"part-{name}.parquet"))
+            path = out.path(f"part-{name}.parquet")
+            retrying(f"writing {path}", lambda: write_parquet_atomic(ranked, fs, path))
         stats.update(rows_ranked=scored.num_rows - duplicates.num_rows, duplicates=duplicates.num_rows,
                      rows_written=ranked.num_rows, queries=len(set(ranked["query_id"].to_pylist())))
-    out.commit_unit("buckets", name, stats)
+    stats["requests"] = requests() - before  # up to the commit
+    retrying(f"committing bucket {bucket}", lambda: out.commit_unit("buckets", name, stats))
     return stats
+
+
+def pieces_by_bucket(shards: dict[str, dict[str, Any]]) -> dict[int, list[tuple[str, int, int]]]:
+    """{bucket: [(shard id, start, end), ...]} from committed shards' markers, in shard id order."""
+    pieces: dict[int, list[tuple[str, int, int]]] = {}
+    for sid in sorted(shards):
+        for bucket, (start, end) in json.loads(shards[sid]["pieces"]).items():
+            pieces.setdefault(int(bucket), []).append((sid, int(start), int(end)))
+    return pieces
 
 
 def _progress(done: int, total: int, rows: int, started: float) -> None:
@@ -174,6 +216,8 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     out_options = storage_options(config.storage, config.output)
     fs_in, in_root = filesystem(config.input, in_options)
     fs_out, out_root = filesystem(config.output, out_options)
+    driver_requests = [count_requests(fs) for fs in {id(fs_in): fs_in, id(fs_out): fs_out}.values()]
+    requests_before = sum(count() for count in driver_requests)
     files = list_parquet(fs_in, in_root)
     groups, layouts = read_footers(fs_in, files, config.columns)
     total_rows = sum(sum(counts) for counts in groups.values())
@@ -233,13 +277,15 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     score_seconds = time.perf_counter() - score_started
 
     ranked = out.committed("buckets")
-    shard_ids = sorted(done)
+    pieces = pieces_by_bucket(done)
     task = ray.remote(num_cpus=0.5, max_retries=5)(rank_bucket)
-    pending = [task.remote(config.model_dump(), out_options, b, shard_ids)
+    pending = [task.remote(config.model_dump(), out_options, b, pieces.get(b, []))
                for b in range(buckets) if f"{b:05d}" not in ranked]
+    rank_requests = 0
     for stats in ray.get(pending):
         ranked[f"{stats['bucket']:05d}"] = stats
-    for sid in shard_ids:
+        rank_requests += int(stats["requests"])
+    for sid in sorted(done):
         staged = out.stage("errors", f"{sid}.parquet")
         if fs_out.exists(staged):
             fs_out.makedirs(out.path("_errors"), exist_ok=True)
@@ -251,6 +297,8 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     cluster = {"nodes_used": len({d["node"] for d in this_run}), "nodes_lost": sorted(nodes_at_start - alive_nodes()),
                "shards_retried": sum(bool(d["retried"]) for d in this_run)}
     elapsed = time.perf_counter() - started
+    storage = _storage(this_run, rank_requests, sum(count() for count in driver_requests) - requests_before,
+                       counts["rows_in"], fs_out)
     manifest = {
         "job_id": job_id, "rayrank_version": rayrank.__version__,
         "model": {"name": resolved.name, "source": resolved.source, "path": str(resolved.path)},
@@ -261,12 +309,33 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
                     "elapsed_s": round(elapsed, 3), "scoring_s": round(score_seconds, 3),
                     "pairs_per_s": round(scored_now / score_seconds, 2) if scored_now else None,
                     "steady_pairs_per_s": steady_rate(this_run)},
+        "phases": summarize(this_run), "storage": storage,
         "config": config.model_dump(exclude={"storage"}),
         "files": sorted(p.rsplit("/", 1)[-1] for p in fs_out.ls(out_root, detail=False)
                         if p.rsplit("/", 1)[-1].startswith("part-")),
     }
     out.finish(manifest)
     return manifest
+
+
+def _storage(this_run: list[dict], rank_requests: int, driver_requests: int, rows: int, fs) -> dict[str, Any]:
+    """Objects staged, and object-store requests of this run (actors, rank tasks, driver) per million rows.
+
+    An actor's count is its process's total at its last shard's commit (its final marker not included).
+    Requests are counted on object stores only (None on a local filesystem).
+    """
+    from rayrank.io.storage import is_object_store
+
+    by_actor: dict[str, int] = {}
+    for unit in this_run:
+        by_actor[unit["actor"]] = max(by_actor.get(unit["actor"], 0), int(unit["actor_requests"]))
+    requests = sum(by_actor.values()) + rank_requests + driver_requests
+    counted = is_object_store(fs)
+    return {"staged_objects": sum(int(u["staged_objects"]) for u in this_run),
+            "requests": requests if counted else None,
+            "requests_per_million_rows": round(requests * 1e6 / rows, 1) if counted and rows else None,
+            "requests_by": {"actors": sum(by_actor.values()), "rank_tasks": rank_requests,
+                            "driver": driver_requests} if counted else None}
 
 
 def _counts(shards: dict[str, dict], buckets: dict[str, dict]) -> dict[str, int]:
@@ -299,6 +368,14 @@ def summary(manifest: dict[str, Any]) -> str:
         f"  truncated      {c['truncated']:,} pairs longer than the model's max length",
         f"  elapsed        {t['elapsed_s']:.1f} s  ({rate})",
     ]
+    if manifest.get("phases", {}).get("actors"):  # none when every shard was reused
+        lines.append(phase_line(manifest["phases"]))
+    if store := manifest.get("storage"):
+        line = f"  staging        {store['staged_objects']:,} object(s) staged"
+        if store["requests"] is not None:
+            line += (f"; {store['requests']:,} object-store requests "
+                     f"({store['requests_per_million_rows']:,.0f} per M rows)")
+        lines.append(line)
     cluster = manifest["cluster"]
     line = f"  ray            {cluster['nodes_used']} node(s) scored"
     if cluster["nodes_lost"]:
@@ -313,9 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
         manifest = run(config)
-    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError,
+    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError, StorageError,
             rayrank.ModelUnavailableError) as exc:
         print(f"rayrank rerank: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a StorageError raised in an actor or task reaches the driver wrapped by Ray
+        if (cause := storage_cause(exc)) is None:
+            raise
+        print(f"rayrank rerank: error: {cause} (rerun the same command to resume)", file=sys.stderr)
         return 2
     print(summary(manifest))
     return 0

@@ -116,6 +116,8 @@ class ClusterConfig(StrictModel):
     actors: tuple[PositiveInt, PositiveInt] = (1, 2)
     cpus_per_actor: float = Field(1.0, ge=0)
     gpus_per_actor: float = Field(0.0, ge=0)
+    # Shards an actor reads, validates and tokenizes while another holds its model (jobs/_phases.py).
+    prefetch_shards: NonNegativeInt = 1
     # Scoring starts once MIN actors have loaded the model, so work spreads from the first shard; a
     # cluster that cannot provide them in time (no GPU node comes up) fails with a clear error.
     wait_for_actors_s: PositiveInt = 900

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from rayrank.io.storage import _tmp_name, join, read_json
+from rayrank.io.storage import join, put_atomic, read_json
 
 FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"
@@ -66,12 +66,8 @@ def sha256(data: bytes) -> str:
 
 
 def write_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> str:
-    """Write under a hidden temporary name, then rename; returns the sha256 of what was written."""
-    tmp = _tmp_name(path)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(tmp, "wb") as handle:
-        handle.write(data)
-    fs.mv(tmp, path)
+    """Publish `data` whole (rayrank.io.storage.put_atomic); returns the sha256 of what was written."""
+    put_atomic(data, fs, path)
     return sha256(data)
 
 

@@ -1,20 +1,28 @@
 """Local and s3:// storage through fsspec, with writes that never expose a partial file.
 
-Every file a job publishes is written under a temporary name and then renamed: a local rename is
-atomic, and an S3 object appears only once its upload (or copy) completes.
+Every file a job publishes appears whole or not at all: on disk it is written under a temporary name
+and renamed (atomic); an object store's PUT is atomic by itself, so there it is one request.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
+
+T = TypeVar("T")
+
+
+class StorageError(RuntimeError):
+    """A storage operation still failed after retries; the message names the operation and the path."""
 
 
 def storage_options(configured: dict[str, Any] | None, url: str) -> dict[str, Any]:
@@ -71,20 +79,31 @@ def _tmp_name(path: str) -> str:
     return f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
-def write_parquet_atomic(table: pa.Table, fs: AbstractFileSystem, path: str) -> None:
+def is_object_store(fs: AbstractFileSystem) -> bool:
+    """Whether `fs` is an object store, where an uploaded object appears whole or not at all."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs") for p in protocols)
+
+
+def put_atomic(data: bytes, fs: AbstractFileSystem, path: str) -> None:
+    """Publish `data` at `path` whole: one PUT on an object store, a temporary file and a rename on disk."""
+    if is_object_store(fs):
+        fs.pipe_file(path, data)  # no temporary + copy + delete: three requests saved
+        return
     tmp = _tmp_name(path)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(tmp, "wb") as handle:
-        pq.write_table(table, handle, compression="zstd")
+    fs.pipe_file(tmp, data)
     fs.mv(tmp, path)
+
+
+def write_parquet_atomic(table: pa.Table, fs: AbstractFileSystem, path: str) -> None:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    put_atomic(buffer.getvalue().to_pybytes(), fs, path)
 
 
 def write_json_atomic(data: dict[str, Any], fs: AbstractFileSystem, path: str) -> None:
-    tmp = _tmp_name(path)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    fs.mv(tmp, path)
+    put_atomic(json.dumps(data, indent=2, default=str).encode(), fs, path)
 
 
 def read_json(fs: AbstractFileSystem, path: str) -> dict[str, Any] | None:
@@ -92,3 +111,55 @@ def read_json(fs: AbstractFileSystem, path: str) -> dict[str, Any] | None:
         return None
     with fs.open(path, "r") as handle:
         return json.load(handle)
+
+
+def retrying(what: str, call: Callable[[], T], attempts: int = 4, first_wait_s: float = 1.0) -> T:
+    """`call()`, retried with doubling waits (1 + 2 + 4 s by default) on storage errors.
+
+    s3fs and botocore already retry each request for a second or two; this rides out an endpoint
+    that is down for several seconds (a restarted gateway, a throttled bucket). What still fails is
+    a StorageError naming `what`, so the job's error says which operation on which path failed.
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+            raise  # answers from the store, not faults of it
+        except Exception as exc:  # s3fs/aiobotocore raise OSError, ClientError, connection errors, ...
+            if attempt == attempts - 1:
+                raise StorageError(f"storage operation failed after {attempts} attempts: {what}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            time.sleep(first_wait_s * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def storage_cause(exc: BaseException) -> StorageError | None:
+    """The StorageError behind `exc` (Ray wraps errors raised in actors and tasks), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StorageError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def count_requests(fs: AbstractFileSystem) -> Callable[[], int]:
+    """A function returning how many HTTP requests `fs` has sent from this process (retries included).
+
+    Counts with a botocore hook on s3fs's client, so every GET/PUT/HEAD/LIST/COPY/DELETE counts once
+    per attempt; a local filesystem sends none. fsspec caches filesystems per process, so the hook is
+    installed once per instance and the count is the process's total: callers take differences.
+    """
+    if not is_object_store(fs) or not hasattr(fs, "s3"):
+        return lambda: 0
+    counter = getattr(fs, "_rayrank_requests", None)
+    if counter is None:
+        counter = fs._rayrank_requests = [0]
+        fs.connect()
+
+        def count(**_: Any) -> None:  # returning None lets the request go ahead
+            counter[0] += 1
+
+        fs.s3.meta.events.register("before-send.s3", count)
+    return lambda: counter[0]

@@ -1,0 +1,136 @@
+"""Overlap inside a job actor, and the per-phase seconds that show whether the model was kept busy.
+
+An actor runs `cluster.prefetch_shards + 1` shard calls at once (Ray Data threads): while one call
+holds the model, the others read, validate and tokenize the next shards, and writes go out after
+the model is released. Two locks keep that correct: one model call at a time (one device, and the
+accounting below), and one tokenizer call at a time (truncation is state on the Rust tokenizer;
+each call already runs on all of the actor's CPUs).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+PHASES = ("read_s", "validate_s", "tokenize_s", "model_wait_s", "model_s", "write_s")
+
+
+class Phases:
+    """Seconds per phase of one shard call; `model_s` and `model_wait_s` are filled by the model gate."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+    def as_stats(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.seconds.items()}
+
+
+class _SerialBackend:
+    """The scorer's backend behind a lock; the calling shard's `Phases` gets its wait and model seconds."""
+
+    def __init__(self, backend, lock: threading.Lock, local: threading.local) -> None:
+        self._backend, self._lock, self._local = backend, lock, local
+        self.name, self.device = backend.name, backend.device
+
+    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        phases: Phases | None = getattr(self._local, "phases", None)
+        asked = time.perf_counter()
+        with self._lock:
+            got = time.perf_counter()
+            out = self._backend.run(batch)
+            done = time.perf_counter()
+        if phases is not None:
+            phases.seconds["model_wait_s"] += got - asked
+            phases.seconds["model_s"] += done - got
+        return out
+
+
+class _SerialTokenizer:
+    """The scorer's tokenizer with each encode call under one lock (its truncation setting is shared state)."""
+
+    def __init__(self, tokenizer, lock: threading.Lock) -> None:
+        self._tokenizer, self._lock = tokenizer, lock
+
+    def encode_pairs(self, *args, **kwargs):
+        with self._lock:
+            return self._tokenizer.encode_pairs(*args, **kwargs)
+
+    def encode_texts(self, *args, **kwargs):
+        with self._lock:
+            return self._tokenizer.encode_texts(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+class ModelGate:
+    """Makes one scorer safe for concurrent shard calls and attributes model time to each call.
+
+    Everything the scorer does outside its backend (tokenizing, padding batches, MaxSim) counts as
+    tokenizing: it is the CPU work that a GPU waits for.
+    """
+
+    def __init__(self, scorer) -> None:
+        self._local = threading.local()
+        scorer.backend = _SerialBackend(scorer.backend, threading.Lock(), self._local)
+        scorer.tokenizer = _SerialTokenizer(scorer.tokenizer, threading.Lock())
+
+    @contextmanager
+    def shard(self, phases: Phases) -> Iterator[None]:
+        """Bind `phases` to the calling thread for the duration of one shard call."""
+        self._local.phases = phases
+        try:
+            yield
+        finally:
+            self._local.phases = None
+
+    @contextmanager
+    def engine(self, phases: Phases) -> Iterator[None]:
+        """Time an engine call: its wall time minus the model gate's share is tokenizing."""
+        before = phases.seconds["model_s"] + phases.seconds["model_wait_s"]
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            inside = phases.seconds["model_s"] + phases.seconds["model_wait_s"] - before
+            phases.seconds["tokenize_s"] += time.perf_counter() - started - inside
+
+
+def summarize(units: list[dict[str, Any]]) -> dict[str, Any]:
+    """Job totals of the phase seconds of `units` (shard stats) and the model's busy fraction.
+
+    Busy fraction = model seconds / actor wall seconds, where an actor's wall time runs from the start
+    of its first shard to the end of its last (summed over actors): how much of the time the pool held
+    the model it spent running it. Below ~0.9 on a GPU, the device waits for the CPUs or storage.
+    """
+    totals: dict[str, Any] = {p: round(sum(float(u.get(p, 0.0)) for u in units), 3) for p in PHASES}
+    spans: dict[str, tuple[float, float]] = {}
+    for u in units:
+        first, last = spans.get(u["actor"], (u["started_at"], u["finished_at"]))
+        spans[u["actor"]] = (min(first, u["started_at"]), max(last, u["finished_at"]))
+    actor_s = sum(last - first for first, last in spans.values())
+    totals["actor_s"] = round(actor_s, 3)
+    totals["actors"] = len(spans)
+    totals["model_busy"] = round(totals["model_s"] / actor_s, 3) if actor_s > 0 else None
+    return totals
+
+
+def phase_line(phases: dict[str, Any]) -> str:
+    """The summary's line: where the actors' time went and how busy the model was."""
+    busy = "n/a" if phases.get("model_busy") is None else f"{phases['model_busy']:.2f}"
+    return (f"  phases         read {phases['read_s']:.1f} s, validate {phases['validate_s']:.1f} s, tokenize "
+            f"{phases['tokenize_s']:.1f} s, model {phases['model_s']:.1f} s, write {phases['write_s']:.1f} s "
+            f"(summed over shards); model busy {busy} of {phases['actor_s']:.1f} actor-s")
