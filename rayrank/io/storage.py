@@ -135,12 +135,19 @@ def retrying(what: str, call: Callable[[], T], attempts: int = 4, first_wait_s: 
 
 def storage_cause(exc: BaseException) -> StorageError | None:
     """The StorageError behind `exc` (Ray wraps errors raised in actors and tasks), if any."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
+    pending, seen = [exc], set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
         if isinstance(exc, StorageError):
             return exc
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        pending += [exc.__cause__, exc.__context__, getattr(exc, "cause", None)]  # RayTaskError.cause
+        # Ray passes a remote error's chain on as traceback text only: find the StorageError's line.
+        for line in reversed(str(exc).splitlines()):
+            if (at := line.find(f"{StorageError.__name__}: ")) >= 0:
+                return StorageError(line[at + len(StorageError.__name__) + 2:].strip())
     return None
 
 

@@ -15,10 +15,9 @@ from rayrank.io.storage import storage_options
 from rayrank.jobs.index import main as index_main
 from rayrank.jobs.search import main as search_main
 from tests.ray.test_index import corpus
-from tests.ray.test_s3 import s3_endpoint  # noqa: F401  (fixture)
 
 
-def test_index_and_search_on_s3(s3_endpoint, tmp_path, tiny_encoder, ray_cluster):  # noqa: F811
+def test_index_and_search_on_s3(s3_endpoint, tmp_path, tiny_encoder, ray_cluster):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="corpus")
     docs = corpus(60)

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import io
-import socket
+import json
 
 import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from rayrank.jobs.rerank import main
 from tests.ray.conftest import candidates
 
 
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    # The job reads the endpoint and credentials from the standard AWS variables.
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    yield endpoint
-    server.stop()
+def manifest_on_s3(s3, key: str = "reranked/day=1/_manifest.json") -> dict:
+    return json.loads(s3.get_object(Bucket="logs", Key=key)["Body"].read())
 
 
 def test_s3_to_s3(s3_endpoint, job_config):
@@ -50,5 +35,8 @@ def test_s3_to_s3(s3_endpoint, job_config):
     table = pa.concat_tables(
         [pq.read_table(io.BytesIO(s3.get_object(Bucket="logs", Key=k)["Body"].read())) for k in parts])
     assert sorted(table["doc_id"].to_pylist()) == sorted(r["doc_id"] for r in rows)
+    m = manifest_on_s3(s3)
+    assert m["storage"]["staged_objects"] == m["shards"]  # one object per shard, no errors staged
+    assert m["storage"]["requests"] > 0 and m["storage"]["requests_by"]["rank_tasks"] > 0
     q1 = sorted(r for r, q in zip(table["rank"].to_pylist(), table["query_id"].to_pylist()) if q == "q1")
     assert q1 == [1, 2, 3, 4, 5]
