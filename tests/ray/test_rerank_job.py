@@ -121,3 +121,24 @@ def test_refuses_other_jobs_output_unless_overwrite(tmp_path, job_config, capsys
     assert "holds results of a different job" in capsys.readouterr().err
     assert main([str(tmp_path / "b.parquet"), str(out), "--config", config, "--overwrite"]) == 0
     assert read_output(out).num_rows == 8
+
+
+def test_one_staged_object_per_shard_with_100_buckets_and_phase_accounting(tmp_path, job_config, capsys):
+    rows = candidates(40, 5)
+    write_rows(tmp_path / "in.parquet", rows, row_group_size=25)  # 8 shards
+    out = tmp_path / "out"
+    # 2 rows per output file: 100 buckets, so each shard's rows spread over many buckets.
+    config = job_config(shard_rows=25, rows_per_output_file=2, cluster={"prefetch_shards": 2})
+    assert main([str(tmp_path / "in.parquet"), str(out), "--config", str(config)]) == 0
+    m = manifest(out)
+    assert m["shards"] == 8 and len(m["files"]) > 8
+    assert m["storage"]["staged_objects"] == 8  # was shards x buckets with rows (here ~8 x 25)
+    assert m["storage"]["requests"] is None  # counted on object stores only
+    phases = m["phases"]
+    assert phases["actors"] == 1 and 0 < phases["model_busy"] <= 1
+    assert all(phases[p] > 0 for p in ("read_s", "validate_s", "tokenize_s", "model_s", "write_s"))
+    assert phases["model_s"] <= phases["actor_s"]
+    assert "model busy" in capsys.readouterr().out
+    table = read_output(out)
+    assert sorted(table["doc_id"].to_pylist()) == sorted(r["doc_id"] for r in rows)
+    _check_ranks(table)

@@ -1,0 +1,38 @@
+"""Staging a shard as one object: every row lands in its bucket's piece, each piece reads back alone."""
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rayrank.io.staging import pack_buckets, read_piece
+from rayrank.jobs._phases import summarize
+
+
+def test_pieces_hold_exactly_their_buckets_rows_in_order(tmp_path):
+    table = pa.table({"query_id": [f"q{i}" for i in range(50)], "score": np.arange(50, dtype=np.float32)})
+    buckets = np.random.default_rng(0).integers(0, 7, 50).astype(np.uint64)
+    data, ranges = pack_buckets(table, buckets)
+    fs = fsspec.filesystem("file")
+    path = str(tmp_path / "shard.parquet")
+    fs.pipe_file(path, data)
+    assert sorted(ranges) == sorted(set(buckets.tolist()))
+    for bucket, (start, end) in ranges.items():
+        piece = read_piece(fs, path, start, end)
+        assert piece["score"].to_pylist() == [float(i) for i in np.flatnonzero(buckets == bucket)]
+    assert sum(e - s for s, e in ranges.values()) == len(data)
+
+
+def test_empty_shard_stages_no_piece():
+    data, ranges = pack_buckets(pa.table({"query_id": pa.array([], pa.string())}), np.array([], np.uint64))
+    assert data == b"" and ranges == {}
+
+
+def test_busy_fraction_is_model_seconds_over_actor_spans():
+    units = [{"actor": "a", "started_at": 0.0, "finished_at": 4.0, "model_s": 2.0, "tokenize_s": 1.0},
+             {"actor": "a", "started_at": 2.0, "finished_at": 6.0, "model_s": 2.0},
+             {"actor": "b", "started_at": 10.0, "finished_at": 12.0, "model_s": 1.0}]
+    totals = summarize(units)
+    assert totals["actor_s"] == 8.0 and totals["actors"] == 2 and totals["model_s"] == 5.0
+    assert totals["model_busy"] == pytest.approx(5 / 8) and totals["tokenize_s"] == 1.0
+    assert summarize([])["model_busy"] is None
