@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 PHASES = ("read_s", "validate_s", "tokenize_s", "model_wait_s", "model_s", "write_s")
+TOKENS = ("tokens", "tokens_computed")  # attended tokens; tokens the model ran, padding included
 
 
 class Phases:
@@ -25,6 +26,7 @@ class Phases:
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.tokens = dict.fromkeys(TOKENS, 0)
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -35,7 +37,7 @@ class Phases:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
 
     def as_stats(self) -> dict[str, float]:
-        return {k: round(v, 4) for k, v in self.seconds.items()}
+        return {**{k: round(v, 4) for k, v in self.seconds.items()}, **self.tokens}
 
 
 class _SerialBackend:
@@ -55,6 +57,8 @@ class _SerialBackend:
         if phases is not None:
             phases.seconds["model_wait_s"] += got - asked
             phases.seconds["model_s"] += done - got
+            phases.tokens["tokens"] += int(batch["attention_mask"].sum())
+            phases.tokens["tokens_computed"] += int(batch["input_ids"].size)
         return out
 
 
@@ -117,6 +121,9 @@ def summarize(units: list[dict[str, Any]]) -> dict[str, Any]:
     the model it spent running it. Below ~0.9 on a GPU, the device waits for the CPUs or storage.
     """
     totals: dict[str, Any] = {p: round(sum(float(u.get(p, 0.0)) for u in units), 3) for p in PHASES}
+    totals.update({t: sum(int(u.get(t, 0)) for u in units) for t in TOKENS})
+    # Model work spent on padding: 1.0 would be none (unpadded attention); length-sorted batches stay near it.
+    totals["padding_overhead"] = round(totals["tokens_computed"] / totals["tokens"], 3) if totals["tokens"] else None
     spans: dict[str, tuple[float, float]] = {}
     for u in units:
         first, last = spans.get(u["actor"], (u["started_at"], u["finished_at"]))
@@ -131,6 +138,7 @@ def summarize(units: list[dict[str, Any]]) -> dict[str, Any]:
 def phase_line(phases: dict[str, Any]) -> str:
     """The summary's line: where the actors' time went and how busy the model was."""
     busy = "n/a" if phases.get("model_busy") is None else f"{phases['model_busy']:.2f}"
+    padding = "" if phases.get("padding_overhead") is None else f"; {phases['padding_overhead']:.2f}x tokens computed"
     return (f"  phases         read {phases['read_s']:.1f} s, validate {phases['validate_s']:.1f} s, tokenize "
             f"{phases['tokenize_s']:.1f} s, model {phases['model_s']:.1f} s, write {phases['write_s']:.1f} s "
-            f"(summed over shards); model busy {busy} of {phases['actor_s']:.1f} actor-s")
+            f"(summed over shards); model busy {busy} of {phases['actor_s']:.1f} actor-s{padding}")

@@ -1,4 +1,9 @@
-"""Eager PyTorch backend: CPU fp32, CUDA fp16/bf16."""
+"""Eager PyTorch backend: CPU fp32, CUDA fp16/bf16 (bf16 and fp16 also run, slowly, on CPU: parity tests).
+
+Attention is PyTorch's SDPA (the scorers load models with `attn_implementation="sdpa"`); padding is
+kept small by the token-budget planner (rayrank/batching.py), which cuts length-sorted batches where
+padding would cost more than another call.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +48,14 @@ class TorchBackend:
 
     @torch.inference_mode()
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = [torch.from_numpy(batch[k]).to(self.device, non_blocking=True)
-                  for k in ("input_ids", "attention_mask", "token_type_ids")]
+        inputs = [self._to_device(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
         # Upcast before leaving the device: ties in fp16 scores would otherwise break rank order.
         return self.module(*inputs).float().cpu().numpy()
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.startswith("cuda"):
+            # From page-locked memory the copy is a DMA that does not wait for the host (non_blocking);
+            # from pageable memory CUDA first copies into a pinned buffer, synchronously.
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)

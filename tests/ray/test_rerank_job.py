@@ -138,6 +138,7 @@ def test_one_staged_object_per_shard_with_100_buckets_and_phase_accounting(tmp_p
     assert phases["actors"] == 1 and 0 < phases["model_busy"] <= 1
     assert all(phases[p] > 0 for p in ("read_s", "validate_s", "tokenize_s", "model_s", "write_s"))
     assert phases["model_s"] <= phases["actor_s"]
+    assert phases["tokens"] > 0 and 1 <= phases["padding_overhead"] < 2
     assert "model busy" in capsys.readouterr().out
     table = read_output(out)
     assert sorted(table["doc_id"].to_pylist()) == sorted(r["doc_id"] for r in rows)

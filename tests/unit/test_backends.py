@@ -60,3 +60,21 @@ def test_int8_token_embeddings_keep_maxsim(tiny_colbert, cache_dir, docs):
     for text in ("python data cluster", "sea sun", "fast search rank"):
         (query,) = fp32.encode_queries([text])
         assert np.abs(maxsim(query, a) - maxsim(query, b)).max() / len(query) < 0.01
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_matches_fp32_on_cpu(tiny_cross_encoder, docs, dtype):
+    # The GPU path's dtypes, run on CPU: same scores as fp32 within half-precision rounding, same order.
+    queries = ["ray cluster", "fish in the sea", "fast search"]
+    pairs = [(q, d) for q in queries for d in docs]
+    fp32 = Reranker(str(tiny_cross_encoder), device="cpu", dtype="float32")
+    half = Reranker(str(tiny_cross_encoder), device="cpu", dtype=dtype)
+    assert half.scorer.backend.dtype == dtype
+    a = fp32.score_pairs(*zip(*pairs)).scores
+    b = half.score_pairs(*zip(*pairs)).scores
+    assert b.dtype == np.float32
+    spread = a.max() - a.min()
+    assert np.abs(a - b).max() < 0.02 * spread
+    for i in range(len(queries)):  # per query, the ranking survives the rounding
+        rows = slice(i * len(docs), (i + 1) * len(docs))
+        assert np.corrcoef(np.argsort(np.argsort(a[rows])), np.argsort(np.argsort(b[rows])))[0, 1] > 0.9
