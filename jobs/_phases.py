@@ -9,6 +9,8 @@ each call already runs on all of the actor's CPUs).
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,18 @@ import numpy as np
 
 PHASES = ("read_s", "validate_s", "tokenize_s", "model_wait_s", "model_s", "write_s")
 TOKENS = ("tokens", "tokens_computed")  # attended tokens; tokens the model ran, padding included
+
+
+def split_cpus(cpus_per_actor: float, model_threads: int | None, prefetch_shards: int) -> None:
+    """Give the tokenizer the actor's CPUs the model does not use; call before the first tokenizer call.
+
+    The Rust tokenizer's thread pool takes every core of the machine by default; while it encodes the
+    next shard beside a model running `engine.threads` threads, both would fight for the same cores.
+    With `engine.threads` unset (a GPU actor, or torch on all of them) or no prefetch (nothing runs
+    beside the tokenizer) it keeps all CPUs.
+    """
+    if prefetch_shards and model_threads and cpus_per_actor > model_threads and "RAYON_NUM_THREADS" not in os.environ:
+        os.environ["RAYON_NUM_THREADS"] = str(max(1, math.floor(cpus_per_actor - model_threads)))
 
 
 class Phases:

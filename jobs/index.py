@@ -41,7 +41,7 @@ from rayrank.io.storage import (StorageError, filesystem, join, list_parquet, re
 from rayrank.io.tables import (DOC_KEYS, InputSchemaError, Shard, error_rows, plan_shards, read_footers, read_shard,
                                split_duplicates, split_valid)
 from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
-from rayrank.jobs._phases import ModelGate, Phases, phase_line, summarize
+from rayrank.jobs._phases import ModelGate, Phases, phase_line, split_cpus, summarize
 from rayrank.models import resolve_model
 
 
@@ -124,6 +124,8 @@ class ShardIndexer:
 
         quiet_worker()
         self.config = IndexJobConfig.model_validate(config)
+        cluster = self.config.cluster
+        split_cpus(cluster.cpus_per_actor, self.config.engine.threads, cluster.prefetch_shards)
         self.reranker = rayrank.Reranker.from_config(self.config.engine)
         self.gate = ModelGate(self.reranker.scorer)
         self.actor = actor_id()

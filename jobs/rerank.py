@@ -37,7 +37,7 @@ from rayrank.io.storage import (StorageError, count_requests, filesystem, join, 
 from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_footers, read_shard,
                                split_valid)
 from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
-from rayrank.jobs._phases import ModelGate, Phases, phase_line, summarize
+from rayrank.jobs._phases import ModelGate, Phases, phase_line, split_cpus, summarize
 from rayrank.models import resolve_model
 
 INTERNAL = ("_source", "_row", "_seq", "score")
@@ -87,6 +87,8 @@ class ShardScorer:
 
         quiet_worker()
         self.config = RerankJobConfig.model_validate(config)
+        cluster = self.config.cluster
+        split_cpus(cluster.cpus_per_actor, self.config.engine.threads, cluster.prefetch_shards)
         self.reranker = rayrank.Reranker.from_config(self.config.engine)
         self.gate = ModelGate(self.reranker.scorer)
         self.fs_in, _ = filesystem(self.config.input, in_options)
