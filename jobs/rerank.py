@@ -94,8 +94,7 @@ class ShardScorer:
         self.fs_in, _ = filesystem(self.config.input, in_options)
         fs_out, root = filesystem(self.config.output, out_options)
         self.out = JobOutput(fs_out, root)
-        self.requests = count_requests(fs_out) if self.fs_in is fs_out else \
-            (lambda a=count_requests(self.fs_in), b=count_requests(fs_out): a() + b())
+        self.requests = count_requests(self.fs_in, fs_out)
         self.actor = actor_id()
         self.buckets, self.layouts = buckets, layouts
         self.index = None
@@ -218,8 +217,8 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     out_options = storage_options(config.storage, config.output)
     fs_in, in_root = filesystem(config.input, in_options)
     fs_out, out_root = filesystem(config.output, out_options)
-    driver_requests = [count_requests(fs) for fs in {id(fs_in): fs_in, id(fs_out): fs_out}.values()]
-    requests_before = sum(count() for count in driver_requests)
+    driver_requests = count_requests(fs_in, fs_out)
+    requests_before = driver_requests()
     files = list_parquet(fs_in, in_root)
     groups, layouts = read_footers(fs_in, files, config.columns)
     total_rows = sum(sum(counts) for counts in groups.values())
@@ -299,7 +298,7 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     cluster = {"nodes_used": len({d["node"] for d in this_run}), "nodes_lost": sorted(nodes_at_start - alive_nodes()),
                "shards_retried": sum(bool(d["retried"]) for d in this_run)}
     elapsed = time.perf_counter() - started
-    storage = _storage(this_run, rank_requests, sum(count() for count in driver_requests) - requests_before,
+    storage = _storage(this_run, rank_requests, driver_requests() - requests_before,
                        counts["rows_in"], fs_out)
     manifest = {
         "job_id": job_id, "rayrank_version": rayrank.__version__,

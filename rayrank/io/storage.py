@@ -151,22 +151,28 @@ def storage_cause(exc: BaseException) -> StorageError | None:
     return None
 
 
-def count_requests(fs: AbstractFileSystem) -> Callable[[], int]:
-    """A function returning how many HTTP requests `fs` has sent from this process (retries included).
+def count_requests(*filesystems: AbstractFileSystem) -> Callable[[], int]:
+    """A function returning how many HTTP requests `filesystems` have sent from this process (retries included).
 
     Counts with a botocore hook on s3fs's client, so every GET/PUT/HEAD/LIST/COPY/DELETE counts once
     per attempt; a local filesystem sends none. fsspec caches filesystems per process, so the hook is
-    installed once per instance and the count is the process's total: callers take differences.
+    installed once per instance (one passed twice counts once) and the count is the process's total:
+    callers take differences.
     """
-    if not is_object_store(fs) or not hasattr(fs, "s3"):
-        return lambda: 0
+    counters = [_counter(fs) for fs in {id(fs): fs for fs in filesystems}.values()]
+    return lambda: sum(counter[0] for counter in counters)
+
+
+def _counter(fs: AbstractFileSystem) -> list[int]:
     counter = getattr(fs, "_rayrank_requests", None)
     if counter is None:
-        counter = fs._rayrank_requests = [0]
-        fs.connect()
+        counter = [0]
+        if is_object_store(fs) and hasattr(fs, "s3"):
+            fs.connect()
 
-        def count(**_: Any) -> None:  # returning None lets the request go ahead
-            counter[0] += 1
+            def count(**_: Any) -> None:  # returning None lets the request go ahead
+                counter[0] += 1
 
-        fs.s3.meta.events.register("before-send.s3", count)
-    return lambda: counter[0]
+            fs.s3.meta.events.register("before-send.s3", count)
+        fs._rayrank_requests = counter
+    return counter

@@ -1,4 +1,7 @@
-"""Staging a shard as one object: every row lands in its bucket's piece, each piece reads back alone."""
+"""Staging a shard as one object: every row lands in its bucket's piece, each piece reads back alone;
+the job actors' busy-fraction arithmetic and CPU split."""
+
+import os
 
 import fsspec
 import numpy as np
@@ -6,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from rayrank.io.staging import pack_buckets, read_piece
-from rayrank.jobs._phases import summarize
+from rayrank.jobs._phases import split_cpus, summarize
 
 
 def test_pieces_hold_exactly_their_buckets_rows_in_order(tmp_path):
@@ -36,3 +39,11 @@ def test_busy_fraction_is_model_seconds_over_actor_spans():
     assert totals["actor_s"] == 8.0 and totals["actors"] == 2 and totals["model_s"] == 5.0
     assert totals["model_busy"] == pytest.approx(5 / 8) and totals["tokenize_s"] == 1.0
     assert summarize([])["model_busy"] is None
+
+
+@pytest.mark.parametrize(("cpus", "threads", "prefetch", "expected"),
+                         [(2, 1, 1, "1"), (7, 2, 1, "5"), (2, None, 1, None), (2, 1, 0, None), (1, 1, 1, None)])
+def test_tokenizer_gets_the_cpus_the_model_leaves(monkeypatch, cpus, threads, prefetch, expected):
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    split_cpus(cpus, threads, prefetch)
+    assert os.environ.get("RAYON_NUM_THREADS") == expected
