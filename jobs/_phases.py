@@ -75,6 +75,9 @@ class _SerialBackend:
             phases.tokens["tokens_computed"] += int(batch["input_ids"].size)
         return out
 
+    def __getattr__(self, name: str) -> Any:  # anything else a scorer asks of its backend
+        return getattr(self._backend, name)
+
 
 class _SerialTokenizer:
     """The scorer's tokenizer with each encode call under one lock (its truncation setting is shared state)."""
