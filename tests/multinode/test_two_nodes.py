@@ -32,7 +32,9 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHON
 
 def _ray_start(args: list[str]) -> int:
     """`ray start` one node in its own process group (returned) so the test can SIGKILL the node."""
-    proc = subprocess.Popen(["ray", "start", "--disable-usage-stats", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+    # `ray` of this interpreter (not whichever is first on PATH), so the nodes' workers import this checkout.
+    ray = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+    proc = subprocess.Popen([*ray, "start", "--disable-usage-stats", "--num-cpus=1", "--node-ip-address=127.0.0.1",
                              *args], start_new_session=True, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     output, _ = proc.communicate(timeout=120)
