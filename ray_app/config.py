@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import Field, PositiveInt, model_validator
@@ -46,6 +47,16 @@ class CacheConfig(StrictModel):
     model: str | None = None
 
 
+class AuthConfig(StrictModel):
+    """`auth.api_keys_env`: the environment variable holding the accepted API keys, comma-separated
+    (several let a key be rotated without downtime); unset or empty leaves the API open."""
+
+    api_keys_env: str = "RAYRANK_API_KEY"
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip())
+
+
 class ServeArgs(StrictModel):
     """Arguments of `rayrank.ray_app.app:build_app`. The engine's scorer defaults to late interaction (the
     bundled all-MiniLM-L6-v2); `engine: {scorer: cross-encoder, model: ...}` serves a cross-encoder."""
@@ -56,6 +67,7 @@ class ServeArgs(StrictModel):
     batching: BatchingConfig = BatchingConfig()
     admission: AdmissionConfig = AdmissionConfig()
     cache: CacheConfig = CacheConfig()
+    auth: AuthConfig = AuthConfig()
     index: str | None = Field(None, description="INDEX_DIR written by `rayrank index` (local or s3://): "
                               "documents may then be given by id")
     storage: dict[str, Any] = Field({}, description="s3fs options for an s3:// index (default: AWS_* variables)")

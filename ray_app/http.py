@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import rayrank
+from rayrank.ray_app.auth import protect
 from rayrank.ray_app.metrics import ServeMetrics
 from rayrank.ray_app.schemas import (CohereRerankRequest, CohereRerankResponse, CohereResult, ModelCard, ModelList,
                                      RequestError, TeiRerankRequest, TeiResult, check_limits)
@@ -155,5 +156,6 @@ def build_http_app(service: RerankService) -> FastAPI:
         return {"status": "ok", "model": args.model_name, "stats": service.stats(),
                 "index": None if index is None else {"url": index.url, "documents": len(index)}}
 
+    protect(app, args.auth, metrics.rejected)
     return app
 

@@ -27,6 +27,18 @@ class RequestError(Exception):
         return {"error": {"type": self.kind, "message": str(self), "field": self.field}}
 
 
+class ErrorDetail(BaseModel):
+    type: str = Field(description="what went wrong, e.g. invalid_request, unauthorized, overloaded")
+    message: str
+    field: str | None = Field(description="the request field at fault (`documents[2]`, `top_n`), if one is")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every refusal (4xx, 503)."""
+
+    error: ErrorDetail
+
+
 @dataclass(frozen=True)
 class DocumentId:
     """A document given as `{"id": ...}`: its token embeddings are read from the service's index."""
