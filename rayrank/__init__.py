@@ -4,7 +4,8 @@ This package never imports ray: `jobs/` and `ray_app/` are the Ray glue around i
 """
 
 from rayrank.config import EngineConfig
-from rayrank.errors import BatchTooLargeError, ConfigError, InvalidInputError, ModelUnavailableError, RayrankError
+from rayrank.errors import (BatchTooLargeError, ConfigError, InvalidInputError, ModelUnavailableError,
+                            RayrankError)
 from rayrank.models import ResolvedModel, resolve_model
 from rayrank.reranker import RankedResults, Reranker, Result, sigmoid
 from rayrank.scoring.base import PairScores
