@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 import rayrank
 from rayrank.ray_app.auth import protect
@@ -135,6 +136,13 @@ def build_http_app(service: RerankService) -> FastAPI:
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
         return refuse(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body that is not UTF-8, an unknown route, a wrong method), in our format."""
+        kind = "invalid_json" if exc.status_code == 400 else "invalid_request"
+        return refuse(RequestError(exc.status_code, "body" if exc.status_code == 400 else None, str(exc.detail),
+                                   kind=kind, headers=exc.headers))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

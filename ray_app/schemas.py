@@ -8,12 +8,23 @@ the configurable limits (`RequestLimits`) are checked by `check_limits`, which n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, StrictStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from rayrank.ray_app.config import RequestLimits
 from rayrank.validate import text_problem
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer: 3 and 3.0, not true or "3" (which pydantic's lax mode would take)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# 1 to 2**31 - 1: counts a request may carry (top_n, max_tokens_per_doc), bounded as the schema says.
+Count = Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_whole)]
 
 
 class RequestError(Exception):
@@ -78,7 +89,8 @@ def _strings_of(values: list[Any]) -> list[str]:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as the schema states them (no "3" or true for an integer, as lax mode allows)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     query: StrictStr
 
@@ -95,10 +107,10 @@ class CohereRerankRequest(_Request):
 
     documents: list[Any] = Field(min_length=1, description='strings, objects {"text": string}, or (when the '
                                  'service loads an index) {"id": doc_id}')
-    top_n: PositiveInt | None = None
+    top_n: Count | None = None
     return_documents: StrictBool = False
     model: StrictStr | None = None
-    max_tokens_per_doc: PositiveInt | None = Field(None, description="cut each document after this many tokens")
+    max_tokens_per_doc: Count | None = Field(None, description="cut each document after this many tokens")
 
     @field_validator("documents")
     @classmethod
@@ -110,10 +122,11 @@ class CohereV2RerankRequest(_Request):
     """Cohere Rerank v2 (`ClientV2.rerank`): documents as strings; results best first, without documents."""
 
     documents: list[Any] = Field(min_length=1, description="strings")
-    top_n: PositiveInt | None = None
+    top_n: Count | None = None
     model: StrictStr | None = None
-    max_tokens_per_doc: PositiveInt | None = Field(None, description="cut each document after this many tokens")
-    priority: int | None = Field(None, description="accepted as the SDK sends it; requests are served in order")
+    max_tokens_per_doc: Count | None = Field(None, description="cut each document after this many tokens")
+    priority: Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_whole)] | None = Field(
+        None, description="accepted as the SDK sends it; requests are served in arrival order")
 
     @field_validator("documents")
     @classmethod
