@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pyarrow as pa
 from _common import MINILM, SCIFACT, load_average, load_scifact, skip_message, table
 
 import rayrank
@@ -58,12 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=16)
     parser.add_argument("--max-chunks", type=int, default=16)
     parser.add_argument("--skip-full", action="store_true", help="leave out the full-length setting")
+    parser.add_argument("--claims", type=int, help="only the first N test claims (a quicker, noisier figure)")
     opts = parser.parse_args(argv)
     loaded = load_scifact()
     if loaded is None:
         print(skip_message(SCIFACT))
         return 0
     candidates, qrels = loaded
+    if opts.claims:
+        import pyarrow.compute as pc
+
+        keep = list(dict.fromkeys(candidates["query_id"].to_pylist()))[: opts.claims]
+        candidates = candidates.filter(pc.is_in(candidates["query_id"], value_set=pa.array(keep)))
+        qrels = {q: qrels[q] for q in keep if q in qrels}
     settings = {
         f"truncate, max_length {opts.max_length}": {"max_length": opts.max_length},
         f"chunk, max_length {opts.max_length}": {"max_length": opts.max_length, "long_documents": "chunk",
@@ -81,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                      "tokens/doc": cost["tokens"], "docs truncated": f"{cost['truncated']} of {cost['documents']}",
                      "encode+score s": cost["seconds"]})
         print(table(rows[-1:]), flush=True)
-    print(f"\nSciFact test, {len(qrels)} claims, BM25 top-100, all-MiniLM-L6-v2 late interaction; "
+    abstracts = len(set(candidates["doc_id"].to_pylist()))
+    print(f"\nSciFact test, {len(qrels)} claims ({abstracts} abstracts), BM25 top-100, all-MiniLM-L6-v2 late interaction; "
           f"load average at the end {load_average()}\n")
     print(table(rows))
     return 0
