@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                      "encode+score s": cost["seconds"]})
         print(table(rows[-1:]), flush=True)
     abstracts = len(set(candidates["doc_id"].to_pylist()))
-    print(f"\nSciFact test, {len(qrels)} claims ({abstracts} abstracts), BM25 top-100, all-MiniLM-L6-v2 late interaction; "
+    print(f"\nSciFact test, {len(qrels)} claims ({abstracts} abstracts), BM25 top-100, all-MiniLM-L6-v2 "
+          "late interaction; "
           f"load average at the end {load_average()}\n")
     print(table(rows))
     return 0
