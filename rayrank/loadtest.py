@@ -9,6 +9,10 @@ client counts too (no coordinated omission).
 replays every level through a single-server FIFO queue — same arrival times, service times
 resampled from the measured ones — printing the predicted percentiles beside the measured ones.
 A server that batches requests beats that prediction at high load; one that does not matches it.
+
+Each level also reports how many replicas answered (rayrank's `X-Rayrank-Replica` response header),
+in all and per 5 s of the level, so an autoscaler adding or removing replicas shows in the table.
+`--api-key` (default: the `RAYRANK_API_KEY` variable) is sent as `Authorization: Bearer KEY`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -27,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 PERCENTILES = (50, 95, 99, 99.9)
+REPLICA_HEADER = "X-Rayrank-Replica"
+REPLICA_WINDOW_S = 5.0
 WORDS = ("ray cluster node head worker actor task object store serve replica batch query document rank score "
          "model token embedding index search latency throughput queue python data scale memory gpu cpu").split()
 
@@ -39,6 +46,7 @@ class Sample:
     status: int
     latency: float
     error: str = ""
+    replica: str = ""  # the replica that answered (X-Rayrank-Replica), when the server names it
 
 
 def arrivals(qps: float, duration: float, rng: np.random.Generator) -> np.ndarray:
@@ -88,6 +96,24 @@ def make_payloads(n: int, docs: int, path: str, rng: np.random.Generator) -> lis
             for _ in range(n)]
 
 
+def replicas_over_time(samples: Sequence[Sample], window: float = REPLICA_WINDOW_S) -> str:
+    """Distinct replicas that answered in each `window` seconds of scheduled time, e.g. "1 2 2 1".
+
+    Example:
+        >>> replicas_over_time([Sample(0.5, 200, 0.1, replica="a"), Sample(6, 200, 0.1, replica="a"),
+        ...                     Sample(7, 200, 0.1, replica="b")])
+        '1 2'
+    """
+    named = [s for s in samples if s.replica]
+    if not named:
+        return ""
+    windows = int(max(s.scheduled for s in named) // window) + 1
+    seen: list[set[str]] = [set() for _ in range(windows)]
+    for s in named:
+        seen[int(s.scheduled // window)].add(s.replica)
+    return " ".join(str(len(w)) for w in seen)
+
+
 async def _send(session, url: str, body: bytes, due: float, origin: float, timeout: float) -> Sample:
     import aiohttp
 
@@ -96,16 +122,19 @@ async def _send(session, url: str, body: bytes, due: float, origin: float, timeo
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             await response.read()
             status, error = response.status, "" if response.status < 400 else f"HTTP {response.status}"
+            replica = response.headers.get(REPLICA_HEADER, "")
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        status, error = 0, type(exc).__name__
-    return Sample(due - origin, status, time.perf_counter() - due, error)
+        status, error, replica = 0, type(exc).__name__, ""
+    return Sample(due - origin, status, time.perf_counter() - due, error, replica)
 
 
-async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], timeout: float) -> list[Sample]:
+async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], timeout: float,
+                    api_key: str | None = None) -> list[Sample]:
     """Send `payloads[i % n]` at `schedule[i]` seconds from now, never waiting for earlier answers."""
     import aiohttp
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as session:
         origin = time.perf_counter()
         tasks = []
         for i, offset in enumerate(schedule):
@@ -115,11 +144,12 @@ async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], t
         return list(await asyncio.gather(*tasks))
 
 
-async def measure_service_times(url: str, payloads: Sequence[bytes], count: int, timeout: float) -> np.ndarray:
+async def measure_service_times(url: str, payloads: Sequence[bytes], count: int, timeout: float,
+                                api_key: str | None = None) -> np.ndarray:
     """Latencies of `count` sequential requests: service times with nothing queued."""
     out = []
     for i in range(count):
-        (sample,) = await run_level(url, np.zeros(1), [payloads[i % len(payloads)]], timeout)
+        (sample,) = await run_level(url, np.zeros(1), [payloads[i % len(payloads)]], timeout, api_key)
         if sample.status == 200:
             out.append(sample.latency)
     if not out:
@@ -147,6 +177,8 @@ class LevelResult:
         row.update({k: round(v, 1) for k, v in percentiles(ok).items()})
         if self.simulated:
             row.update({f"sim_{k}": round(v, 1) for k, v in self.simulated.items()})
+        row["replicas"] = len({s.replica for s in self.samples if s.replica})
+        row["replicas_per_5s"] = replicas_over_time(self.samples)
         row["error_kinds"] = "; ".join(f"{k} x{n}" for k, n in errors.most_common())
         return row
 
@@ -194,6 +226,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calibration-requests", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("loadtest"), help="directory for results.csv and latency.png")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--api-key", default=os.environ.get("RAYRANK_API_KEY"),
+                        help="sent as Authorization: Bearer KEY (default: $RAYRANK_API_KEY)")
     opts = parser.parse_args(argv)
     try:
         opts.levels = [float(q) for q in opts.qps.split(",")]
@@ -208,7 +242,7 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
     rng = np.random.default_rng(opts.seed)
     url = opts.url.rstrip("/") + opts.path
     payloads = make_payloads(64, opts.docs, opts.path, rng)
-    service = (await measure_service_times(url, payloads, opts.calibration_requests, opts.timeout)
+    service = (await measure_service_times(url, payloads, opts.calibration_requests, opts.timeout, opts.api_key)
                if opts.simulate else None)
     if service is not None:
         print(f"service time (sequential, n={len(service)}): p50 {np.median(service) * 1000:.1f} ms, "
@@ -217,12 +251,13 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
     rows = []
     for qps in opts.levels:
         schedule = arrivals(qps, opts.duration, rng)
-        samples = await run_level(url, schedule, payloads, opts.timeout)
+        samples = await run_level(url, schedule, payloads, opts.timeout, opts.api_key)
         simulated = None
         if service is not None:
             simulated = percentiles(simulate_fifo(schedule, rng.choice(service, size=len(schedule))))
         rows.append(LevelResult(qps, samples, opts.duration, simulated).row())
-        print(f"  {qps:g} req/s: {rows[-1]['ok']}/{rows[-1]['sent']} ok, p99 {rows[-1]['p99']} ms", flush=True)
+        print(f"  {qps:g} req/s: {rows[-1]['ok']}/{rows[-1]['sent']} ok, p99 {rows[-1]['p99']} ms, replicas "
+              f"{rows[-1]['replicas']} ({rows[-1]['replicas_per_5s'] or 'not named'} per 5 s)", flush=True)
     return rows
 
 
