@@ -12,6 +12,7 @@ import torch
 
 from rayrank.backends import Backend
 from rayrank.backends.onnx_backend import Fusion, OnnxBackend, build_onnx, weights_fingerprint
+from rayrank.backends.openvino_backend import OpenVinoBackend
 from rayrank.backends.torch_backend import TorchBackend
 from rayrank.batching import plan_batches
 from rayrank.config import EngineConfig
@@ -33,7 +34,14 @@ class PairScores:
 
 
 def make_backend(config: EngineConfig, module: torch.nn.Module, model_dir: Path, head: str, hf_config) -> Backend:
-    """Wrap `module` in the configured backend; for ONNX, export it (once) under a content key."""
+    """Wrap `module` in the configured backend; for ONNX and OpenVINO, export it (once) under a content key.
+
+    `backend="auto"` must be resolved first (`rayrank.backends.auto`, done by `Reranker`).
+    """
+    if config.backend == "auto":
+        raise ValueError("backend='auto' is resolved by rayrank.Reranker before a backend is built.")
+    if config.backend == "openvino" and config.quantize != "none":
+        raise ValueError("quantize='int8' needs backend='onnx'; the openvino backend runs fp32/bf16.")
     if config.backend == "torch":
         if config.quantize != "none":
             raise ValueError("quantize='int8' needs backend='onnx'; the torch backend runs fp32/fp16/bf16.")
@@ -43,6 +51,8 @@ def make_backend(config: EngineConfig, module: torch.nn.Module, model_dir: Path,
     fusion = family and Fusion(family, hf_config.num_attention_heads, hf_config.hidden_size)
     path = build_onnx(module, key=key, fusion=fusion, quantize=config.quantize,
                       cache_dir=Path(config.cache_dir) if config.cache_dir else None)
+    if config.backend == "openvino":
+        return OpenVinoBackend(path, dtype=config.dtype, threads=config.threads)
     return OnnxBackend(path, device=config.device, threads=config.threads)
 
 

@@ -1,0 +1,179 @@
+"""One system of bench/peers.py, in its own process and virtual environment, timed on request.
+
+    python _peer_worker.py SYSTEM SPEC.json
+
+Loads SYSTEM (exporting what it needs into the spec's work folder first), prints `@@{"ready": ...}`, then for
+each stdin line `run SIZE` scores the spec's pairs once at batch size (or token budget) SIZE and
+prints one line `@@` + JSON: {"seconds": ..., "scores": [...]} (raw logits). `quit` ends it. The
+orchestrator alternates these requests across all systems, so every system sees the same load.
+Runs under the peers' virtual environment (sentence-transformers 5.x with transformers 4.x, FlashRank)
+or ours (rayrank), importing only what SYSTEM needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+Runner = Callable[[int], list[float]]
+
+
+def _st(spec: dict, backend: str = "torch", file_name: str | None = None) -> Runner:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.set_num_threads(spec["threads"])
+    kwargs = {"model_kwargs": {"file_name": file_name}} if file_name else {}
+    model = CrossEncoder(spec["peer_model"], device="cpu", backend=backend, activation_fn=torch.nn.Identity(),
+                         **kwargs)
+    pairs = list(zip(spec["queries"], spec["docs"]))
+    return lambda size: model.predict(pairs, batch_size=size, show_progress_bar=False).tolist()
+
+
+def _st_onnx_optimized(spec: dict, level: str) -> Runner:
+    from sentence_transformers import CrossEncoder, export_optimized_onnx_model
+
+    folder = spec["peer_model"]
+    if not (Path(folder) / "onnx" / f"model_{level}.onnx").is_file():
+        export_optimized_onnx_model(CrossEncoder(folder, backend="onnx", device="cpu"), level, folder)
+    return _st(spec, "onnx", f"onnx/model_{level}.onnx")
+
+
+def _st_onnx_qint8(spec: dict) -> Runner:
+    from sentence_transformers import CrossEncoder, export_dynamic_quantized_onnx_model
+
+    folder = spec["peer_model"]
+    if not (Path(folder) / "onnx" / "model_qint8_avx512_vnni.onnx").is_file():
+        export_dynamic_quantized_onnx_model(CrossEncoder(folder, backend="onnx", device="cpu"), "avx512_vnni", folder)
+    return _st(spec, "onnx", "onnx/model_qint8_avx512_vnni.onnx")
+
+
+def _st_openvino_qint8(spec: dict) -> Runner:
+    """Static int8 with NNCF calibration, as sentence-transformers documents it; the calibration set
+    is a local folder of DL20 passages (its default, GLUE SST-2, would need the Hugging Face hub)."""
+    from optimum.intel import OVQuantizationConfig
+    from sentence_transformers import CrossEncoder, export_static_quantized_openvino_model
+
+    folder = spec["peer_model"]
+    target = Path(folder) / "openvino" / "openvino_model_qint8_quantized.xml"
+    if not target.is_file():
+        calibration = Path(spec["work"]) / "calibration"
+        calibration.mkdir(exist_ok=True)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": spec["calibration"]}), calibration / "train.parquet")
+        model = CrossEncoder(folder, backend="openvino", device="cpu")
+        export_static_quantized_openvino_model(model, OVQuantizationConfig(num_samples=len(spec["calibration"])),
+                                               folder, dataset_name=str(calibration), dataset_config_name="default",
+                                               dataset_split="train", column_name="text")
+    return _st(spec, "openvino", "openvino/openvino_model_qint8_quantized.xml")
+
+
+def _flashrank(spec: dict, quantized: bool) -> Runner:
+    """FlashRank over the same weights, exported to the layout it reads from its cache folder.
+
+    FlashRank names its files per model; `ms-marco-MiniLM-L-12-v2` is its int8 (`_Q`) slot and
+    `ms-marco-TinyBERT-L-2-v2` an fp32 one. Each query's candidates are one padded batch (its API).
+    """
+    import numpy as np
+    from flashrank import Ranker, RerankRequest
+    from flashrank.Config import model_file_map
+    from sentence_transformers import CrossEncoder, export_dynamic_quantized_onnx_model
+
+    folder = Path(spec["peer_model"])
+    name = "ms-marco-MiniLM-L-12-v2" if quantized else "ms-marco-TinyBERT-L-2-v2"
+    cache = Path(spec["work"]) / "flashrank"
+    target = cache / name
+    if not (target / model_file_map[name]).is_file():
+        source = folder / "onnx" / ("model_qint8_avx512_vnni.onnx" if quantized else "model.onnx")
+        if not source.is_file():
+            model = CrossEncoder(str(folder), backend="onnx", device="cpu")
+            model.save_pretrained(str(folder))  # writes onnx/model.onnx
+            if quantized:
+                export_dynamic_quantized_onnx_model(model, "avx512_vnni", str(folder))
+        target.mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            if (folder / f).is_file():
+                shutil.copy(folder / f, target / f)
+        shutil.copy(source, target / model_file_map[name])
+    ranker = Ranker(model_name=name, cache_dir=str(cache), max_length=spec["max_length"], log_level="WARNING")
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(spec["queries"]):
+        groups.setdefault(q, []).append(i)
+
+    def run(size: int) -> list[float]:
+        scores = np.empty(len(spec["queries"]))
+        for query, rows in groups.items():
+            passages = [{"id": r, "text": spec["docs"][r]} for r in rows]
+            for p in ranker.rerank(RerankRequest(query=query, passages=passages)):
+                prob = min(max(float(p["score"]), 1e-12), 1 - 1e-12)
+                scores[p["id"]] = np.log(prob / (1 - prob))  # back to logits, to compare with the others
+        return scores.tolist()
+
+    return run
+
+
+def _rayrank(spec: dict, **settings) -> Runner:
+    import rayrank
+
+    reranker = rayrank.Reranker(spec["our_model"], cache_dir=str(Path(spec["work"]) / "rayrank-cache"),
+                                threads=spec["threads"], **settings)
+    queries, docs = spec["queries"], spec["docs"]
+
+    def run(budget: int) -> list[float]:
+        reranker.scorer.config = reranker.scorer.config.model_copy(update={"max_tokens_per_batch": budget})
+        return reranker.score_pairs(queries, docs).scores.tolist()
+
+    run.setting = f"{reranker.config.backend}/{reranker.config.dtype}"  # type: ignore[attr-defined]
+    return run
+
+
+SYSTEMS: dict[str, Callable[[dict], Runner]] = {
+    "st torch fp32 (plain predict)": lambda s: _st(s),
+    "st onnx": lambda s: _st(s, "onnx"),
+    "st onnx O3": lambda s: _st_onnx_optimized(s, "O3"),
+    "st onnx O4": lambda s: _st_onnx_optimized(s, "O4"),
+    "st onnx qint8 (dynamic)": _st_onnx_qint8,
+    "st openvino": lambda s: _st(s, "openvino"),
+    "st openvino qint8 (static)": _st_openvino_qint8,
+    "flashrank fp32": lambda s: _flashrank(s, quantized=False),
+    "flashrank int8": lambda s: _flashrank(s, quantized=True),
+    "rayrank torch fp32": lambda s: _rayrank(s, backend="torch", dtype="float32"),
+    "rayrank torch bf16": lambda s: _rayrank(s, backend="torch", dtype="bfloat16"),
+    "rayrank onnx fp32": lambda s: _rayrank(s, backend="onnx"),
+    "rayrank onnx int8": lambda s: _rayrank(s, backend="onnx", quantize="int8"),
+    "rayrank openvino fp32": lambda s: _rayrank(s, backend="openvino", dtype="float32"),
+    "rayrank openvino bf16": lambda s: _rayrank(s, backend="openvino", dtype="bfloat16"),
+    "rayrank auto": lambda s: _rayrank(s, backend="auto"),
+}
+
+
+def main() -> int:
+    system, spec_path = sys.argv[1], sys.argv[2]
+    spec = json.loads(Path(spec_path).read_text())
+    runner = SYSTEMS[system](spec)
+    # warm-up: thread pools, first-shape compilation
+    runner(spec["warmup_budget" if system.startswith("rayrank") else "warmup_size"])
+    print("@@" + json.dumps({"ready": True, "setting": getattr(runner, "setting", None)}), flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        started = time.perf_counter()
+        scores = runner(int(command[1]))
+        print("@@" + json.dumps({"seconds": time.perf_counter() - started, "scores": scores}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
