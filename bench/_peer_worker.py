@@ -1,11 +1,13 @@
 """One system of bench/peers.py, in its own process and virtual environment, timed on request.
 
-    python _peer_worker.py SYSTEM SPEC.json
+    python _peer_worker.py SYSTEM SPEC.json [--prepare]
 
 Loads SYSTEM (exporting what it needs into the spec's work folder first), prints `@@{"ready": ...}`, then for
 each stdin line `run SIZE` scores the spec's pairs once at batch size (or token budget) SIZE and
 prints one line `@@` + JSON: {"seconds": ..., "scores": [...]} (raw logits). `quit` ends it. The
 orchestrator alternates these requests across all systems, so every system sees the same load.
+`--prepare` only exports (ONNX files, OpenVINO IR, rayrank's auto choice) and exits, so the process
+that is timed later holds no exporter's memory.
 Runs under the peers' virtual environment (sentence-transformers 5.x with transformers 4.x, FlashRank)
 or ours (rayrank), importing only what SYSTEM needs.
 """
@@ -138,6 +140,63 @@ def _rayrank(spec: dict, **settings) -> Runner:
     return run
 
 
+def _pylate(spec: dict) -> Runner:
+    """PyLate's `models.ColBERT` over the bundled backbone (it adds its 384→128 projection)."""
+    import torch
+    from pylate import models
+
+    torch.set_num_threads(spec["threads"])
+    model = models.ColBERT(model_name_or_path=spec["li_model"], device="cpu")
+    docs = spec["li_docs"]
+    return lambda size: [len(e) for e in model.encode(docs, is_query=False, batch_size=size,
+                                                      show_progress_bar=False)]
+
+
+def _rayrank_encoder(spec: dict, **settings) -> Runner:
+    import rayrank
+
+    reranker = rayrank.Reranker(spec["li_model"], scorer="late-interaction", threads=spec["threads"],
+                                cache_dir=str(Path(spec["work"]) / "rayrank-cache"), **settings)
+    docs = spec["li_docs"]
+
+    def run(budget: int) -> list[float]:
+        reranker.scorer.config = reranker.scorer.config.model_copy(update={"max_tokens_per_batch": budget})
+        return [len(e) for e in reranker.scorer.encode_documents(docs)]
+
+    run.setting = f"{reranker.config.backend}/{reranker.config.dtype}"  # type: ignore[attr-defined]
+    return run
+
+
+def fastplaid(spec: dict) -> None:
+    """FastPlaid on each search case: index build seconds from precomputed embeddings, then queries/s.
+
+    Prints `@@` + JSON per case: build_s, search_s (best of `rounds`), hits (doc numbers, best first).
+    """
+    import numpy as np
+    import torch
+    from fast_plaid import search
+
+    torch.set_num_threads(spec["threads"])
+    for case in spec["plaid_cases"]:
+        docs, queries = np.load(case["docs"]), np.load(case["queries"])
+        split = lambda flat, sizes: [torch.from_numpy(a.astype(np.float32)) for a in
+                                     np.split(flat, np.cumsum(sizes)[:-1])]
+        doc_list, query_list = split(docs["flat"], docs["sizes"]), split(queries["flat"], queries["sizes"])
+        shutil.rmtree(case["index"], ignore_errors=True)
+        started = time.perf_counter()
+        index = search.FastPlaid(index=case["index"], device="cpu")
+        index.create(documents_embeddings=doc_list, nbits=case["nbits"], kmeans_niters=case["kmeans_niters"])
+        build = time.perf_counter() - started
+        best, hits = float("inf"), None
+        for _ in range(case["rounds"]):
+            started = time.perf_counter()
+            hits = index.search(queries_embeddings=query_list, top_k=case["k"], show_progress=False,
+                                n_full_scores=case["n_full_scores"], n_ivf_probe=case["n_ivf_probe"])
+            best = min(best, time.perf_counter() - started)
+        print("@@" + json.dumps({"case": case["name"], "build_s": build, "search_s": best,
+                                 "hits": [[int(d) for d, _ in h] for h in hits]}), flush=True)
+
+
 SYSTEMS: dict[str, Callable[[dict], Runner]] = {
     "st torch fp32 (plain predict)": lambda s: _st(s),
     "st onnx": lambda s: _st(s, "onnx"),
@@ -155,13 +214,21 @@ SYSTEMS: dict[str, Callable[[dict], Runner]] = {
     "rayrank openvino fp32": lambda s: _rayrank(s, backend="openvino", dtype="float32"),
     "rayrank openvino bf16": lambda s: _rayrank(s, backend="openvino", dtype="bfloat16"),
     "rayrank auto": lambda s: _rayrank(s, backend="auto"),
+    "pylate ColBERT encode": _pylate,
+    "rayrank encode_documents torch fp32": lambda s: _rayrank_encoder(s, backend="torch", dtype="float32"),
+    "rayrank encode_documents auto": lambda s: _rayrank_encoder(s, backend="auto"),
 }
 
 
 def main() -> int:
     system, spec_path = sys.argv[1], sys.argv[2]
     spec = json.loads(Path(spec_path).read_text())
+    if system == "fastplaid":
+        fastplaid(spec)
+        return 0
     runner = SYSTEMS[system](spec)
+    if "--prepare" in sys.argv[3:]:
+        return 0
     # warm-up: thread pools, first-shape compilation
     runner(spec["warmup_budget" if system.startswith("rayrank") else "warmup_size"])
     print("@@" + json.dumps({"ready": True, "setting": getattr(runner, "setting", None)}), flush=True)

@@ -13,7 +13,12 @@ round counts. Prints pairs/s, × plain predict, max |Δ logit| and Kendall τ ag
     python bench/peers.py --peer-python PATH/bin/python --pairs 300 --rounds 3
     python bench/peers.py --systems "st openvino,rayrank openvino bf16"
 
-Late interaction: see bench/peers_li.py.
+Late interaction (`--part late`, PyLate and fast-plaid in a third venv, `--li-python`): SciFact
+document encoding docs/s, PyLate `models.ColBERT` over the bundled all-MiniLM-L6-v2 against our
+`encode_documents`; then search on the same (our) token embeddings: index build seconds from
+precomputed embeddings, queries/s, nDCG@10 / Recall@100 on the SciFact test claims and Recall@100
+against exact search, for our exact scan, our IVF and FastPlaid, on SciFact and on a synthetic
+100,000-document corpus.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from _common import DL20, REPO, load_average, load_dl20, minilm_cross_encoder, skip_message, table
+from _common import DL20, MINILM, REPO, SCIFACT, load_average, load_dl20, minilm_cross_encoder, skip_message, table
 
 WORKER = Path(__file__).resolve().parent / "_peer_worker.py"
 PEER_PACKAGES = ["sentence-transformers[onnx,openvino]>=5,<6", "transformers>=4.41,<5", "huggingface-hub<1.0",
@@ -71,6 +76,10 @@ class Worker:
     def __init__(self, name: str, python: Path, spec_path: Path, log: Path) -> None:
         self.name = name
         self.log = log.open("w")
+        prepare = subprocess.run([str(python), str(WORKER), name, str(spec_path), "--prepare"], stdout=self.log,
+                                 stderr=self.log, cwd=REPO)
+        if prepare.returncode:
+            raise RuntimeError(f"{name} failed to prepare ({prepare.returncode}); see {log}")
         self.proc = subprocess.Popen([str(python), str(WORKER), name, str(spec_path)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=REPO)
         self.setting = self._read().get("setting")
@@ -178,6 +187,161 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _flat(embeddings: list[np.ndarray]) -> dict[str, np.ndarray]:
+    return {"flat": np.concatenate(embeddings).astype(np.float16), "sizes": np.array([len(e) for e in embeddings])}
+
+
+def _unflat(data) -> list[np.ndarray]:
+    return np.split(data["flat"], np.cumsum(data["sizes"])[:-1])
+
+
+def late_encoding(args, work: Path, texts: list[str], model: str) -> list[dict]:
+    """Docs/s of PyLate's ColBERT encoder against ours on the same SciFact abstracts, round-robin."""
+    spec = {"li_docs": texts, "li_model": model, "threads": args.threads, "work": str(work), "warmup_size": 16,
+            "warmup_budget": 4096}
+    spec_path = work / "li-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    names = {"pylate ColBERT encode": args.li_python, "rayrank encode_documents torch fp32": Path(sys.executable),
+             "rayrank encode_documents auto": Path(sys.executable)}
+    workers = {n: Worker(n, python, spec_path, work / f"{n.replace(' ', '_')}.log") for n, python in names.items()}
+    sizes = {n: (args.token_budgets if n.startswith("rayrank") else args.batch_sizes) for n in workers}
+    times: dict[str, dict[int, list[float]]] = {n: {} for n in workers}
+    try:
+        for step in range(max(len(v) for v in sizes.values())):
+            for name, worker in workers.items():
+                if step < len(sizes[name]):
+                    times[name].setdefault(sizes[name][step], []).append(worker.run(sizes[name][step])[0])
+        best = {n: min(t, key=lambda size: min(t[size])) for n, t in times.items()}
+        for _ in range(args.rounds):
+            for name, worker in workers.items():
+                times[name][best[name]].append(worker.run(best[name])[0])
+    finally:
+        for worker in workers.values():
+            worker.close()
+    base = min(times["pylate ColBERT encode"][best["pylate ColBERT encode"]])
+    return [{"encoder": n, "setting": workers[n].setting or "", "size": best[n],
+             "docs/s": len(texts) / min(times[n][best[n]]), "× PyLate": base / min(times[n][best[n]])}
+            for n in workers]
+
+
+def synthetic_corpus(docs: int, queries: int, dim: int = 128, topics: int = 1024, seed: int = 0):
+    """Token embeddings that cluster around topics like real ones; each query is a noisy part of one document."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((topics, dim)).astype(np.float32)
+    unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float16)
+    sizes = rng.integers(8, 49, size=docs)
+    doc_topics = rng.integers(0, topics, size=(docs, 4))  # each document mixes 4 topics
+    flat = np.empty((int(sizes.sum()), dim), np.float16)
+    at = 0
+    for i, n in enumerate(sizes):
+        picked = centres[doc_topics[i, rng.integers(0, 4, size=n)]]
+        flat[at:at + n] = unit(picked + 0.5 * rng.standard_normal((n, dim)).astype(np.float32))
+        at += n
+    documents = np.split(flat, np.cumsum(sizes)[:-1])
+    sources = rng.integers(0, docs, size=queries)
+    query_list = [unit(documents[d][rng.integers(0, len(documents[d]), size=8)].astype(np.float32)
+                       + 0.3 * rng.standard_normal((8, dim)).astype(np.float32)).astype(np.float32) for d in sources]
+    return documents, query_list
+
+
+def late_search(args, work: Path, name: str, documents: list[np.ndarray], queries: list[np.ndarray],
+                qrels=None, doc_ids: list[str] | None = None, query_ids: list[str] | None = None) -> list[dict]:
+    """Index build s and queries/s of ours (exact, IVF) and FastPlaid on the same embeddings.
+
+    Quality: nDCG@10/Recall@100 against qrels where given; always Recall@100 against our exact search.
+    """
+    from rayrank.evaluate import evaluate
+    from rayrank.index import IndexReader, IvfSearcher, exact_search
+    from rayrank.index.build import write_index
+
+    k = 100
+    doc_ids = doc_ids or [str(i) for i in range(len(documents))]
+    root = work / f"ix-{name}"
+    shutil.rmtree(root, ignore_errors=True)
+    started = time.perf_counter()
+    write_index(str(root), doc_ids, documents, centroids=args.centroids)
+    build = time.perf_counter() - started
+    reader = IndexReader(str(root))
+    started = time.perf_counter()
+    ivf = IvfSearcher(reader, args.nprobe, args.ivf_candidates)
+    ivf_build = time.perf_counter() - started
+
+    np.savez(work / f"{name}-docs.npz", **_flat(documents))
+    np.savez(work / f"{name}-queries.npz", **_flat(queries))
+    plaid_spec = {"threads": args.threads, "plaid_cases": [{
+        "name": name, "docs": str(work / f"{name}-docs.npz"), "queries": str(work / f"{name}-queries.npz"),
+        "index": str(work / f"plaid-{name}"), "k": k, "nbits": 4, "kmeans_niters": 4, "rounds": args.rounds,
+        "n_full_scores": args.plaid_full_scores, "n_ivf_probe": args.plaid_probe}]}
+    (work / f"plaid-{name}.json").write_text(json.dumps(plaid_spec))
+    with (work / f"fastplaid-{name}.log").open("w") as log:
+        done = subprocess.run([str(args.li_python), str(WORKER), "fastplaid", str(work / f"plaid-{name}.json")],
+                              stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
+    plaid = next((json.loads(line[2:]) for line in done.stdout.splitlines() if line.startswith("@@")), None)
+
+    def timed(fn):
+        best, out = float("inf"), None
+        for _ in range(args.rounds):
+            started = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - started)
+        return best, out
+
+    exact_s, exact_hits = timed(lambda: exact_search(reader, queries, k))
+    ivf_s, ivf_hits = timed(lambda: ivf.search(queries, k))
+    exact_sets = [set(ids) for ids, _ in exact_hits]
+    results = {"rayrank exact": (build, exact_s, [ids for ids, _ in exact_hits]),
+               f"rayrank IVF (nprobe {args.nprobe}, {args.ivf_candidates} cand.)":
+                   (build + ivf_build, ivf_s, [ids for ids, _ in ivf_hits])}
+    if plaid is not None:
+        results["FastPlaid (nbits 4)"] = (plaid["build_s"], plaid["search_s"],
+                                          [[doc_ids[d] for d in h] for h in plaid["hits"]])
+    rows = []
+    for system, (build_s, search_s, hits) in results.items():
+        row = {"corpus": f"{name} ({len(documents):,} docs)", "search": system, "build s": build_s,
+               "queries/s": len(queries) / search_s,
+               "R@100 vs exact": float(np.mean([len(set(h) & e) / len(e) for h, e in zip(hits, exact_sets)]))}
+        if qrels is not None:
+            run = {qid: {d: float(k - r) for r, d in enumerate(h)} for qid, h in zip(query_ids, hits)}
+            metrics = evaluate(run, qrels)
+            row.update({"nDCG@10": metrics.ndcg_at_10, "R@100": metrics.recall_at_100})
+        rows.append(row)
+    if plaid is None:
+        rows.append({"corpus": name, "search": "FastPlaid", "build s": "failed (see log)"})
+    return rows
+
+
+def late_interaction(args, work: Path) -> None:
+    import pyarrow.parquet as pq
+
+    import rayrank
+    from rayrank.evaluate import load_qrels
+    from rayrank.models import resolve_model
+
+    corpus = pq.read_table(SCIFACT / "corpus.parquet")
+    texts = [f"{t} {x}" for t, x in zip(corpus["title"].to_pylist(), corpus["text"].to_pylist())]
+    model = str(resolve_model(MINILM).path)
+    print(table(late_encoding(args, work, texts[: args.li_docs], model)), flush=True)
+
+    cached = work / "scifact-embeddings.npz"
+    queries = pq.read_table(SCIFACT / "queries.test.parquet")
+    if not cached.is_file():  # the whole corpus once with our engine (not timed here)
+        scorer = rayrank.Reranker(MINILM, scorer="late-interaction", threads=args.threads,
+                                  cache_dir=str(work / "rayrank-cache")).scorer
+        docs = scorer.encode_documents(texts)
+        q = scorer.encode_queries(queries["query"].to_pylist())
+        np.savez(cached, docs_flat=np.concatenate(docs), docs_sizes=[len(d) for d in docs],
+                 q_flat=np.concatenate(q), q_sizes=[len(x) for x in q])
+    data = np.load(cached)
+    docs = _unflat({"flat": data["docs_flat"], "sizes": data["docs_sizes"]})
+    q = [x.astype(np.float32) for x in _unflat({"flat": data["q_flat"], "sizes": data["q_sizes"]})]
+    rows = late_search(args, work, "SciFact", docs, q, load_qrels(SCIFACT / "qrels.test.txt"),
+                       corpus["doc_id"].to_pylist(), queries["query_id"].to_pylist())
+    print(table(rows, floats="{:.3f}"), flush=True)
+    if args.synthetic_docs:
+        documents, synthetic_queries = synthetic_corpus(args.synthetic_docs, args.synthetic_queries)
+        print(table(late_search(args, work, "synthetic", documents, synthetic_queries)), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=300, help="first N DL20 pairs")
@@ -193,6 +357,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", type=lambda s: s.split(","), default=None,
                         help="comma-separated subset of systems (plain predict always runs: it is the reference)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep exports and logs here (reused)")
+    parser.add_argument("--part", choices=["all", "cross-encoder", "late"], default="all")
+    parser.add_argument("--li-python", type=Path, default=Path("/work/venvs/peers-li/bin/python"),
+                        help="interpreter with pylate and fast-plaid (they pin their own torch and transformers)")
+    parser.add_argument("--li-docs", type=int, default=300, help="SciFact abstracts for the encoding timing")
+    parser.add_argument("--synthetic-docs", type=int, default=100_000, help="synthetic corpus size (0: skip)")
+    parser.add_argument("--synthetic-queries", type=int, default=100)
+    parser.add_argument("--centroids", type=int, default=None, help="our IVF centroids (default: the index job's)")
+    parser.add_argument("--nprobe", type=int, default=4)
+    parser.add_argument("--ivf-candidates", type=int, default=1024)
+    parser.add_argument("--plaid-probe", type=int, default=8, help="FastPlaid n_ivf_probe (its default)")
+    parser.add_argument("--plaid-full-scores", type=int, default=4096, help="FastPlaid n_full_scores (its default)")
     args = parser.parse_args(argv)
     if load_dl20() is None:
         print(skip_message(DL20))
@@ -202,11 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"pairs={args.pairs} rounds={args.rounds} threads={args.threads} batch sizes={args.batch_sizes} "
           f"token budgets={args.token_budgets} work={work} load={load_average()}", flush=True)
-    rows = cross_encoder(args, work)
-    print(table(rows))
-    print("\n".join(summary(rows)))
-    print(f"near-exact: max |Δ| ≤ {NEAR_EXACT_DELTA} and τ ≥ {NEAR_EXACT_TAU} against plain fp32 predict; "
-          f"load at end={load_average()}")
+    if args.part in ("all", "cross-encoder"):
+        rows = cross_encoder(args, work)
+        print(table(rows))
+        print("\n".join(summary(rows)))
+        print(f"near-exact: max |Δ| ≤ {NEAR_EXACT_DELTA} and τ ≥ {NEAR_EXACT_TAU} against plain fp32 predict; "
+              f"load={load_average()}", flush=True)
+    if args.part in ("all", "late"):
+        late_interaction(args, work)
+    print(f"load at end={load_average()}")
     return 0
 
 
