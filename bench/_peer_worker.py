@@ -1,15 +1,15 @@
-"""One system of bench/peers.py, in its own process and virtual environment, timed on request.
+"""The systems of bench/peers.py that share a virtual environment, in one process, timed on request.
 
-    python _peer_worker.py SYSTEM SPEC.json [--prepare]
+    python _peer_worker.py SYSTEM[,SYSTEM...] SPEC.json
+    python _peer_worker.py fastplaid SPEC.json
 
-Loads SYSTEM (exporting what it needs into the spec's work folder first), prints `@@{"ready": ...}`, then for
-each stdin line `run SIZE` scores the spec's pairs once at batch size (or token budget) SIZE and
-prints one line `@@` + JSON: {"seconds": ..., "scores": [...]} (raw logits). `quit` ends it. The
-orchestrator alternates these requests across all systems, so every system sees the same load.
-`--prepare` only exports (ONNX files, OpenVINO IR, rayrank's auto choice) and exits, so the process
-that is timed later holds no exporter's memory.
-Runs under the peers' virtual environment (sentence-transformers 5.x with transformers 4.x, FlashRank)
-or ours (rayrank), importing only what SYSTEM needs.
+Loads each SYSTEM in turn (exporting what it needs into the spec's work folder first, then one
+warm-up call) and prints one `@@` + JSON line per system (its setting and load seconds, or its
+error), then `@@{"ready": true}`. Each stdin line `run<TAB>SYSTEM<TAB>SIZE` then scores the spec's
+pairs once at batch size (ours: token budget) SIZE and prints `@@{"seconds": ..., "scores": [...]}`
+(raw logits; encoders return token counts). The orchestrator alternates these requests across all
+systems and processes, so every system sees the same load. One process per virtual environment:
+the peers' (sentence-transformers 5.x with transformers 4.x, FlashRank), PyLate's, or ours.
 """
 
 from __future__ import annotations
@@ -170,7 +170,8 @@ def _rayrank_encoder(spec: dict, **settings) -> Runner:
 def fastplaid(spec: dict) -> None:
     """FastPlaid on each search case: index build seconds from precomputed embeddings, then queries/s.
 
-    Prints `@@` + JSON per case: build_s, search_s (best of `rounds`), hits (doc numbers, best first).
+    Prints `@@` + JSON per case and (n_ivf_probe, n_full_scores) setting: build_s, search_s (best of
+    `rounds`), hits (doc numbers, best first).
     """
     import numpy as np
     import torch
@@ -187,14 +188,15 @@ def fastplaid(spec: dict) -> None:
         index = search.FastPlaid(index=case["index"], device="cpu")
         index.create(documents_embeddings=doc_list, nbits=case["nbits"], kmeans_niters=case["kmeans_niters"])
         build = time.perf_counter() - started
-        best, hits = float("inf"), None
-        for _ in range(case["rounds"]):
-            started = time.perf_counter()
-            hits = index.search(queries_embeddings=query_list, top_k=case["k"], show_progress=False,
-                                n_full_scores=case["n_full_scores"], n_ivf_probe=case["n_ivf_probe"])
-            best = min(best, time.perf_counter() - started)
-        print("@@" + json.dumps({"case": case["name"], "build_s": build, "search_s": best,
-                                 "hits": [[int(d) for d, _ in h] for h in hits]}), flush=True)
+        for probe, full in case["settings"]:
+            best, hits = float("inf"), None
+            for _ in range(case["rounds"]):
+                started = time.perf_counter()
+                hits = index.search(queries_embeddings=query_list, top_k=case["k"], show_progress=False,
+                                    n_full_scores=full, n_ivf_probe=probe)
+                best = min(best, time.perf_counter() - started)
+            print("@@" + json.dumps({"case": case["name"], "probe": probe, "full": full, "build_s": build,
+                                     "search_s": best, "hits": [[int(d) for d, _ in h] for h in hits]}), flush=True)
 
 
 SYSTEMS: dict[str, Callable[[dict], Runner]] = {
@@ -221,23 +223,32 @@ SYSTEMS: dict[str, Callable[[dict], Runner]] = {
 
 
 def main() -> int:
-    system, spec_path = sys.argv[1], sys.argv[2]
-    spec = json.loads(Path(spec_path).read_text())
-    if system == "fastplaid":
+    spec = json.loads(Path(sys.argv[2]).read_text())
+    if sys.argv[1] == "fastplaid":
         fastplaid(spec)
         return 0
-    runner = SYSTEMS[system](spec)
-    if "--prepare" in sys.argv[3:]:
-        return 0
-    # warm-up: thread pools, first-shape compilation
-    runner(spec["warmup_budget" if system.startswith("rayrank") else "warmup_size"])
-    print("@@" + json.dumps({"ready": True, "setting": getattr(runner, "setting", None)}), flush=True)
+    runners: dict[str, Runner] = {}
+    for system in sys.argv[1].split(","):  # loaded one after another: exports get the CPU alone
+        started = time.perf_counter()
+        try:
+            runners[system] = SYSTEMS[system](spec)
+            # warm-up: thread pools, first-shape compilation
+            runners[system](spec["warmup_budget" if system.startswith("rayrank") else "warmup_size"])
+        except Exception as exc:  # noqa: BLE001 - one peer that cannot run must not sink the others
+            import traceback
+
+            traceback.print_exc()
+            print("@@" + json.dumps({"system": system, "error": f"{type(exc).__name__}: {exc}"[:500]}), flush=True)
+            continue
+        print("@@" + json.dumps({"system": system, "setting": getattr(runners[system], "setting", None),
+                                 "load_s": time.perf_counter() - started}), flush=True)
+    print("@@" + json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
-        command = line.split()
-        if not command or command[0] == "quit":
+        command = line.rstrip("\n").split("\t")
+        if command[0] != "run":
             break
         started = time.perf_counter()
-        scores = runner(int(command[1]))
+        scores = runners[command[1]](int(command[2]))
         print("@@" + json.dumps({"seconds": time.perf_counter() - started, "scores": scores}), flush=True)
     return 0
 

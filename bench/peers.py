@@ -71,37 +71,75 @@ def ensure_peer_venv(python: Path, create: bool) -> Path:
 
 
 class Worker:
-    """One system's process: started once, then asked to score the pairs at a given size."""
+    """One process holding the systems of one virtual environment, asked to score at a given size."""
 
-    def __init__(self, name: str, python: Path, spec_path: Path, log: Path) -> None:
-        self.name = name
+    def __init__(self, names: list[str], python: Path, spec_path: Path, log: Path) -> None:
         self.log = log.open("w")
-        prepare = subprocess.run([str(python), str(WORKER), name, str(spec_path), "--prepare"], stdout=self.log,
-                                 stderr=self.log, cwd=REPO)
-        if prepare.returncode:
-            raise RuntimeError(f"{name} failed to prepare ({prepare.returncode}); see {log}")
-        self.proc = subprocess.Popen([str(python), str(WORKER), name, str(spec_path)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=REPO)
-        self.setting = self._read().get("setting")
+        self.proc = subprocess.Popen([str(python), str(WORKER), ",".join(names), str(spec_path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     cwd=REPO)
+        self.settings: dict[str, str | None] = {}
+        self.failed: dict[str, str] = {}
+        while not (message := self._read()).get("ready"):
+            if "error" in message:
+                self.failed[message["system"]] = message["error"]
+                print(f"  FAILED {message['system']}: {message['error'][:200]}", flush=True)
+            else:
+                self.settings[message["system"]] = message["setting"]
+                print(f"  loaded {message['system']} in {message['load_s']:.1f} s", flush=True)
 
     def _read(self) -> dict:
         for line in self.proc.stdout:  # type: ignore[union-attr]
             if line.startswith("@@"):
                 return json.loads(line[2:])
-        raise RuntimeError(f"{self.name} exited ({self.proc.wait()}); see {self.log.name}")
+        raise RuntimeError(f"worker exited ({self.proc.wait()}); see {self.log.name}")
 
-    def run(self, size: int) -> tuple[float, np.ndarray]:
-        self.proc.stdin.write(f"run {size}\n")  # type: ignore[union-attr]
+    def run(self, name: str, size: int) -> tuple[float, np.ndarray]:
+        self.proc.stdin.write(f"run\t{name}\t{size}\n")  # type: ignore[union-attr]
         self.proc.stdin.flush()  # type: ignore[union-attr]
         answer = self._read()
         return answer["seconds"], np.asarray(answer["scores"], dtype=np.float64)
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")  # type: ignore[union-attr]
             self.proc.stdin.close()  # type: ignore[union-attr]
-            self.proc.wait(timeout=60)
+            self.proc.wait(timeout=120)
         self.log.close()
+
+
+def alternate(workers: dict[str, Worker], sizes: dict[str, list[int]], rounds: int
+              ) -> tuple[dict[str, int], dict[str, float], dict[str, np.ndarray]]:
+    """Sweep each system's sizes once, then `rounds` at its best size, systems alternating throughout.
+
+    Returns each system's best size, its best seconds at that size, and its last output.
+    """
+    times: dict[str, dict[int, list[float]]] = {n: {} for n in workers}
+    outputs: dict[str, np.ndarray] = {}
+    for step in range(max(len(s) for s in sizes.values())):
+        for name, worker in workers.items():
+            if step < len(sizes[name]):
+                seconds, outputs[name] = worker.run(name, sizes[name][step])
+                times[name].setdefault(sizes[name][step], []).append(seconds)
+    best = {n: min(t, key=lambda size: min(t[size])) for n, t in times.items()}
+    for _ in range(rounds):
+        for name, worker in workers.items():
+            seconds, outputs[name] = worker.run(name, best[name])
+            times[name][best[name]].append(seconds)
+    return best, {n: min(times[n][best[n]]) for n in workers}, outputs
+
+
+def start_workers(groups: dict[Path, list[str]], spec_path: Path, work: Path
+                  ) -> tuple[dict[str, Worker], dict[str, str], list[Worker]]:
+    """One worker per interpreter; returns system → its worker, the systems that failed, the workers."""
+    by_system: dict[str, Worker] = {}
+    failed: dict[str, str] = {}
+    processes = []
+    for number, (python, names) in enumerate(groups.items()):
+        worker = Worker(names, python, spec_path, work / f"{spec_path.stem}-worker{number}.log")
+        processes.append(worker)
+        failed.update(worker.failed)
+        by_system.update({n: worker for n in worker.settings})
+    return by_system, failed, processes
 
 
 def _kendall(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,38 +162,20 @@ def cross_encoder(args, work: Path) -> list[dict]:
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
     wanted = [s for s in SYSTEMS if not args.systems or s[0] in args.systems or s[0] == PLAIN]
-    workers: dict[str, Worker] = {}
-    failed: dict[str, str] = {}
-    for name, in_peer_venv, _ in wanted:  # one at a time: exports and auto's timing get the CPU alone
-        started = time.perf_counter()
-        try:
-            workers[name] = Worker(name, args.peer_python if in_peer_venv else Path(sys.executable), spec_path,
-                                   work / f"{name.replace(' ', '_').replace('/', '_')}.log")
-            print(f"  loaded {name} in {time.perf_counter() - started:.1f} s", flush=True)
-        except RuntimeError as exc:
-            failed[name] = str(exc)
-            print(f"  FAILED {name}: {exc}", flush=True)
+    groups: dict[Path, list[str]] = {}
+    for name, in_peer_venv, _ in wanted:
+        groups.setdefault(args.peer_python if in_peer_venv else Path(sys.executable), []).append(name)
+    workers, failed, processes = start_workers(groups, spec_path, work)
     if PLAIN not in workers:
         raise SystemExit(f"the reference ({PLAIN}) did not load: {failed.get(PLAIN)}")
     try:
         sizes = {n: (args.token_budgets if n.startswith("rayrank") else [0] if n.startswith("flashrank")
                      else args.batch_sizes) for n in workers}
-        times: dict[str, dict[int, list[float]]] = {n: {} for n in workers}
-        scores: dict[str, np.ndarray] = {}
-        for step in range(max(len(s) for s in sizes.values())):  # sweep: every size once, alternating systems
-            for name, worker in workers.items():
-                if step < len(sizes[name]):
-                    seconds, scores[name] = worker.run(sizes[name][step])
-                    times[name].setdefault(sizes[name][step], []).append(seconds)
-        best = {n: min(t, key=lambda size: min(t[size])) for n, t in times.items()}
-        for _ in range(args.rounds):
-            for name, worker in workers.items():
-                seconds, scores[name] = worker.run(best[name])
-                times[name][best[name]].append(seconds)
+        best, seconds, scores = alternate(workers, sizes, args.rounds)
     finally:
-        for worker in workers.values():
-            worker.close()
-    plain_time = min(times[PLAIN][best[PLAIN]])
+        for process in processes:
+            process.close()
+    plain_time = seconds[PLAIN]
     reference = scores[PLAIN]
     rows = []
     for name, _, quantized in wanted:
@@ -163,12 +183,11 @@ def cross_encoder(args, work: Path) -> list[dict]:
             rows.append({"system": name, "setting": "failed to load (see log)", "size": "", "pairs/s": "",
                          "× plain": "", "max |Δ|": "", "τ": "", "class": ""})
             continue
-        seconds = min(times[name][best[name]])
         delta = float(np.abs(scores[name] - reference).max())
         tau = _kendall(scores[name], reference)
         near = delta <= NEAR_EXACT_DELTA and tau >= NEAR_EXACT_TAU
-        rows.append({"system": name, "setting": workers[name].setting or "", "size": best[name] or "per query",
-                     "pairs/s": len(queries) / seconds, "× plain": plain_time / seconds, "max |Δ|": f"{delta:.1e}",
+        rows.append({"system": name, "setting": workers[name].settings[name] or "", "size": best[name] or "per query",
+                     "pairs/s": len(queries) / seconds[name], "× plain": plain_time / seconds[name], "max |Δ|": f"{delta:.1e}",
                      "τ": tau, "class": "quantized" if quantized else ("near-exact" if near else "inexact")})
     return rows
 
@@ -201,27 +220,20 @@ def late_encoding(args, work: Path, texts: list[str], model: str) -> list[dict]:
             "warmup_budget": 4096}
     spec_path = work / "li-spec.json"
     spec_path.write_text(json.dumps(spec))
-    names = {"pylate ColBERT encode": args.li_python, "rayrank encode_documents torch fp32": Path(sys.executable),
-             "rayrank encode_documents auto": Path(sys.executable)}
-    workers = {n: Worker(n, python, spec_path, work / f"{n.replace(' ', '_')}.log") for n, python in names.items()}
-    sizes = {n: (args.token_budgets if n.startswith("rayrank") else args.batch_sizes) for n in workers}
-    times: dict[str, dict[int, list[float]]] = {n: {} for n in workers}
+    groups = {args.li_python: ["pylate ColBERT encode"],
+              Path(sys.executable): ["rayrank encode_documents torch fp32", "rayrank encode_documents auto"]}
+    workers, failed, processes = start_workers(groups, spec_path, work)
+    if "pylate ColBERT encode" not in workers:
+        raise SystemExit(f"PyLate did not load: {failed.get('pylate ColBERT encode')}")
     try:
-        for step in range(max(len(v) for v in sizes.values())):
-            for name, worker in workers.items():
-                if step < len(sizes[name]):
-                    times[name].setdefault(sizes[name][step], []).append(worker.run(sizes[name][step])[0])
-        best = {n: min(t, key=lambda size: min(t[size])) for n, t in times.items()}
-        for _ in range(args.rounds):
-            for name, worker in workers.items():
-                times[name][best[name]].append(worker.run(best[name])[0])
+        sizes = {n: (args.token_budgets if n.startswith("rayrank") else args.batch_sizes) for n in workers}
+        best, seconds, _ = alternate(workers, sizes, args.rounds)
     finally:
-        for worker in workers.values():
-            worker.close()
-    base = min(times["pylate ColBERT encode"][best["pylate ColBERT encode"]])
-    return [{"encoder": n, "setting": workers[n].setting or "", "size": best[n],
-             "docs/s": len(texts) / min(times[n][best[n]]), "× PyLate": base / min(times[n][best[n]])}
-            for n in workers]
+        for process in processes:
+            process.close()
+    base = seconds["pylate ColBERT encode"]
+    return [{"encoder": n, "setting": workers[n].settings[n] or "", "size": best[n], "docs/s": len(texts) / seconds[n],
+             "× PyLate": base / seconds[n]} for n in workers]
 
 
 def synthetic_corpus(docs: int, queries: int, dim: int = 128, topics: int = 1024, seed: int = 0):
@@ -263,20 +275,20 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
     build = time.perf_counter() - started
     reader = IndexReader(str(root))
     started = time.perf_counter()
-    ivf = IvfSearcher(reader, args.nprobe, args.ivf_candidates)
-    ivf_build = time.perf_counter() - started
+    IvfSearcher(reader)
+    ivf_build = time.perf_counter() - started  # postings: built when a searcher opens the index
 
     np.savez(work / f"{name}-docs.npz", **_flat(documents))
     np.savez(work / f"{name}-queries.npz", **_flat(queries))
     plaid_spec = {"threads": args.threads, "plaid_cases": [{
         "name": name, "docs": str(work / f"{name}-docs.npz"), "queries": str(work / f"{name}-queries.npz"),
         "index": str(work / f"plaid-{name}"), "k": k, "nbits": 4, "kmeans_niters": 4, "rounds": args.rounds,
-        "n_full_scores": args.plaid_full_scores, "n_ivf_probe": args.plaid_probe}]}
+        "settings": args.plaid}]}
     (work / f"plaid-{name}.json").write_text(json.dumps(plaid_spec))
     with (work / f"fastplaid-{name}.log").open("w") as log:
         done = subprocess.run([str(args.li_python), str(WORKER), "fastplaid", str(work / f"plaid-{name}.json")],
                               stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
-    plaid = next((json.loads(line[2:]) for line in done.stdout.splitlines() if line.startswith("@@")), None)
+    plaid = [json.loads(line[2:]) for line in done.stdout.splitlines() if line.startswith("@@")]
 
     def timed(fn):
         best, out = float("inf"), None
@@ -287,14 +299,16 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
         return best, out
 
     exact_s, exact_hits = timed(lambda: exact_search(reader, queries, k))
-    ivf_s, ivf_hits = timed(lambda: ivf.search(queries, k))
     exact_sets = [set(ids) for ids, _ in exact_hits]
-    results = {"rayrank exact": (build, exact_s, [ids for ids, _ in exact_hits]),
-               f"rayrank IVF (nprobe {args.nprobe}, {args.ivf_candidates} cand.)":
-                   (build + ivf_build, ivf_s, [ids for ids, _ in ivf_hits])}
-    if plaid is not None:
-        results["FastPlaid (nbits 4)"] = (plaid["build_s"], plaid["search_s"],
-                                          [[doc_ids[d] for d in h] for h in plaid["hits"]])
+    results = {"rayrank exact": (build, exact_s, [ids for ids, _ in exact_hits])}
+    for nprobe, candidates in args.ivf:
+        ivf = IvfSearcher(reader, nprobe, candidates)
+        ivf_s, ivf_hits = timed(lambda: ivf.search(queries, k))
+        results[f"rayrank IVF nprobe {nprobe}, {candidates} cand."] = (build + ivf_build, ivf_s,
+                                                                       [ids for ids, _ in ivf_hits])
+    for found in plaid:
+        results[f"FastPlaid nbits 4, probe {found['probe']}, {found['full']} full"] = (
+            found["build_s"], found["search_s"], [[doc_ids[d] for d in h] for h in found["hits"]])
     rows = []
     for system, (build_s, search_s, hits) in results.items():
         row = {"corpus": f"{name} ({len(documents):,} docs)", "search": system, "build s": build_s,
@@ -305,7 +319,7 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
             metrics = evaluate(run, qrels)
             row.update({"nDCG@10": metrics.ndcg_at_10, "R@100": metrics.recall_at_100})
         rows.append(row)
-    if plaid is None:
+    if not plaid:
         rows.append({"corpus": name, "search": "FastPlaid", "build s": "failed (see log)"})
     return rows
 
@@ -364,10 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-docs", type=int, default=100_000, help="synthetic corpus size (0: skip)")
     parser.add_argument("--synthetic-queries", type=int, default=100)
     parser.add_argument("--centroids", type=int, default=None, help="our IVF centroids (default: the index job's)")
-    parser.add_argument("--nprobe", type=int, default=4)
-    parser.add_argument("--ivf-candidates", type=int, default=1024)
-    parser.add_argument("--plaid-probe", type=int, default=8, help="FastPlaid n_ivf_probe (its default)")
-    parser.add_argument("--plaid-full-scores", type=int, default=4096, help="FastPlaid n_full_scores (its default)")
+    pairs = lambda text: [tuple(int(x) for x in item.split(":")) for item in text.split(",")]
+    parser.add_argument("--ivf", type=pairs, default=[(4, 1024), (16, 4096)],
+                        help="our IVF settings NPROBE:CANDIDATES,... (default: 4:1024,16:4096)")
+    parser.add_argument("--plaid", type=pairs, default=[(8, 4096), (32, 8192)],
+                        help="FastPlaid settings N_IVF_PROBE:N_FULL_SCORES,... (its default is 8:4096)")
     args = parser.parse_args(argv)
     if load_dl20() is None:
         print(skip_message(DL20))

@@ -105,6 +105,18 @@ def test_ivf_recall_against_exact(tmp_path):
     recall = np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(exact, narrow)])
     assert recall >= 0.8
     assert [h[0] for h in wide] == [h[0] for h in exact]  # probing everything is exact
+    for (_, a), (_, b) in zip(wide, exact):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("compression", ["none", "residual"])
+def test_gather_equals_per_document_reads(tmp_path, compression):
+    reader = write_index(tmp_path / "ix", random_docs(40), compression, nbits=4)
+    positions = np.array([7, 0, 39, 12, 13, 3])  # across shards, out of order
+    vectors, sizes = reader.gather(positions)
+    expected = reader.get_index(positions)
+    assert sizes.tolist() == [len(e) for e in expected] and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, np.concatenate(expected).astype(np.float32), rtol=1e-3, atol=1e-3)
 
 
 def test_residual_round_trip_error_shrinks_with_bits():
