@@ -187,7 +187,8 @@ def cross_encoder(args, work: Path) -> list[dict]:
         tau = _kendall(scores[name], reference)
         near = delta <= NEAR_EXACT_DELTA and tau >= NEAR_EXACT_TAU
         rows.append({"system": name, "setting": workers[name].settings[name] or "", "size": best[name] or "per query",
-                     "pairs/s": len(queries) / seconds[name], "× plain": plain_time / seconds[name], "max |Δ|": f"{delta:.1e}",
+                     "pairs/s": len(queries) / seconds[name], "× plain": plain_time / seconds[name],
+                     "max |Δ|": f"{delta:.1e}",
                      "τ": tau, "class": "quantized" if quantized else ("near-exact" if near else "inexact")})
     return rows
 

@@ -38,8 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import SCIFACT, skip_message  # noqa: E402
 from rayrank.evaluate import evaluate, load_qrels  # noqa: E402
 from rayrank.lab.data import to_lists  # noqa: E402
-from rayrank.lab.distill import standardize_per_query as z  # noqa: E402
-from rayrank.lab.distill import teacher_targets
+from rayrank.lab.distill import standardize_per_query as z, teacher_targets  # noqa: E402
 
 QRELS = load_qrels(SCIFACT / "qrels.train.txt") if (SCIFACT / "qrels.train.txt").is_file() else {}
 
