@@ -37,6 +37,9 @@ def _st(spec: dict, backend: str = "torch", file_name: str | None = None) -> Run
     kwargs = {"model_kwargs": {"file_name": file_name}} if file_name else {}
     model = CrossEncoder(spec["peer_model"], device="cpu", backend=backend, activation_fn=torch.nn.Identity(),
                          **kwargs)
+    exported = {"onnx": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}.get(backend)
+    if exported and not file_name and not (Path(spec["peer_model"]) / exported).is_file():
+        model.save_pretrained(spec["peer_model"])  # as sentence-transformers advises: export once
     pairs = list(zip(spec["queries"], spec["docs"]))
     return lambda size: model.predict(pairs, batch_size=size, show_progress_bar=False).tolist()
 

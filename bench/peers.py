@@ -158,7 +158,7 @@ def cross_encoder(args, work: Path) -> list[dict]:
         shutil.copytree(ours, peer_model)
     spec = {"queries": queries, "docs": docs, "our_model": str(ours), "peer_model": str(peer_model),
             "work": str(work), "threads": args.threads, "max_length": 512, "warmup_size": 32, "warmup_budget": 4096,
-            "calibration": candidates["text"].to_pylist()[args.pairs: args.pairs + 300]}
+            "calibration": candidates["text"].to_pylist()[args.pairs: args.pairs + args.calibration]}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
     wanted = [s for s in SYSTEMS if not args.systems or s[0] in args.systems or s[0] == PLAIN]
@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="max_tokens_per_batch values swept for rayrank")
     parser.add_argument("--peer-python", type=Path, default=Path("/work/venvs/peers/bin/python"),
                         help="interpreter of the peers' virtual environment (never ours: transformers 4.x)")
+    parser.add_argument("--calibration", type=int, default=64,
+                        help="DL20 passages (after the timed pairs) calibrating the peers' static int8")
     parser.add_argument("--create-peer-venv", action="store_true", help="create --peer-python's venv if absent")
     parser.add_argument("--systems", type=lambda s: s.split(","), default=None,
                         help="comma-separated subset of systems (plain predict always runs: it is the reference)")
