@@ -49,7 +49,8 @@ SYSTEMS = [
     ("st openvino qint8 (static)", True, True), ("flashrank fp32", True, False), ("flashrank int8", True, True),
     ("rayrank torch fp32", False, False), ("rayrank torch bf16", False, False), ("rayrank onnx fp32", False, False),
     ("rayrank onnx int8", False, True), ("rayrank openvino fp32", False, False),
-    ("rayrank openvino bf16", False, False), ("rayrank auto", False, False),
+    ("rayrank openvino bf16", False, False), ("rayrank openvino int8 (static)", False, True),
+    ("rayrank openvino int8 (static) bf16", False, True), ("rayrank auto", False, False),
 ]
 PLAIN = "st torch fp32 (plain predict)"
 # The bar for "near-exact" against fp32.
