@@ -43,6 +43,7 @@ from rayrank.io.tables import (DOC_KEYS, InputSchemaError, Shard, error_rows, pl
 from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 from rayrank.jobs._phases import ModelGate, Phases, phase_line, split_cpus, summarize
 from rayrank.models import resolve_model
+from rayrank.reranker import resolve_engine
 
 
 def parse_args(argv: list[str] | None) -> IndexJobConfig:
@@ -51,7 +52,7 @@ def parse_args(argv: list[str] | None) -> IndexJobConfig:
     parser.add_argument("output", nargs="?", help="INDEX_DIR: index directory (local or s3://)")
     parser.add_argument("--config", help="YAML job config (see configs/); flags override it")
     parser.add_argument("--model", help="Hugging Face id or local directory (a late-interaction encoder)")
-    parser.add_argument("--backend", choices=["torch", "onnx"])
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx", "openvino"])
     parser.add_argument("--actors", help="MIN,MAX actors (autoscaling pool), e.g. 1,4")
     parser.add_argument("--gpus-per-actor", type=float)
     parser.add_argument("--address", help="Ray address: 'auto' joins a running cluster; default starts a local Ray")
@@ -234,6 +235,10 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
         out.cleanup()
         print(f"[index] {config.output} already holds this finished index; nothing to do.", file=sys.stderr)
         return manifest
+    # backend: auto is measured (or read from its cache) once, here, so every actor runs the same setting;
+    # the job's identity keeps "auto", so a resume on this machine finds its work.
+    engine, backend_choice = resolve_engine(config.engine, resolved)
+    config = config.model_copy(update={"engine": engine})
 
     shards = plan_shards(fs_in, groups, state["shard_rows"])
     planned = {s.shard_id for s in shards}
@@ -292,7 +297,7 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
     manifest = {
         "format_version": FORMAT_VERSION, "job_id": job_id, "rayrank_version": rayrank.__version__,
         "model": {"name": resolved.name, "source": resolved.source, "path": str(resolved.path)},
-        "backend": config.engine.backend,
+        "backend": config.engine.backend, "engine_dtype": config.engine.dtype, "backend_choice": backend_choice,
         "dim": codec_stats["dim"], "dtype": "float16", "normalized": True,
         "query_max_length": codec_stats["query_max_length"],
         "document_max_length": codec_stats["document_max_length"],

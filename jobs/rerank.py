@@ -39,6 +39,7 @@ from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, 
 from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 from rayrank.jobs._phases import ModelGate, Phases, phase_line, split_cpus, summarize
 from rayrank.models import resolve_model
+from rayrank.reranker import resolve_engine
 
 INTERNAL = ("_source", "_row", "_seq", "score")
 
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     parser.add_argument("--config", help="YAML job config (see configs/); flags override it")
     parser.add_argument("--model", help="Hugging Face id or local directory")
     parser.add_argument("--scorer", choices=["cross-encoder", "late-interaction"])
-    parser.add_argument("--backend", choices=["torch", "onnx"])
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx", "openvino"])
     parser.add_argument("--quantize", choices=["none", "int8"])
     parser.add_argument("--max-tokens-per-batch", type=int)
     parser.add_argument("--max-length", type=int, help="tokens per input (wins over a checkpoint's saved limit)")
@@ -242,6 +243,10 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
         out.cleanup()
         print(f"[rerank] {config.output} already holds this job's finished results; nothing to do.", file=sys.stderr)
         return manifest
+    # backend: auto is measured (or read from its cache) once, here, so every actor runs the same setting;
+    # the job's identity keeps "auto", so a resume on this machine finds its work.
+    engine, backend_choice = resolve_engine(config.engine, resolved)
+    config = config.model_copy(update={"engine": engine})
 
     buckets = state["buckets"]
     shards = plan_shards(fs_in, groups, state["shard_rows"])
@@ -307,7 +312,8 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     manifest = {
         "job_id": job_id, "rayrank_version": rayrank.__version__,
         "model": {"name": resolved.name, "source": resolved.source, "path": str(resolved.path)},
-        "scorer": config.engine.scorer, "backend": config.engine.backend, "quantize": config.engine.quantize,
+        "scorer": config.engine.scorer, "backend": config.engine.backend, "dtype": config.engine.dtype,
+        "quantize": config.engine.quantize, "backend_choice": backend_choice,
         "input": config.input, "output": config.output, "input_files": len(files), "shards": len(shards),
         "counts": {**counts, "rows_reused": reused}, "cluster": cluster,
         "timings": {"started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),

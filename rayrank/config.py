@@ -25,6 +25,8 @@ class EngineConfig(StrictModel):
     """What model to run and how to batch it.
 
     `max_tokens_per_batch` counts padding (rows × longest row); `max_batch_size` caps rows;
+    `backend: auto` runs the fastest near-exact setting this machine measured for the model (see
+    `rayrank.backends.auto`); `dtype: bfloat16` on CPU is near-exact where AVX-512-BF16/AMX exist.
     `batch_overhead_tokens` is what one more batch costs in tokens, so the planner cuts a batch where
     that saves more padding (default: 32 on CPU, where a MiniLM call costs about 30 tokens' time
     beyond its tokens; 2048 on CUDA, where small batches leave the GPU idle).
@@ -38,7 +40,7 @@ class EngineConfig(StrictModel):
 
     model: str | None = None
     scorer: ScorerName = "cross-encoder"
-    backend: Literal["torch", "onnx"] = "torch"
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     quantize: Literal["none", "int8"] = "none"

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rayrank.backends import auto
+from rayrank.backends.onnx_backend import weights_fingerprint
+from rayrank.backends.torch_backend import pick_device
 from rayrank.config import EngineConfig
 from rayrank.errors import InvalidInputError
 from rayrank.models import ResolvedModel, resolve_model
@@ -47,24 +51,54 @@ class RankedResults:
         return len(self.results)
 
 
+def resolve_engine(config: EngineConfig, resolved: ResolvedModel | None = None
+                   ) -> tuple[EngineConfig, dict[str, Any] | None]:
+    """Replace `backend="auto"` with this machine's fastest near-exact setting; other configs pass through.
+
+    Returns the concrete config and the choice record for manifests (None when nothing was chosen).
+    On CUDA auto is torch; with `quantize="int8"` (asked for, never chosen) it is onnx, the int8 backend.
+    """
+    if config.backend != "auto":
+        return config, None
+    if config.quantize != "none" or pick_device(config.device) != "cpu":
+        backend = "onnx" if config.quantize != "none" else "torch"
+        return config.model_copy(update={"backend": backend}), {"backend": backend, "dtype": config.dtype,
+                                                                   "measured": None}
+    from transformers import AutoConfig
+
+    resolved = resolved or resolve_model(config.model_name)
+    hf = AutoConfig.from_pretrained(str(resolved.path), local_files_only=True)
+    longest = min(config.max_length or 512, getattr(hf, "max_position_embeddings", 512))
+    batches = lambda: auto.synthetic_batches(hf.vocab_size, longest, hf.pad_token_id or 0, config.max_tokens_per_batch,
+                                            config.max_batch_size, config.batch_overhead_tokens or 32)
+    load = lambda backend, dtype: load_scorer(config.model_copy(update={"backend": backend, "dtype": dtype}),
+                                              resolved).backend  # type: ignore[attr-defined]
+    key = auto.cache_key(weights_fingerprint(resolved.path), config.scorer, config.threads, config.dtype)
+    record = auto.resolve(key, load, batches, Path(config.cache_dir) if config.cache_dir else None, config.dtype)
+    return config.model_copy(update={"backend": record["backend"], "dtype": record["dtype"]}), record
+
+
 class Reranker:
     """Rerank documents for queries with a cross-encoder or a late-interaction model.
 
     Args:
         model: a Hugging Face id or local directory; defaults to the scorer's default model.
         scorer: "cross-encoder" or "late-interaction".
-        backend: "torch" or "onnx".
-        **settings: any other `EngineConfig` field (device, dtype, quantize, max_length, ...).
+        backend: "auto" (the fastest near-exact setting on this machine, measured once and cached),
+            "torch", "onnx" or "openvino".
+        **settings: any other `EngineConfig` field (device, dtype, quantize, threads, max_length, ...).
 
     Example:
         >>> reranker = Reranker("sentence-transformers/all-MiniLM-L6-v2", scorer="late-interaction")  # doctest: +SKIP
         >>> reranker.rank("what is ray?", ["Ray scales Python.", "Rays are fish."]).top_k(1)  # doctest: +SKIP
     """
 
-    def __init__(self, model: str | None = None, scorer: str = "cross-encoder", backend: str = "torch",
+    def __init__(self, model: str | None = None, scorer: str = "cross-encoder", backend: str = "auto",
                  **settings: Any) -> None:
-        self.config = EngineConfig(model=model, scorer=scorer, backend=backend, **settings)
-        self.resolved: ResolvedModel = resolve_model(self.config.model_name)
+        config = EngineConfig(model=model, scorer=scorer, backend=backend, **settings)
+        self.resolved: ResolvedModel = resolve_model(config.model_name)
+        # `config` is concrete (auto resolved); `backend_choice` is how auto chose, for manifests.
+        self.config, self.backend_choice = resolve_engine(config, self.resolved)
         self.scorer: Scorer = load_scorer(self.config, self.resolved)
 
     @classmethod

@@ -69,6 +69,15 @@ def pack_shard(shard_id: str, doc_ids: Sequence[str], embeddings: Sequence[np.nd
     return data, {"docs": len(doc_ids), "tokens": int(sizes.sum()), "vector_bytes": vector_bytes}
 
 
+def _write_shard(fs, path: str, shard_id: str, data: dict[str, bytes], compression: str) -> dict[str, dict]:
+    """Write a packed shard's files; their manifest entries by role (path, sha256, bytes)."""
+    from rayrank.index.format import write_bytes_atomic
+    from rayrank.io.storage import join
+
+    return {role: {"path": rel, "sha256": write_bytes_atomic(fs, join(path, rel), data[rel]), "bytes": len(data[rel])}
+            for role, rel in shard_files(shard_id, compression).items()}
+
+
 def repack(source, root: str, compression: str, nbits: int = 2, pool_factor: int = 1, sample_docs: int = 1024,
            centroids: int | None = None, storage_options: dict | None = None) -> dict[str, Any]:
     """Write `source` (an uncompressed, unpooled `IndexReader`) as another setting, without the model.
@@ -94,8 +103,7 @@ def repack(source, root: str, compression: str, nbits: int = 2, pool_factor: int
         positions = np.flatnonzero(source.shard_of == number)
         embeddings = [pool_tokens(e, pool_factor) for e in source.get_index(positions)]
         data, packed = pack_shard(shard["id"], [source.doc_ids[i] for i in positions], embeddings, codec, compression)
-        files = {role: {"path": rel, "sha256": write_bytes_atomic(fs, join(path, rel), data[rel]), "bytes": len(data[rel])}
-                 for role, rel in shard_files(shard["id"], compression).items()}
+        files = _write_shard(fs, path, shard["id"], data, compression)
         entries.append({"id": shard["id"], "docs": packed["docs"], "tokens": packed["tokens"], "duplicates": 0,
                         "files": files})
         vector_bytes += packed["vector_bytes"]
@@ -112,5 +120,34 @@ def repack(source, root: str, compression: str, nbits: int = 2, pool_factor: int
                      "pool_factor": pool_factor, "centroids": stats["centroids"],
                      "codec": {"path": CODEC, "sha256": codec_sha, "bytes": fs.size(join(path, CODEC))},
                      "sample_docs": stats["sample_docs"], "kmeans_tokens": stats["kmeans_tokens"]})
+    write_json_atomic(manifest, fs, join(path, MANIFEST))
+    return manifest
+
+
+def write_index(root: str, doc_ids: Sequence[str], embeddings: Sequence[np.ndarray], compression: str = "none",
+                nbits: int = 2, centroids: int | None = None, shards: int = 1, model_name: str = "",
+                sample_docs: int = 1024) -> dict[str, Any]:
+    """An index directory from arrays in one process (the index job's layout, without Ray or a model).
+
+    For benchmarks and tests that already hold token embeddings; not resumable. Returns the manifest.
+    """
+    from rayrank.index.format import CODEC, FORMAT_VERSION, MANIFEST, write_bytes_atomic
+    from rayrank.io.storage import filesystem, join, write_json_atomic
+
+    fs, path = filesystem(root)
+    codec, stats = train_codec(list(embeddings[:sample_docs]), nbits, centroids)
+    write_bytes_atomic(fs, join(path, CODEC), codec.to_bytes())
+    entries = []
+    for number, part in enumerate(np.array_split(np.arange(len(doc_ids)), shards)):
+        shard_id = f"s{number}"
+        data, packed = pack_shard(shard_id, [doc_ids[i] for i in part], [embeddings[i] for i in part], codec,
+                                  compression)
+        files = _write_shard(fs, path, shard_id, data, compression)
+        entries.append({"id": shard_id, **packed, "duplicates": 0, "files": files})
+    manifest = {"format_version": FORMAT_VERSION, "job_id": f"write_index-{len(doc_ids)}",
+                "model": {"name": model_name}, "dim": codec.dim, "dtype": "float16", "normalized": True,
+                "compression": {"kind": compression, "nbits": nbits if compression == "residual" else None,
+                                "pool_factor": 1, "centroids": stats["centroids"]},
+                "docs": len(doc_ids), "shards": entries}
     write_json_atomic(manifest, fs, join(path, MANIFEST))
     return manifest

@@ -113,5 +113,14 @@ class NpyArray:
             data = handle.read((stop - start) * self._row_bytes)
         return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows by number (sorted or not), in that order: one fancy index locally, one span read elsewhere."""
+        if self._mmap is not None:
+            return self._mmap[rows]
+        if not len(rows):
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        return self.rows(lo, hi)[rows - lo]
+
     def __len__(self) -> int:
         return int(self.shape[0])

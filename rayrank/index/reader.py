@@ -120,6 +120,25 @@ class IndexReader:
         """Like `get`, by global document number."""
         return self.get([self.doc_ids[i] for i in positions])
 
+    def gather(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 token vectors of many documents (global numbers) concatenated in that order, and their
+        sizes: one read per shard instead of one per document (the IVF stage's exact scoring)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        sizes = self.sizes[positions]
+        out = np.empty((int(sizes.sum()), self.dim), np.float32)
+        starts = np.cumsum(sizes) - sizes
+        shard_of = self.shard_of[positions]
+        for number in np.unique(shard_of):
+            mine = np.flatnonzero(shard_of == number)
+            rows = token_rows(self.offsets[positions[mine]], sizes[mine])
+            arrays = self._shard(int(number))
+            if self.compression == "residual":
+                vectors = self.codec.decompress(arrays["codes"].take(rows), arrays["residuals"].take(rows))
+            else:
+                vectors = arrays["embeddings"].take(rows)
+            out[token_rows(starts[mine], sizes[mine])] = vectors
+        return out, sizes
+
     def blocks(self, max_tokens: int) -> Iterator[Block]:
         """Stream the whole index in blocks of at most `max_tokens` token rows (one document may exceed it)."""
         first = 0

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from rayrank.index.reader import IndexReader, token_rows
-from rayrank.scoring.late_interaction import maxsim
 
 Hits = list[tuple[list[str], np.ndarray]]  # per query: doc_ids best first, float32 scores
 
@@ -89,8 +88,10 @@ class IvfSearcher:
         nprobe: centroids probed per query token.
         candidates: documents scored exactly per query, chosen by the centroid approximation.
 
-    Memory: the postings (one int32 per distinct (centroid, document) pair) and one 2-byte code per
-    token; they are built shard by shard, so building needs no more than that plus one shard.
+    Memory: two int32 per distinct (centroid, document) pair (centroid-major postings and the same
+    pairs document-major for the approximation), built shard by shard. Each query is a few array
+    operations: probe, one gather of the postings, one centroid-interaction reduction, one gather of
+    the candidates' vectors (`IndexReader.gather`) and one matmul.
     """
 
     def __init__(self, reader: IndexReader, nprobe: int = 4, candidates: int = 1024) -> None:
@@ -99,24 +100,25 @@ class IvfSearcher:
         self.reader, self.nprobe, self.candidates = reader, nprobe, candidates
         self.centroids = reader.codec.centroids.astype(np.float32)
         n = max(len(reader), 1)
-        codes, posting_centroids, posting_docs = [], [], []
+        posting_centroids, posting_docs = [np.empty(0, np.int32)], [np.empty(0, np.int32)]
         for number in range(len(reader.manifest["shards"])):
             positions = np.flatnonzero(reader.shard_of == number)
             sizes = reader.sizes[positions]
             # live token rows only: a dropped duplicate's rows stay unreferenced
             shard_codes = reader.codes(number)[token_rows(reader.offsets[positions], sizes)]
-            codes.append(shard_codes)
             # distinct (centroid, document) pairs; shards hold disjoint documents, so per shard suffices
             pairs = np.unique(shard_codes.astype(np.int64) * n + np.repeat(positions, sizes))
             posting_centroids.append((pairs // n).astype(np.int32))
             posting_docs.append((pairs % n).astype(np.int32))
-        # every document's token codes, in document order, in the stored dtype (2 bytes a token)
-        self.doc_codes = np.concatenate(codes) if codes else np.empty(0, np.uint16)
-        self.doc_starts = np.cumsum(reader.sizes) - reader.sizes
-        cents = np.concatenate(posting_centroids) if codes else np.empty(0, np.int32)
+        cents, docs = np.concatenate(posting_centroids), np.concatenate(posting_docs)
         order = np.argsort(cents, kind="stable")
-        self.posting_docs = (np.concatenate(posting_docs) if codes else np.empty(0, np.int32))[order]
+        self.posting_docs = docs[order]
         self.posting_starts = np.searchsorted(cents[order], np.arange(len(self.centroids) + 1))
+        # the same pairs document-major: each document's distinct centroids, for the approximation
+        by_doc = np.argsort(docs, kind="stable")
+        self.doc_centroids = cents[by_doc]
+        self.doc_centroid_starts = np.searchsorted(docs[by_doc], np.arange(n + 1))
+        self.doc_id_array = np.asarray(reader.doc_ids, dtype=object).astype(str)
 
     def search(self, queries: Sequence[np.ndarray], k: int) -> Hits:
         if k < 1:
@@ -127,18 +129,26 @@ class IvfSearcher:
             centroid_scores = q @ self.centroids.T  # (query tokens, centroids)
             probe = np.unique(np.argpartition(-centroid_scores, min(self.nprobe, centroid_scores.shape[1]) - 1,
                                               axis=1)[:, :self.nprobe])
-            cand = np.unique(np.concatenate([self.posting_docs[self.posting_starts[c]:self.posting_starts[c + 1]]
-                                             for c in probe]))
+            starts = self.posting_starts[probe]
+            cand = np.unique(self.posting_docs[token_rows(starts, self.posting_starts[probe + 1] - starts)])
             if len(cand) > self.candidates:
-                cand = cand[np.argsort(-self._approximate(centroid_scores, cand), kind="stable")[:self.candidates]]
-            scores = maxsim(q, self.reader.get_index(cand)) if len(cand) else np.empty(0, np.float32)
-            order = sorted(range(len(cand)), key=lambda n: (-scores[n], self.reader.doc_ids[cand[n]]))[:k]
+                approx = self._approximate(centroid_scores, cand)
+                cand = np.sort(cand[np.argpartition(-approx, self.candidates - 1)[:self.candidates]])
+            if not len(cand):
+                hits.append(([], np.empty(0, np.float32)))
+                continue
+            vectors, sizes = self.reader.gather(cand)
+            scores = np.maximum.reduceat(vectors @ q.T, np.cumsum(sizes) - sizes, axis=0).sum(axis=1)
+            chosen = np.arange(len(cand)) if len(cand) <= k else np.argpartition(-scores, k - 1)[:k]
+            # best first; ties by doc_id, like the exact search
+            order = chosen[np.lexsort((self.doc_id_array[cand[chosen]], -scores[chosen]))]
             hits.append(([self.reader.doc_ids[cand[n]] for n in order], scores[order].astype(np.float32)))
         return hits
 
     def _approximate(self, centroid_scores: np.ndarray, docs: np.ndarray) -> np.ndarray:
-        """MaxSim with every document token replaced by its centroid (PLAID's centroid interaction)."""
-        sizes = self.reader.sizes[docs]
-        per_token = centroid_scores[:, self.doc_codes[token_rows(self.doc_starts[docs], sizes)]]  # (query tokens, candidate tokens)
-        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        return np.maximum.reduceat(per_token, starts, axis=1).sum(axis=0)
+        """MaxSim with every document token replaced by its centroid (PLAID's centroid interaction), over
+        each document's distinct centroids: a max does not change when a centroid repeats."""
+        starts = self.doc_centroid_starts[docs]
+        sizes = self.doc_centroid_starts[docs + 1] - starts
+        per_centroid = centroid_scores[:, self.doc_centroids[token_rows(starts, sizes)]]  # (query tokens, pairs)
+        return np.maximum.reduceat(per_centroid, np.cumsum(sizes) - sizes, axis=1).sum(axis=0)

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from rayrank.backends import Backend
+from rayrank.backends.auto import synthetic_batches
 from rayrank.backends.onnx_backend import Fusion, OnnxBackend, build_onnx, weights_fingerprint
+from rayrank.backends.openvino_backend import OpenVinoBackend
 from rayrank.backends.torch_backend import TorchBackend
 from rayrank.batching import plan_batches
 from rayrank.config import EngineConfig
@@ -38,18 +40,35 @@ def sigmoid(scores: np.ndarray) -> np.ndarray:
 
 
 def make_backend(config: EngineConfig, module: torch.nn.Module, model_dir: Path, head: str, hf_config) -> Backend:
-    """Wrap `module` in the configured backend; for ONNX, export it (once) under a content key."""
+    """Wrap `module` in the configured backend; for ONNX and OpenVINO, export it (once) under a content key.
+
+    `backend="auto"` must be resolved first (`rayrank.backends.auto`, done by `Reranker`).
+    """
+    if config.backend == "auto":
+        raise ValueError("backend='auto' is resolved by rayrank.Reranker before a backend is built.")
     if config.backend == "torch":
         if config.quantize != "none":
-            raise ValueError("quantize='int8' needs backend='onnx'; the torch backend runs fp32/fp16/bf16.")
+            raise ValueError("quantize='int8' needs backend='onnx' or 'openvino'; the torch backend runs "
+                             "fp32/fp16/bf16.")
         return TorchBackend(module, device=config.device, dtype=config.dtype, threads=config.threads)
     key = f"{weights_fingerprint(model_dir)}-{head}"
     family = _FUSABLE.get(hf_config.model_type)
     fusion = family and Fusion(family, hf_config.num_attention_heads, hf_config.hidden_size)
-    path = build_onnx(module, key=key, fusion=fusion, quantize=config.quantize,
-                      cache_dir=Path(config.cache_dir) if config.cache_dir else None)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else None
+    if config.backend == "openvino":
+        # OpenVINO quantizes the fp32 graph itself (static int8), calibrated on synthetic pairs.
+        path = build_onnx(module, key=key, fusion=fusion, quantize="none", cache_dir=cache_dir)
+        calibration = None if config.quantize == "none" else lambda: synthetic_batches(
+            hf_config.vocab_size, min(config.max_length or 512, getattr(hf_config, "max_position_embeddings", 512)),
+            getattr(hf_config, "pad_token_id", None) or 0, config.max_tokens_per_batch, 32, 0,
+            pairs=CALIBRATION_PAIRS)
+        return OpenVinoBackend(path, dtype=config.dtype, threads=config.threads, calibration=calibration)
+    path = build_onnx(module, key=key, fusion=fusion, quantize=config.quantize, cache_dir=cache_dir)
     return OnnxBackend(path, device=config.device, threads=config.threads)
 
+
+# Synthetic pairs (batches of 32) that calibrate OpenVINO's static int8 activation scales.
+CALIBRATION_PAIRS = 256
 
 # What one more batch costs, in tokens, when the config leaves it unset (see EngineConfig).
 _BATCH_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 2048}

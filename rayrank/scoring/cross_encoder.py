@@ -55,7 +55,7 @@ class CrossEncoderScorer:
         from transformers import AutoModelForSequenceClassification
 
         # Eager attention exports to the pattern onnxruntime fuses; SDPA is faster in eager torch.
-        attn = "eager" if config.backend == "onnx" else "sdpa"
+        attn = "eager" if config.backend in ("onnx", "openvino") else "sdpa"
         model = AutoModelForSequenceClassification.from_pretrained(
             str(model_dir), local_files_only=True, attn_implementation=attn)
         if model.config.num_labels != 1:

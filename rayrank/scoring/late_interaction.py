@@ -131,7 +131,7 @@ class LateInteractionScorer:
     def __init__(self, model_dir: Path, config: EngineConfig) -> None:
         from transformers import AutoModel
 
-        attn = "eager" if config.backend == "onnx" else "sdpa"
+        attn = "eager" if config.backend in ("onnx", "openvino") else "sdpa"
         encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation=attn)
         self.tokenizer = TextTokenizer(model_dir)
         self.conventions = ColbertConventions.read(model_dir)

@@ -37,6 +37,9 @@ def test_ranks_per_query_across_files_with_passthrough(tmp_path, job_config):
     m = manifest(out)
     assert m["counts"]["rows_in"] == 24 and m["counts"]["queries"] == 4
     assert m["model"]["source"] == "local" and m["scorer"] == "late-interaction"
+    # backend: auto (the default) was resolved once by the driver, and the choice recorded
+    assert m["backend"] in ("torch", "onnx", "openvino") and m["backend_choice"]["backend"] == m["backend"]
+    assert m["config"]["engine"]["backend"] == m["backend"] and m["backend_choice"]["measured"]
 
 
 def test_top_n_and_nested_layout(tmp_path, job_config):

@@ -64,7 +64,7 @@ def test_int8_keeps_the_ranking(tiny_cross_encoder, pairs, cache_dir):
 
 def test_int8_needs_onnx(tiny_cross_encoder):
     with pytest.raises(ValueError, match="quantize='int8' needs backend='onnx'"):
-        Reranker(str(tiny_cross_encoder), quantize="int8")
+        Reranker(str(tiny_cross_encoder), backend="torch", quantize="int8")
 
 
 def test_empty_input(torch_ce):

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayrank.config import ConfigError, IndexJobConfig, RerankJobConfig, parse_config
-from rayrank.index import IndexReader, IvfSearcher, ResidualCodec, exact_search, pool_tokens
+from rayrank.index import IndexReader, IvfSearcher, ResidualCodec, build, exact_search, pool_tokens
 from rayrank.index.build import pack_shard, train_codec
-from rayrank.index.format import CODEC, FORMAT_VERSION, MANIFEST, IndexFormatError, NpyArray, write_bytes_atomic
+from rayrank.index.format import IndexFormatError, NpyArray
 from rayrank.io.storage import filesystem
 from rayrank.io.tables import split_duplicates
 from rayrank.scoring.late_interaction import maxsim
@@ -35,24 +35,10 @@ def random_docs(n: int, dim: int = 16, seed: int = 0) -> list[np.ndarray]:
 
 
 def write_index(root, docs: list[np.ndarray], compression: str = "none", nbits: int = 2, shards: int = 3,
-                centroids: int = 16, pool_factor: int = 1) -> IndexReader:
-    """An index directory the way `rayrank.jobs.index` lays it out, from arrays (the manifest keys readers use)."""
-    fs, path = filesystem(str(root))
-    codec, _ = train_codec(docs, nbits, centroids)
-    write_bytes_atomic(fs, f"{path}/{CODEC}", codec.to_bytes())
-    ids = [f"d{i}" for i in range(len(docs))]
-    entries = []
-    for s, part in enumerate(np.array_split(np.arange(len(docs)), shards)):
-        data, stats = pack_shard(f"s{s}", [ids[i] for i in part], [docs[i] for i in part], codec, compression)
-        files = {}
-        for rel, payload in data.items():
-            role = "docs" if rel.endswith(".parquet") else "codes" if ".codes." in rel else \
-                "residuals" if ".residuals." in rel else "embeddings"
-            files[role] = {"path": rel, "sha256": write_bytes_atomic(fs, f"{path}/{rel}", payload)}
-        entries.append({"id": f"s{s}", **stats, "files": files})
-    manifest = {"format_version": FORMAT_VERSION, "job_id": "test", "model": {"name": "m"}, "dim": docs[0].shape[1],
-                "compression": {"kind": compression, "nbits": nbits, "pool_factor": pool_factor}, "shards": entries}
-    (root / MANIFEST).write_text(json.dumps(manifest))
+                centroids: int = 16) -> IndexReader:
+    """An index directory the way `rayrank.jobs.index` lays it out, from arrays (`rayrank.index.build.write_index`)."""
+    build.write_index(str(root), [f"d{i}" for i in range(len(docs))], docs, compression, nbits, centroids, shards,
+                      model_name="m")
     return IndexReader(str(root))
 
 
@@ -119,6 +105,18 @@ def test_ivf_recall_against_exact(tmp_path):
     recall = np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(exact, narrow)])
     assert recall >= 0.8
     assert [h[0] for h in wide] == [h[0] for h in exact]  # probing everything is exact
+    for (_, a), (_, b) in zip(wide, exact):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("compression", ["none", "residual"])
+def test_gather_equals_per_document_reads(tmp_path, compression):
+    reader = write_index(tmp_path / "ix", random_docs(40), compression, nbits=4)
+    positions = np.array([7, 0, 39, 12, 13, 3])  # across shards, out of order
+    vectors, sizes = reader.gather(positions)
+    expected = reader.get_index(positions)
+    assert sizes.tolist() == [len(e) for e in expected] and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, np.concatenate(expected).astype(np.float32), rtol=1e-3, atol=1e-3)
 
 
 def test_residual_round_trip_error_shrinks_with_bits():
