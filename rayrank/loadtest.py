@@ -13,7 +13,8 @@ A server that batches requests beats that prediction at high load; one that does
 `--path /v1/search` loads the online funnel instead: each request asks for `--docs` results of one
 query (random words, or `--queries` from a Parquet file), with `--budget-ms` as its
 `latency_budget_ms`; the table then has a `fallback_share` column, the share of answers whose
-`meta.fallback` says a stage was skipped to meet the budget.
+`meta.fallback` says a stage was skipped to meet the budget, and each level is followed by the
+funnel's per-stage table (documents in and out, milliseconds per query p50/p99 from `meta.stages`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Sample:
     latency: float
     error: str = ""
     fallback: bool = False
+    stages: tuple[dict, ...] = ()  # /v1/search: the answer's meta.stages
 
 
 def arrivals(qps: float, duration: float, rng: np.random.Generator) -> np.ndarray:
@@ -104,12 +106,30 @@ def make_payloads(n: int, docs: int, path: str, rng: np.random.Generator, querie
             for _ in range(n)]
 
 
-def fell_back(body: bytes) -> bool:
-    """Whether a `/v1/search` answer says a stage was skipped (`meta.fallback`)."""
+def search_meta(body: bytes) -> tuple[bool, tuple[dict, ...]]:
+    """A `/v1/search` answer's `meta`: whether a stage was skipped (`fallback`), and its `stages`."""
     try:
-        return bool(json.loads(body).get("meta", {}).get("fallback"))
+        meta = json.loads(body).get("meta", {})
+        return bool(meta.get("fallback")), tuple(meta.get("stages", ()))
     except (ValueError, AttributeError):
-        return False
+        return False, ()
+
+
+def stage_table(samples: Sequence[Sample]) -> list[dict]:
+    """Per funnel stage: documents in and out (median), ms per query p50/p99, the share of answers skipping it."""
+    by_stage: dict[str, list[dict]] = {}
+    for sample in samples:
+        for stage in sample.stages:
+            by_stage.setdefault(stage["name"], []).append(stage)
+    rows = []
+    for name, seen in by_stage.items():
+        ms = [s["ms"] / 1000 for s in seen]
+        rows.append({"stage": name, "kind": seen[0]["kind"],
+                     "docs_in": int(np.median([s["documents_in"] for s in seen])),
+                     "docs_out": int(np.median([s["documents_out"] for s in seen])),
+                     "p50": round(percentiles(ms)["p50"], 1), "p99": round(percentiles(ms)["p99"], 1),
+                     "skipped_share": round(sum(bool(s["skipped"]) for s in seen) / len(seen), 3)})
+    return rows
 
 
 async def _send(session, url: str, body: bytes, due: float, origin: float, timeout: float) -> Sample:
@@ -122,7 +142,8 @@ async def _send(session, url: str, body: bytes, due: float, origin: float, timeo
             status, error = response.status, "" if response.status < 400 else f"HTTP {response.status}"
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         status, error, answer = 0, type(exc).__name__, b""
-    return Sample(due - origin, status, time.perf_counter() - due, error, status == 200 and fell_back(answer))
+    fallback, stages = search_meta(answer) if status == 200 else (False, ())
+    return Sample(due - origin, status, time.perf_counter() - due, error, fallback, stages)
 
 
 async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], timeout: float) -> list[Sample]:
@@ -254,6 +275,9 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
             simulated = percentiles(simulate_fifo(schedule, rng.choice(service, size=len(schedule))))
         rows.append(LevelResult(qps, samples, opts.duration, simulated, is_search(opts.path)).row())
         print(f"  {qps:g} req/s: {rows[-1]['ok']}/{rows[-1]['sent']} ok, p99 {rows[-1]['p99']} ms", flush=True)
+        if is_search(opts.path) and any(s.stages for s in samples):
+            print(f"  stages at {qps:g} req/s (ms per query, queueing included):\n" +
+                  format_table(stage_table(samples)), flush=True)
     return rows
 
 

@@ -12,16 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from rayrank import loadtest
 from rayrank.config import ConfigError, parse_config
 from rayrank.ray_app.search_config import SearchArgs
 from tests.serve.conftest import free_port, post
 from tests.tiny_models import WORDS
 
 
-def write_corpus(folder: Path, n: int = 60) -> Path:
-    """`n` documents `doc-0..`, each a few words of the tiny vocabulary, so BM25 finds some for any query."""
+def write_corpus(folder: Path, n: int = 60, words: int = 12) -> Path:
+    """`n` documents `doc-0..` of `words` words of the tiny vocabulary, so BM25 finds some for any query."""
     folder.mkdir(parents=True, exist_ok=True)
-    texts = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(12)) for i in range(n)]
+    texts = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(words)) for i in range(n)]
     pq.write_table(pa.table({"doc_id": [f"doc-{i}" for i in range(n)], "text": texts}), folder / "corpus.parquet")
     return folder / "corpus.parquet"
 
@@ -114,3 +115,14 @@ def test_args_errors_name_the_key(tmp_path, tiny_cross_encoder):
         funnel_args(corpus, tiny_cross_encoder, deployments={"rerank": {"num_replica": 2}})
     with pytest.raises(ConfigError, match=r"default_top_n: at most the last stage's k \(5\)"):
         funnel_args(corpus, tiny_cross_encoder, default_top_n=6)
+
+
+def test_loadtest_against_search_reports_fallback_share_and_stage_table(url, tmp_path, capsys):
+    code = loadtest.main([url, "--path", "/v1/search", "--qps", "4", "--duration", "1", "--docs", "3",
+                          "--budget-ms", "60000", "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| stage | kind | docs_in | docs_out | p50 | p99 | skipped_share |" in printed
+    assert "| rerank | rerank | 20 | 5 |" in printed
+    header, row = (tmp_path / "results.csv").read_text().splitlines()
+    assert header.endswith("max,fallback_share,error_kinds") and row.split(",")[-2] == "0.0"
