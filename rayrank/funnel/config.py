@@ -11,12 +11,13 @@ other path a rayrank command takes: run from the repository root, `../shared/...
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import pyarrow.parquet as pq
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
-from rayrank.config import ClusterConfig, ConfigError, EngineConfig, StrictModel, format_validation_error, load_yaml
+from rayrank.config import (ClusterConfig, ConfigError, EngineConfig, StrictModel, _late_interaction_engine,
+                            format_validation_error, load_yaml)
 
 RETRIEVAL = ("bm25", "dense", "late-interaction")
 
@@ -76,6 +77,8 @@ class LateInteractionStage(StageBase):
     nprobe: PositiveInt = 4
     candidates: PositiveInt = 1024
 
+    _engine = model_validator(mode="before")(_late_interaction_engine)
+
     @field_validator("engine")
     @classmethod
     def _late_interaction(cls, engine: EngineConfig) -> EngineConfig:
@@ -117,7 +120,7 @@ class RerankStage(StageBase):
         return self
 
 
-Stage = Annotated[Union[Bm25Stage, DenseStage, LateInteractionStage, FuseStage, RerankStage],
+Stage = Annotated[Bm25Stage | DenseStage | LateInteractionStage | FuseStage | RerankStage,
                   Field(discriminator="kind")]
 
 

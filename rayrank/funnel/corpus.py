@@ -15,7 +15,7 @@ import pyarrow as pa
 from rayrank.config import Columns
 from rayrank.funnel.config import CorpusConfig
 from rayrank.io.storage import filesystem, list_parquet, storage_options
-from rayrank.io.tables import DOC_KEYS, plan_shards, read_footers, read_shard, split_duplicates, split_valid
+from rayrank.io.tables import DOC_KEYS, read_unique
 
 
 @dataclass
@@ -38,19 +38,10 @@ class Corpus:
 
 def load_corpus(config: CorpusConfig, storage: dict[str, Any] | None = None) -> Corpus:
     fs, root = filesystem(config.path, storage_options(storage or {}, config.path))
-    files = list_parquet(fs, root)
-    columns = Columns(doc_id=config.doc_id, text=config.text)
-    groups, layouts = read_footers(fs, files, columns, DOC_KEYS)
-    valid, errors, rows_in = [], [], 0
-    for shard in plan_shards(fs, groups, max(1, sum(sum(c) for c in groups.values()))):
-        table, layout_errors = read_shard(fs, shard, layouts[shard.path], columns, DOC_KEYS)
-        good, bad = split_valid(table, DOC_KEYS)
-        valid.append(good)
-        errors += [layout_errors, bad]
-        rows_in += table.num_rows + layout_errors.num_rows
-    kept, duplicates = split_duplicates(pa.concat_tables(valid, promote_options="permissive"), ("doc_id",))
+    kept, errors, rows_in = read_unique(fs, list_parquet(fs, root), Columns(doc_id=config.doc_id, text=config.text),
+                                        DOC_KEYS, "doc_id")
     texts = kept["text"].to_pylist()
     if config.use_title and config.title in kept.column_names:
         titles = kept[config.title].to_pylist()
         texts = [f"{t} {x}" if isinstance(t, str) and t.strip() else x for t, x in zip(titles, texts)]
-    return Corpus(kept["doc_id"].to_pylist(), texts, pa.concat_tables(errors + [duplicates]), rows_in)
+    return Corpus(kept["doc_id"].to_pylist(), texts, errors, rows_in)

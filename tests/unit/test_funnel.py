@@ -120,7 +120,7 @@ def test_bm25_scores_are_lucene_bm25_by_hand():
     docs = ["fish fish sea", "sea light", "cat"]
     k1, b = 0.9, 0.4
     top, scores = BM25(docs, k1=k1, b=b).search_scored(["fish sea"], k=3)[0]
-    lengths, avg = np.array([3, 2, 1]), 2.0
+    avg = 2.0  # document lengths 3, 2, 1
 
     def weight(tf, length, df):
         idf = np.log(1 + (3 - df + 0.5) / (df + 0.5))
