@@ -1,4 +1,4 @@
-"""`rayrank loadtest URL --qps 5,10,20 --duration 20 --docs 20`: open-loop load on a rerank endpoint.
+"""`rayrank loadtest URL --qps 5,10,20 --duration 20 --docs 20`: open-loop load on a rerank or search endpoint.
 
 Open loop: requests leave on a fixed schedule (Poisson arrivals at the offered rate) whether or
 not earlier ones have answered, so a slow server builds a queue instead of slowing the client
@@ -9,6 +9,11 @@ client counts too (no coordinated omission).
 replays every level through a single-server FIFO queue — same arrival times, service times
 resampled from the measured ones — printing the predicted percentiles beside the measured ones.
 A server that batches requests beats that prediction at high load; one that does not matches it.
+
+`--path /v1/search` loads the online funnel instead: each request asks for `--docs` results of one
+query (random words, or `--queries` from a Parquet file), with `--budget-ms` as its
+`latency_budget_ms`; the table then has a `fallback_share` column, the share of answers whose
+`meta.fallback` says a stage was skipped to meet the budget.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 PERCENTILES = (50, 95, 99, 99.9)
 WORDS = ("ray cluster node head worker actor task object store serve replica batch query document rank score "
@@ -39,6 +45,7 @@ class Sample:
     status: int
     latency: float
     error: str = ""
+    fallback: bool = False
 
 
 def arrivals(qps: float, duration: float, rng: np.random.Generator) -> np.ndarray:
@@ -77,15 +84,32 @@ def percentiles(latencies: Sequence[float]) -> dict[str, float]:
     return {**{f"p{p:g}": float(np.percentile(values, p)) for p in PERCENTILES}, "max": float(values.max())}
 
 
-def make_payloads(n: int, docs: int, path: str, rng: np.random.Generator) -> list[bytes]:
-    """`n` distinct JSON bodies for `path` (Cohere `/v1/rerank` or TEI `/rerank`), `docs` documents each."""
-    key = "texts" if path.rstrip("/") == "/rerank" else "documents"
+def is_search(path: str) -> bool:
+    return path.rstrip("/") == "/v1/search"
 
+
+def make_payloads(n: int, docs: int, path: str, rng: np.random.Generator, queries: Sequence[str] = (),
+                  budget_ms: float | None = None) -> list[bytes]:
+    """`n` distinct JSON bodies for `path`: Cohere `/v1/rerank` or TEI `/rerank` with `docs` documents each,
+    or `/v1/search` asking for `docs` results (queries drawn from `queries` when given)."""
     def sentence(k: int) -> str:
         return " ".join(rng.choice(WORDS, size=k))
 
+    if is_search(path):
+        picked = rng.choice(list(queries), size=n) if len(queries) else [sentence(6) for _ in range(n)]
+        budget = {} if budget_ms is None else {"latency_budget_ms": budget_ms}
+        return [json.dumps({"query": str(q), "top_n": docs, **budget}).encode() for q in picked]
+    key = "texts" if path.rstrip("/") == "/rerank" else "documents"
     return [json.dumps({"query": sentence(6), key: [sentence(int(rng.integers(20, 60))) for _ in range(docs)]}).encode()
             for _ in range(n)]
+
+
+def fell_back(body: bytes) -> bool:
+    """Whether a `/v1/search` answer says a stage was skipped (`meta.fallback`)."""
+    try:
+        return bool(json.loads(body).get("meta", {}).get("fallback"))
+    except (ValueError, AttributeError):
+        return False
 
 
 async def _send(session, url: str, body: bytes, due: float, origin: float, timeout: float) -> Sample:
@@ -94,11 +118,11 @@ async def _send(session, url: str, body: bytes, due: float, origin: float, timeo
     try:
         async with session.post(url, data=body, headers={"content-type": "application/json"},
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            await response.read()
+            answer = await response.read()
             status, error = response.status, "" if response.status < 400 else f"HTTP {response.status}"
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        status, error = 0, type(exc).__name__
-    return Sample(due - origin, status, time.perf_counter() - due, error)
+        status, error, answer = 0, type(exc).__name__, b""
+    return Sample(due - origin, status, time.perf_counter() - due, error, status == 200 and fell_back(answer))
 
 
 async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], timeout: float) -> list[Sample]:
@@ -133,6 +157,7 @@ class LevelResult:
     samples: list[Sample]
     duration: float
     simulated: dict[str, float] | None = None
+    search: bool = False
 
     def elapsed(self) -> float:
         """From the level's start to its last answer (at least the scheduled duration)."""
@@ -145,6 +170,8 @@ class LevelResult:
                                              "errors": sum(errors.values()),
                                              "achieved_qps": round(len(ok) / self.elapsed(), 2)}
         row.update({k: round(v, 1) for k, v in percentiles(ok).items()})
+        if self.search:
+            row["fallback_share"] = round(sum(s.fallback for s in self.samples) / max(len(ok), 1), 3)
         if self.simulated:
             row.update({f"sim_{k}": round(v, 1) for k, v in self.simulated.items()})
         row["error_kinds"] = "; ".join(f"{k} x{n}" for k, n in errors.most_common())
@@ -185,10 +212,12 @@ def plot(rows: list[dict], path: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rayrank loadtest", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("url", help="the service, e.g. http://127.0.0.1:8000 (the path comes from --path)")
-    parser.add_argument("--path", default="/v1/rerank", help="/v1/rerank (Cohere) or /rerank (TEI)")
+    parser.add_argument("--path", default="/v1/rerank", help="/v1/rerank (Cohere), /rerank (TEI) or /v1/search")
     parser.add_argument("--qps", default="5,10,20", help="offered loads, comma-separated requests/s")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
-    parser.add_argument("--docs", type=int, default=20, help="documents per request")
+    parser.add_argument("--docs", type=int, default=20, help="documents per request (/v1/search: top_n)")
+    parser.add_argument("--budget-ms", type=float, help="/v1/search: latency_budget_ms of every request")
+    parser.add_argument("--queries", type=Path, help="/v1/search: a Parquet file whose `query` column is sent")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     parser.add_argument("--simulate", action="store_true", help="measure service times and print a FIFO prediction")
     parser.add_argument("--calibration-requests", type=int, default=20)
@@ -207,7 +236,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def _run(opts: argparse.Namespace) -> list[dict]:
     rng = np.random.default_rng(opts.seed)
     url = opts.url.rstrip("/") + opts.path
-    payloads = make_payloads(64, opts.docs, opts.path, rng)
+    queries = pq.read_table(opts.queries, columns=["query"]).column("query").to_pylist() if opts.queries else ()
+    payloads = make_payloads(64 if not queries else max(64, len(queries)), opts.docs, opts.path, rng, queries,
+                             opts.budget_ms)
     service = (await measure_service_times(url, payloads, opts.calibration_requests, opts.timeout)
                if opts.simulate else None)
     if service is not None:
@@ -221,7 +252,7 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
         simulated = None
         if service is not None:
             simulated = percentiles(simulate_fifo(schedule, rng.choice(service, size=len(schedule))))
-        rows.append(LevelResult(qps, samples, opts.duration, simulated).row())
+        rows.append(LevelResult(qps, samples, opts.duration, simulated, is_search(opts.path)).row())
         print(f"  {qps:g} req/s: {rows[-1]['ok']}/{rows[-1]['sent']} ok, p99 {rows[-1]['p99']} ms", flush=True)
     return rows
 
