@@ -18,6 +18,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_v
 
 from rayrank.config import (ClusterConfig, ConfigError, EngineConfig, StrictModel, _late_interaction_engine,
                             format_validation_error, load_yaml)
+from rayrank.funnel.llm import LlmSettings
 
 RETRIEVAL = ("bm25", "dense", "late-interaction")
 
@@ -120,7 +121,19 @@ class RerankStage(StageBase):
         return self
 
 
-Stage = Annotated[Bm25Stage | DenseStage | LateInteractionStage | FuseStage | RerankStage,
+class LlmStage(StageBase, LlmSettings):
+    """Listwise reranking of the `input` stage's list by an OpenAI-compatible endpoint (rayrank.funnel.llm):
+    `url`, `model`, `api_key_env`, `window`, `stride`, `timeout_s`, ... as in `LlmSettings`."""
+
+    kind: Literal["llm"]
+    input: str | None = None
+
+    @property
+    def settings(self) -> LlmSettings:
+        return LlmSettings.model_validate(self.model_dump(include=set(LlmSettings.model_fields)))
+
+
+Stage = Annotated[Bm25Stage | DenseStage | LateInteractionStage | FuseStage | RerankStage | LlmStage,
                   Field(discriminator="kind")]
 
 
@@ -164,7 +177,7 @@ class FunnelConfig(StrictModel):
             seen[stage.name] = stage
         return self
 
-    def input_of(self, stage: RerankStage) -> str:
+    def input_of(self, stage: RerankStage | LlmStage) -> str:
         """The stage whose list a rerank or llm stage reorders."""
         position = next(i for i, s in enumerate(self.stages) if s.name == stage.name)
         return stage.input or self.stages[position - 1].name

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from rayrank.funnel.config import (Bm25Stage, DenseStage, FunnelConfig, FuseStage, LateInteractionStage, RerankStage,
-                                   StageBase)
+from rayrank.funnel.config import (Bm25Stage, DenseStage, FunnelConfig, FuseStage, LateInteractionStage, LlmStage,
+                                   RerankStage, StageBase)
 from rayrank.funnel.corpus import Corpus, load_corpus
 
 
@@ -167,6 +167,35 @@ class PairReranker(_Stage):
         return rankings
 
 
+class LlmReranker(_Stage):
+    """Listwise reordering of each query's input list by an LLM; on a failure the input order stands.
+
+    Scores are positions (the best of n documents scores n), as the model returns an order only.
+    `counts`: `calls`, `repaired` answers, and `failure:KIND` per query that kept its input order.
+    """
+
+    def __init__(self, config: LlmStage, corpus: Corpus, source: str) -> None:
+        from rayrank.funnel.llm import ListwiseReranker
+
+        super().__init__(config)
+        self.inputs = (source,)
+        self.corpus = corpus
+        self.client = ListwiseReranker(config.settings)
+
+    def run(self, queries: Sequence[str], previous: list[Ranking]) -> list[Ranking]:
+        rankings = []
+        for query, ranking in zip(queries, previous):
+            outcome = self.client.rerank(query, ranking.doc_ids, self.corpus.texts_of(ranking.doc_ids))
+            self.counts["calls"] += outcome.calls
+            self.counts["repaired"] += outcome.repaired
+            if outcome.failure:
+                self.counts[f"failure:{outcome.failure}"] += 1
+            order = outcome.order[:self.k]
+            rankings.append(Ranking(order, np.arange(len(outcome.order), len(outcome.order) - len(order), -1,
+                                                     dtype=np.float32)))
+        return rankings
+
+
 def build_stage(config: FunnelConfig, name: str, corpus: Corpus) -> _Stage:
     """The stage called `name`, built from its config and the corpus (its index must exist)."""
     stage = next((s for s in config.stages if s.name == name), None)
@@ -180,6 +209,8 @@ def build_stage(config: FunnelConfig, name: str, corpus: Corpus) -> _Stage:
         return LateInteractionRetriever(stage, corpus, config.storage)
     if isinstance(stage, FuseStage):
         return Fuser(stage)
+    if isinstance(stage, LlmStage):
+        return LlmReranker(stage, corpus, config.input_of(stage))
     return PairReranker(stage, corpus, config.input_of(stage), config.storage)
 
 

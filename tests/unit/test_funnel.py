@@ -194,3 +194,52 @@ def test_funnel_chains_retrieval_fusion_and_rerank(corpus, tiny_encoder):
     assert li[1].doc_ids == Ranking.of(fused[1].doc_ids, direct, 2).doc_ids
     assert set(result.seconds) == set(result.rankings)
     assert f.run([]).rankings == {"bm25": [], "bm25b": [], "fused": [], "li": []}
+
+
+# --- the llm stage, over real HTTP against the OpenAI-compatible stand-in ---------------------------------
+
+@pytest.fixture
+def graded_corpus(tmp_path) -> Path:
+    path = tmp_path / "graded.parquet"
+    grades = [3, 9, 1, 7, 5, 2]
+    pq.write_table(pa.table({"doc_id": [f"g{i}" for i in range(6)],
+                             "text": [f"ray cluster {'ray ' * i}grade {g}" for i, g in enumerate(grades)]}), path)
+    return path
+
+
+def llm_funnel(corpus: Path, url: str, model: str, **llm) -> Funnel:
+    return Funnel(parse_funnel(funnel(
+        corpus, {"kind": "bm25", "name": "bm25", "k": 6, "stemmer": "none"},
+        {"kind": "llm", "name": "llm", "k": 3, "url": url, "model": model, "window": 4, "stride": 2,
+         "timeout_s": 2.0, **llm}), "test"))
+
+
+def test_llm_stage_reorders_the_previous_list_through_sliding_windows(graded_corpus):
+    from tests.openai_standin import standin
+
+    with standin() as server:
+        f = llm_funnel(graded_corpus, server.url, "grader")
+        result = f.run(["ray cluster"])
+    assert result.rankings["llm"][0].doc_ids == ["g1", "g3", "g4"]  # grades 9, 7, 5: the best bubbled up
+    assert result.rankings["llm"][0].scores.tolist() == [6.0, 5.0, 4.0]
+    from rayrank.funnel.llm import windows
+
+    assert windows(6, 4, 2) == [(2, 6), (0, 4)]  # bottom up
+    assert result.counts["llm"] == {"calls": 2} and len(server.requests) == 2
+
+
+def test_llm_failure_keeps_the_input_order_and_counts_the_reason(graded_corpus):
+    from tests.openai_standin import standin
+
+    with standin() as server:
+        f = llm_funnel(graded_corpus, server.url, "error")
+        result = f.run(["ray cluster", "ray"])
+    bm25 = result.rankings["bm25"]
+    assert [r.doc_ids for r in result.rankings["llm"]] == [r.doc_ids[:3] for r in bm25]
+    assert result.counts["llm"] == {"calls": 2, "failure:http_status": 2}
+
+
+def test_llm_stage_before_retrieval_and_bad_settings_name_the_key(corpus):
+    llm = {"kind": "llm", "name": "llm", "k": 3, "url": "http://127.0.0.1:9/v1", "model": "m"}
+    assert "stages.0.kind: a llm stage reorders" in error_of(funnel(corpus, llm, BM25_STAGE))
+    assert "stages.1.llm.url:" in error_of(funnel(corpus, BM25_STAGE, {**llm, "url": "ftp://x"}))
