@@ -4,7 +4,8 @@
 `stage-NAME`, replicas and resources from `args.deployments.NAME`) and the `Search` ingress, which holds
 their handles: the retrieval stages of a query run at once, fusion and rerankers when their inputs
 are in. A stage replica batches the queries waiting for it into one engine call (`stage.run(queries,
-previous)`, in a worker thread).
+previous)`, in a worker thread); an `llm` stage instead sends each query's calls at once (its
+server batches them).
 
 Deadline-aware fallback: with `latency_budget_ms`, before a reranking stage (`rerank`, `llm`) the
 ingress asks that stage's `StageClock` whether its queue (the documents this ingress has sent it
@@ -58,10 +59,15 @@ class FunnelStage:
 
     async def run(self, query: str, previous: dict[str, Ranking]) -> StageAnswer:
         """This stage's ranking of `query`, given its input stages' rankings of it (by name)."""
+        if self.kind == "llm":  # waits on a remote model that batches itself: each query in its own thread
+            return (await self._run([(query, previous)]))[0]
         return await self.run_batch((query, previous))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def run_batch(self, jobs: list[tuple[str, dict[str, Ranking]]]) -> list[StageAnswer]:
+        return await self._run(jobs)
+
+    async def _run(self, jobs: list[tuple[str, dict[str, Ranking]]]) -> list[StageAnswer]:
         queries = [query for query, _ in jobs]
         if self.kind == "fuse":
             previous = {name: [p[name] for _, p in jobs] for name in self.stage.inputs}

@@ -28,6 +28,7 @@ GRADE = re.compile(r"grade (\d+)")
 class StandIn:
     url: str
     delay_s: float = 2.0
+    behaviour: str | None = None  # when set, answers as this model whatever the request names
     requests: list[dict[str, Any]] = field(default_factory=list)  # {"headers": {...}, "body": {...}}
 
 
@@ -73,7 +74,7 @@ def standin() -> Iterator[StandIn]:
                 return self.reply(404, {"error": {"message": f"no route {self.path}"}})
             if body.get("response_format", {}).get("type") != "json_schema":
                 return self.reply(400, {"error": {"message": "response_format must be a json_schema"}})
-            model = body["model"]
+            model = state.behaviour or body["model"]
             if model == "slow":
                 time.sleep(state.delay_s)
             status, payload = answer(model, body["messages"][-1]["content"])

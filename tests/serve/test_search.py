@@ -1,8 +1,10 @@
-"""`POST /v1/search` over real HTTP: BM25 over a small corpus, then a tiny cross-encoder, each its own
-Serve deployment; per-stage meta, 4xx naming the field, and no fallback without a budget."""
+"""`POST /v1/search` over real HTTP: BM25 over a small corpus, a tiny cross-encoder, then the LLM stage
+against the OpenAI-compatible stand-in, each its own Serve deployment; per-stage meta, 4xx naming the
+field, no fallback without a budget, and a slow LLM answered from the cross-encoder at the deadline."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ import requests
 from rayrank import loadtest
 from rayrank.config import ConfigError, parse_config
 from rayrank.ray_app.search_config import SearchArgs
+from tests.openai_standin import standin
 from tests.serve.conftest import free_port, post
 from tests.tiny_models import WORDS
 
@@ -27,11 +30,14 @@ def write_corpus(folder: Path, n: int = 60, words: int = 12) -> Path:
     return folder / "corpus.parquet"
 
 
-def funnel_args(corpus: Path, reranker: Path, rerank_k: int = 5, **settings) -> SearchArgs:
+def funnel_args(corpus: Path, reranker: Path, llm_url: str | None = None, **settings) -> SearchArgs:
+    """BM25 (k 20) -> cross-encoder (k 5), then (with `llm_url`) the listwise LLM (k 3, the stand-in's `reverse`)."""
     stages = [{"kind": "bm25", "name": "bm25", "k": 20, "stemmer": "none"},
-              {"kind": "rerank", "name": "rerank", "k": rerank_k,
+              {"kind": "rerank", "name": "rerank", "k": 5,
                "engine": {"model": str(reranker), "scorer": "cross-encoder"}}]
-    small = {"deployments": {"bm25": {"num_cpus": 0.5}, "rerank": {"num_cpus": 0.5}}}  # the session's Ray has 2 CPUs
+    if llm_url:
+        stages.append({"kind": "llm", "name": "llm", "k": 3, "url": llm_url, "model": "reverse", "timeout_s": 20})
+    small = {"deployments": {s["name"]: {"num_cpus": 0.5 if s["kind"] != "llm" else 0} for s in stages}}
     return parse_config(SearchArgs, {"funnel": {"corpus": {"path": str(corpus)}, "stages": stages},
                                      **small, **settings}, "test")
 
@@ -53,31 +59,53 @@ def running_search(args: SearchArgs) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def url(ray_cluster, tiny_cross_encoder, tmp_path_factory):
+def llm():
+    with standin() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def url(ray_cluster, tiny_cross_encoder, tmp_path_factory, llm):
     corpus = write_corpus(tmp_path_factory.mktemp("corpus"))
-    with running_search(funnel_args(corpus, tiny_cross_encoder)) as base:
+    with running_search(funnel_args(corpus, tiny_cross_encoder, llm.url)) as base:
         yield base
 
 
-def test_search_returns_the_rerankers_best_with_each_stages_timing(url):
-    response = post(url, "/v1/search", {"query": "ray cluster python", "top_n": 3})
+def test_search_runs_every_stage_and_times_each(url, llm):
+    response = post(url, "/v1/search", {"query": "ray cluster python", "top_n": 2})
     assert response.status_code == 200, response.text
     body = response.json()
-    scores = [r["score"] for r in body["results"]]
-    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
-    assert all(r["id"].startswith("doc-") for r in body["results"])
     stages = body["meta"]["stages"]
-    assert [(s["name"], s["kind"], s["documents_out"], s["skipped"]) for s in stages] == \
-        [("bm25", "bm25", 20, None), ("rerank", "rerank", 5, None)]
-    assert stages[1]["documents_in"] == 20 and all(s["ms"] > 0 for s in stages)
-    assert body["meta"]["fallback"] is None and body["meta"]["total_ms"] >= stages[1]["ms"]
+    assert [(s["name"], s["kind"], s["documents_in"], s["documents_out"], s["skipped"]) for s in stages] == \
+        [("bm25", "bm25", 0, 20, None), ("rerank", "rerank", 20, 5, None), ("llm", "llm", 5, 3, None)]
+    assert all(s["ms"] > 0 for s in stages) and body["meta"]["total_ms"] >= stages[-1]["ms"]
+    assert body["meta"]["fallback"] is None
+    # the LLM saw the cross-encoder's 5 best and (as `reverse`) put them in reverse order
+    prompt = llm.requests[-1]["body"]["messages"][-1]["content"]
+    shown = re.findall(r"^\[(doc-\d+)\]", prompt, re.M)
+    assert len(shown) == 5 and [r["id"] for r in body["results"]] == shown[::-1][:2]
+    assert [r["score"] for r in body["results"]] == [5.0, 4.0]
 
 
 def test_default_top_n_and_a_generous_budget_do_not_fall_back(url):
     for budget in (None, 60_000):
         payload = {"query": "fish sea light"} | ({} if budget is None else {"latency_budget_ms": budget})
         body = post(url, "/v1/search", payload).json()
-        assert len(body["results"]) == 5 and body["meta"]["fallback"] is None  # the last stage's k
+        assert len(body["results"]) == 3 and body["meta"]["fallback"] is None  # the last stage's k
+
+
+def test_a_slow_llm_past_the_budget_is_answered_from_the_reranker(url, llm):
+    llm.behaviour, llm.delay_s = "slow", 8.0
+    try:
+        body = post(url, "/v1/search", {"query": "dog cat", "latency_budget_ms": 3000}).json()
+    finally:
+        llm.behaviour = None
+    assert body["meta"]["fallback"] == [{"stage": "llm", "reason": "deadline", "answered_from": "rerank"}]
+    assert body["meta"]["stages"][2]["skipped"] == "deadline" and len(body["results"]) == 3
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True) and scores != [3.0, 2.0, 1.0]  # cross-encoder scores
+    assert post(url, "/v1/search", {"query": "dog cat", "latency_budget_ms": 60_000}).json()["meta"]["fallback"] \
+        is None
 
 
 @pytest.mark.parametrize(("payload", "status", "field"), [
@@ -85,7 +113,7 @@ def test_default_top_n_and_a_generous_budget_do_not_fall_back(url):
     ({"query": "   "}, 422, "query"),
     ({"top_n": 3}, 422, "query"),
     ({"query": "ray", "top_n": 0}, 422, "top_n"),
-    ({"query": "ray", "top_n": 6}, 422, "top_n"),
+    ({"query": "ray", "top_n": 4}, 422, "top_n"),
     ({"query": "ray", "latency_budget_ms": -5}, 422, "latency_budget_ms"),
     ({"query": "ray", "topn": 3}, 422, "topn"),
 ])
