@@ -154,3 +154,15 @@ def test_loadtest_against_search_reports_fallback_share_and_stage_table(url, tmp
     assert "| rerank | rerank | 20 | 5 |" in printed
     header, row = (tmp_path / "results.csv").read_text().splitlines()
     assert header.endswith("max,fallback_share,error_kinds") and row.split(",")[-2] == "0.0"
+
+
+def test_the_shipped_search_config_validates():
+    from ray.serve.schema import ServeDeploySchema
+
+    from rayrank.config import load_yaml
+
+    data = load_yaml(Path(__file__).resolve().parents[2] / "configs" / "search.scifact.yaml")
+    (app,) = ServeDeploySchema.model_validate(data).applications
+    assert app.import_path == "rayrank.ray_app.search:build_search_app"
+    args = parse_config(SearchArgs, app.args, "configs/search.scifact.yaml: args")
+    assert [s.kind for s in args.funnel.stages] == ["bm25", "late-interaction", "fuse", "rerank"]
