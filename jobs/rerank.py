@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     parser.add_argument("--backend", choices=["torch", "onnx"])
     parser.add_argument("--quantize", choices=["none", "int8"])
     parser.add_argument("--max-tokens-per-batch", type=int)
+    parser.add_argument("--max-length", type=int, help="tokens per input (wins over the checkpoint's saved limit)")
+    parser.add_argument("--long-documents", choices=["truncate", "chunk"],
+                        help="documents over --max-length: truncate (default) or score their best chunk")
     parser.add_argument("--top-n", type=int, help="keep the N best candidates per query")
     parser.add_argument("--actors", help="MIN,MAX actors (autoscaling pool), e.g. 1,4")
     parser.add_argument("--gpus-per-actor", type=float)
@@ -60,7 +63,8 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     flags = {"input": args.input, "output": args.output, "top_n": args.top_n, "index": args.index,
              "overwrite": True if args.overwrite else None}
     engine = {"model": args.model, "scorer": args.scorer, "backend": args.backend, "quantize": args.quantize,
-              "max_tokens_per_batch": args.max_tokens_per_batch}
+              "max_tokens_per_batch": args.max_tokens_per_batch, "max_length": args.max_length,
+              "long_documents": args.long_documents}
     cluster = {"address": args.address, "actors": args.actors, "gpus_per_actor": args.gpus_per_actor}
     data = merge_flags(data, flags, {"engine": engine, "cluster": cluster}, args.config)
     config = parse_config(RerankJobConfig, data, args.config or "command-line flags")

@@ -6,11 +6,20 @@ worker thread so the replica keeps admitting and refusing requests meanwhile) an
 request. With an index (`args.index`) documents may be given by id: their token embeddings are
 read from it and only queries (and documents sent as text) are encoded.
 
-Run it with `serve run configs/serve.local.yaml` or `rayrank serve`.
+A replica scores one warm-up batch (in a thread, so `/healthz` answers meanwhile) before `/health`
+reports it ready; requests that arrive earlier wait for it. Admission divides the pairs queued by
+the pairs/s the replica measures on its own engine calls (warm-up first).
+
+Run it with `rayrank serve` (the packaged `serve.default.yaml`).
 """
 
 # No `from __future__ import annotations`: Serve reads build_app's annotation as a class to
 # validate `args` with it.
+import logging
+import math
+import threading
+import time
+
 import numpy as np
 from ray import serve
 from ray.serve import Application
@@ -27,9 +36,13 @@ from rayrank.ray_app.metrics import ServeMetrics
 from rayrank.ray_app.schemas import DocumentId, RequestError
 from rayrank.ray_app.service import Job, Scored
 
+logger = logging.getLogger(__name__)
+WARMUP_WORDS = "ray cluster python data model query document search rank score".split()
 
+
+# Serve's own queue bound answers like the replica's: 429 (see README, "Overload").
 @serve.deployment(name="Reranker", max_ongoing_requests=64, max_queued_requests=64,
-                  backpressure_config={"status_code": 503, "retry_after_s": 1})
+                  backpressure_config={"status_code": 429, "retry_after_s": 1})
 @serve.ingress()
 class Reranker:
     """One engine per replica, its batch queue bounded by `admission.max_pending_pairs`."""
@@ -44,9 +57,15 @@ class Reranker:
         if self.index is not None:
             self.index.check_model(self.engine.resolved.name)
         self.pending_pairs = 0
+        self.pairs_per_s: float | None = None  # measured on the engine calls, warm-up first
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.gate = EngineGate(self._score_jobs, args.batching.max_batch_size)
         self.score_batch.set_max_batch_size(args.batching.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(args.batching.batch_wait_timeout_s)
+        self._ready = threading.Event()
+        self._warmup_error: BaseException | None = None
+        self._warmup = threading.Thread(target=self._warm_up, name="rayrank-warm-up", daemon=True)
+        self._warmup.start()
 
     def __serve_build_asgi_app__(self):
         return build_http_app(self)
@@ -58,6 +77,36 @@ class Reranker:
             return self.engine.scorer
         settings = self.engine.config.model_dump(exclude={"model", "scorer", "max_length", "query_max_length"})
         return rayrank.Reranker(model or DEFAULT_LATE_INTERACTION, scorer="late-interaction", **settings).scorer
+
+    def _warm_up(self) -> None:
+        """Score one batch of `warmup.pairs` pairs (lazy kernels, allocator, thread pools), then be ready."""
+        warmup = self.args.warmup
+        words = (WARMUP_WORDS * (warmup.document_words // len(WARMUP_WORDS) + 1))[: warmup.document_words]
+        try:
+            start = time.perf_counter()
+            self.engine.score_pairs(["warm-up query"] * warmup.pairs, [" ".join(words)] * warmup.pairs)
+            self._measured(warmup.pairs, time.perf_counter() - start)
+            logger.info("replica %s warm: %d pairs at %.0f pairs/s", self.replica_id, warmup.pairs, self.pairs_per_s)
+        except BaseException as exc:  # Serve's health check restarts the replica
+            self._warmup_error = exc
+            logger.exception("warm-up failed")
+        finally:
+            self._ready.set()
+
+    def _measured(self, pairs: int, seconds: float) -> None:
+        """Fold one engine call into the replica's pairs/s (a moving average; the latest call weighs 30%)."""
+        if pairs and seconds > 0:
+            rate = pairs / seconds
+            self.pairs_per_s = rate if self.pairs_per_s is None else 0.7 * self.pairs_per_s + 0.3 * rate
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._warmup_error is None
+
+    def check_health(self) -> None:
+        """Serve's replica health check: a replica whose warm-up failed is replaced."""
+        if self._warmup_error is not None:
+            raise RuntimeError(f"warm-up failed: {self._warmup_error!r}")
 
     def stats(self) -> dict[str, int]:
         return {"pending_pairs": self.pending_pairs, **self.metrics.counts}
@@ -80,17 +129,30 @@ class Reranker:
         return ids if any(doc_id is not None for doc_id in ids) else None
 
     async def score(self, query: str, documents: list[str], doc_ids: tuple[str | None, ...] | None = None) -> Scored:
-        """Admit the request's pairs or refuse at once with 503 + Retry-After; then wait for its batch."""
-        admission = self.args.admission
-        if self.pending_pairs and self.pending_pairs + len(documents) > admission.max_pending_pairs:
-            raise RequestError(503, None, f"the replica has {self.pending_pairs} pairs queued (limit "
-                               f"{admission.max_pending_pairs}); retry after {admission.retry_after_s}s",
-                               kind="overloaded", headers={"Retry-After": str(admission.retry_after_s)})
+        """Admit the request's pairs or refuse at once with 429 + Retry-After; then wait for its batch."""
+        self.admit(len(documents))
         self.pending_pairs += len(documents)
         try:
             return await self.score_batch(Job(query, documents, doc_ids))
         finally:
             self.pending_pairs -= len(documents)
+
+    def admit(self, pairs: int) -> None:
+        """Refuse (429) when the pairs ahead would take over `max_queue_wait_s`, or pass `max_pending_pairs`."""
+        admission, ahead, rate = self.args.admission, self.pending_pairs, self.pairs_per_s
+        if not ahead:
+            return
+        wait = ahead / rate if rate else None
+        if ahead + pairs > admission.max_pending_pairs:
+            reason = f"{ahead} pairs queued (limit {admission.max_pending_pairs})"
+        elif wait is not None and wait > admission.max_queue_wait_s:
+            reason = (f"{ahead} pairs queued, {wait:.1f}s of work at {rate:.0f} pairs/s "
+                      f"(limit {admission.max_queue_wait_s:g}s)")
+        else:
+            return
+        retry = max(1, math.ceil(wait)) if wait is not None else 1
+        raise RequestError(429, None, f"the replica is overloaded: {reason}; retry after {retry}s",
+                           kind="overloaded", headers={"Retry-After": str(retry)})
 
     # Batches that form while the engine is busy wait in the gate and are scored together; four may
     # wait at once (4 x the default 16 requests = the default max_ongoing_requests).
@@ -100,6 +162,7 @@ class Reranker:
 
     def _score_jobs(self, jobs: list[Job]) -> list[Scored]:
         """Cache lookups, then one engine call for every pair of every missed request, split back."""
+        self._ready.wait()  # requests that arrive during warm-up wait for it
         found: list[dict[str, float] | None] = [None] * len(jobs)
         if self.cache is not None:
             vectors = mean_pooled(self._query_encoder.encode_queries([job.query for job in jobs]))
@@ -110,11 +173,13 @@ class Reranker:
         todo = [i for i, f in enumerate(found) if f is None]
         queries = [jobs[i].query for i in todo for _ in jobs[i].documents]
         documents = [doc for i in todo for doc in jobs[i].documents]
+        start = time.perf_counter()
         if self.index is not None:  # one rule for every request: documents encoded like the index's
             doc_ids = [d for i in todo for d in (jobs[i].doc_ids or (None,) * len(jobs[i].documents))]
             scores, _ = score_from_index(self.engine.scorer, self.index, queries, doc_ids, documents)
         else:
             scores = self.engine.score_pairs(queries, documents).scores
+        self._measured(len(documents), time.perf_counter() - start)
         self.metrics.batch(len(jobs), len(documents))
         out: list[Scored] = [None] * len(jobs)  # type: ignore[list-item]
         bounds = np.cumsum([0] + [len(jobs[i].documents) for i in todo])

@@ -1,6 +1,6 @@
-"""`rayrank serve [--config configs/serve.local.yaml] [--address ADDR] [--host H] [--port P]`.
+"""`rayrank serve [--config FILE] [--show-config] [--address ADDR] [--host H] [--port P]`.
 
-Validates the Serve config file (Serve's schema, and `args` through `ServeArgs` with errors naming
+Validates the Serve config file (default: `serve.default.yaml`, shipped inside the package) (Serve's schema, and `args` through `ServeArgs` with errors naming
 the key), starts Serve on a local Ray (or joins `--address`), runs the application with the
 file's deployment options, prints the URL and blocks until Ctrl-C.
 """
@@ -21,7 +21,7 @@ from rayrank.config import format_validation_error, load_yaml, parse_config
 from rayrank.errors import ConfigError
 from rayrank.ray_app.config import ServeArgs
 
-DEFAULT_CONFIG = Path("configs/serve.local.yaml")
+DEFAULT_CONFIG = Path(__file__).with_name("serve.default.yaml")
 IMPORT_PATH = "rayrank.ray_app.app:build_app"
 
 
@@ -86,18 +86,22 @@ def run(plan: ServePlan, address: str | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrank serve", description=__doc__.split("\n\n")[1])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help=f"a Serve config file (default {DEFAULT_CONFIG})")
+                        help="a Serve config file (default: the packaged serve.default.yaml)")
+    parser.add_argument("--show-config", action="store_true", help="print the default config (to edit a copy) and exit")
     parser.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start a local Ray")
     parser.add_argument("--host", help="override http_options.host")
     parser.add_argument("--port", type=int, help="override http_options.port")
     opts = parser.parse_args(argv)
+    if opts.show_config:
+        print(DEFAULT_CONFIG.read_text(), end="")
+        return 0
     try:
         plan = load_plan(opts.config, opts.host, opts.port)
     except ConfigError as exc:
         print(f"rayrank serve: {exc}", file=sys.stderr)
         return 2
     for url in run(plan, opts.address):
-        print(f"rayrank serving at {url} (POST v1/rerank, POST rerank, GET v1/models, docs); Ctrl-C stops",
+        print(f"rayrank serving at {url} (POST v1/rerank, v2/rerank, rerank; GET health, docs); Ctrl-C stops",
               flush=True)
     from ray import serve
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import Field, PositiveInt, model_validator
@@ -26,14 +27,25 @@ class BatchingConfig(StrictModel):
 
 
 class AdmissionConfig(StrictModel):
-    """The replica's own queue bound, in pairs (documents), the unit work is measured in.
+    """The replica's own queue bound: the wait a request would have, and the pairs (documents) queued.
 
-    A request that would push the pairs waiting or being scored past `max_pending_pairs` is
-    answered 503 with `Retry-After: retry_after_s` at once, instead of queueing.
+    A request is refused at once with 429 and `Retry-After` (the measured time to drain the queue)
+    when the pairs ahead of it, at the replica's measured pairs/s, would take longer than
+    `max_queue_wait_s`, or when it would push the pairs waiting or being scored past
+    `max_pending_pairs`; so under overload the accepted requests wait about `max_queue_wait_s` at
+    most and the excess is refused fast instead of queueing for a minute.
     """
 
+    max_queue_wait_s: float = Field(3.0, gt=0)
     max_pending_pairs: PositiveInt = 4096
-    retry_after_s: PositiveInt = 1
+
+
+class WarmupConfig(StrictModel):
+    """The batch a replica scores before it reports ready (`GET /health`); it also seeds the
+    measured pairs/s that admission divides by."""
+
+    pairs: PositiveInt = 32
+    document_words: PositiveInt = 100
 
 
 class CacheConfig(StrictModel):
@@ -46,6 +58,16 @@ class CacheConfig(StrictModel):
     model: str | None = None
 
 
+class AuthConfig(StrictModel):
+    """`auth.api_keys_env`: the environment variable holding the accepted API keys, comma-separated
+    (several let a key be rotated without downtime); unset or empty leaves the API open."""
+
+    api_keys_env: str = "RAYRANK_API_KEY"
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip())
+
+
 class ServeArgs(StrictModel):
     """Arguments of `rayrank.ray_app.app:build_app`. The engine's scorer defaults to late interaction (the
     bundled all-MiniLM-L6-v2); `engine: {scorer: cross-encoder, model: ...}` serves a cross-encoder."""
@@ -56,6 +78,8 @@ class ServeArgs(StrictModel):
     batching: BatchingConfig = BatchingConfig()
     admission: AdmissionConfig = AdmissionConfig()
     cache: CacheConfig = CacheConfig()
+    auth: AuthConfig = AuthConfig()
+    warmup: WarmupConfig = WarmupConfig()
     index: str | None = Field(None, description="INDEX_DIR written by `rayrank index` (local or s3://): "
                               "documents may then be given by id")
     storage: dict[str, Any] = Field({}, description="s3fs options for an s3:// index (default: AWS_* variables)")

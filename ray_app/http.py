@@ -1,8 +1,9 @@
-"""The HTTP API of a `Reranker` replica: Cohere `/v1/rerank`, TEI `/rerank`, `/v1/models`, `/healthz`.
+"""The HTTP API of a `Reranker` replica: Cohere `/v1/rerank` and `/v2/rerank`, TEI `/rerank`,
+`/v1/models`, readiness `/health` and liveness `/healthz`.
 
-Built per replica (Serve's late-bound ingress) so the configured limits shape the app. Every
-refusal is JSON `{"error": {"type", "message", "field"}}` with a 4xx (or 503 when overloaded),
-never a 500.
+Built per replica (Serve's late-bound ingress) so the configured limits shape the app and its
+OpenAPI document. Every refusal is JSON `{"error": {"type", "message", "field"}}` with a 4xx (429
+when overloaded), never a 500; every response names the replica in `X-Rayrank-Replica`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 import rayrank
+from rayrank.ray_app.auth import protect
 from rayrank.ray_app.metrics import ServeMetrics
-from rayrank.ray_app.schemas import (CohereRerankRequest, CohereRerankResponse, CohereResult, ModelCard, ModelList,
-                                     RequestError, TeiRerankRequest, TeiResult, check_limits)
+from rayrank.ray_app.schemas import (CohereRerankRequest, CohereRerankResponse, CohereResult, CohereV2RerankRequest,
+                                     CohereV2RerankResponse, CohereV2Result, ErrorResponse, Health, ModelCard,
+                                     ModelList, RequestError, TeiRerankRequest, TeiResult, check_limits,
+                                     constrain_openapi)
 from rayrank.ray_app.service import RerankService
 
 
@@ -65,6 +70,39 @@ class BodyLimit:
         await JSONResponse(error.body(), status_code=413)({"type": "http"}, None, send)
 
 
+class ReplicaHeader:
+    """ASGI middleware naming the replica that answered in every response (`X-Rayrank-Replica`)."""
+
+    def __init__(self, app, replica_id: str) -> None:
+        self.app, self.header = app, (b"x-rayrank-replica", replica_id.encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# What a rerank route can answer besides 200 (401 is added by `auth.protect` when keys are set).
+RERANK_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The body is not valid JSON"),
+    413: _error("The body is over limits.max_body_bytes"),
+    422: _error("A field is missing, of the wrong type, or over a limit; `error.field` names it"),
+    429: {**_error("Overloaded: the replica's expected wait is over admission.max_queue_wait_s (JSON), or "
+                   "Serve's queue (max_queued_requests) is full (plain text); retry after `Retry-After` seconds"),
+          "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
+
 def _validation_error(exc: RequestValidationError) -> RequestError:
     """FastAPI's first validation error as a RequestError naming the field (`documents`, `top_n`)."""
     err = exc.errors()[0]
@@ -86,10 +124,10 @@ def ranking(scores: np.ndarray, top_n: int | None) -> np.ndarray:
 
 def build_http_app(service: RerankService) -> FastAPI:
     args, metrics = service.args, service.metrics
-    cross_encoder = service.engine.config.scorer == "cross-encoder"
     app = FastAPI(title="rayrank", version=rayrank.__version__,
                   description=f"Reranking with {args.model_name} ({service.engine.config.scorer}).")
     app.add_middleware(BodyLimit, max_bytes=args.limits.max_body_bytes, metrics=metrics)
+    app.add_middleware(ReplicaHeader, replica_id=service.replica_id)
 
     def refuse(error: RequestError) -> JSONResponse:
         metrics.rejected(error.kind)
@@ -99,24 +137,42 @@ def build_http_app(service: RerankService) -> FastAPI:
     async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
         return refuse(exc)
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body that is not UTF-8, an unknown route, a wrong method), in our format."""
+        kind = "invalid_json" if exc.status_code == 400 else "invalid_request"
+        return refuse(RequestError(exc.status_code, "body" if exc.status_code == 400 else None, str(exc.detail),
+                                   kind=kind, headers=exc.headers))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return refuse(_validation_error(exc))
 
-    @app.post("/v1/rerank", response_model=CohereRerankResponse, response_model_exclude_none=True)
-    async def cohere_rerank(request: CohereRerankRequest) -> CohereRerankResponse:
-        """Cohere-compatible rerank; `relevance_score` is a probability for cross-encoders, MaxSim otherwise."""
-        if request.model is not None and request.model != args.model_name:
-            raise RequestError(422, "model", f"{request.model!r} is not served here; this service runs "
+    def check_model(model: str | None) -> None:
+        if model is not None and model != args.model_name:
+            raise RequestError(422, "model", f"{model!r} is not served here; this service runs "
                                f"{args.model_name!r} (GET /v1/models)", kind="unknown_model")
-        if request.max_tokens_per_doc is not None:
-            raise RequestError(422, "max_tokens_per_doc", "per-request truncation is not supported; documents "
-                               "are truncated to the model's maximum length", kind="unsupported")
+
+    async def relevance(query: str, documents: list[str], ids, max_tokens: int | None) -> tuple[np.ndarray, bool]:
+        """Scores in [0, 1] for the request's documents (cut to `max_tokens` tokens first, if given)."""
+        if max_tokens is not None:
+            documents = service.engine.cut_documents(documents, max_tokens)
+        scored = await service.score(query, documents, ids)
+        return service.engine.relevance([query] * len(documents), scored.scores), scored.cached
+
+    def meta(cached: bool) -> dict[str, Any]:
+        return {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}, "model": args.model_name,
+                "cached": cached}
+
+    @app.post("/v1/rerank", response_model=CohereRerankResponse, response_model_exclude_none=True,
+              responses=RERANK_ERRORS)
+    async def cohere_rerank(request: CohereRerankRequest) -> CohereRerankResponse:
+        """Cohere-compatible rerank (`cohere.Client.rerank`); `relevance_score` in [0, 1] for every scorer."""
+        check_model(request.model)
         check_limits(request.query, request.documents, args.limits, "documents")
         ids = service.document_ids(request.documents, "documents")
         texts = [d if isinstance(d, str) else "" for d in request.documents]
-        scored = await service.score(request.query, texts, ids)
-        scores = rayrank.sigmoid(scored.scores) if cross_encoder else scored.scores
+        scores, cached = await relevance(request.query, texts, ids, request.max_tokens_per_doc)
 
         def document(i: int) -> dict[str, str] | None:
             if not request.return_documents:
@@ -125,19 +181,28 @@ def build_http_app(service: RerankService) -> FastAPI:
 
         results = [CohereResult(index=int(i), relevance_score=float(scores[i]), document=document(i))
                    for i in ranking(scores, request.top_n)]
-        meta = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}, "model": args.model_name,
-                "cached": scored.cached}
-        return CohereRerankResponse(id=str(uuid.uuid4()), results=results, meta=meta)
+        return CohereRerankResponse(id=str(uuid.uuid4()), results=results, meta=meta(cached))
 
-    @app.post("/rerank", response_model=list[TeiResult], response_model_exclude_none=True)
+    @app.post("/v2/rerank", response_model=CohereV2RerankResponse, responses=RERANK_ERRORS)
+    async def cohere_v2_rerank(request: CohereV2RerankRequest) -> CohereV2RerankResponse:
+        """Cohere v2 rerank (`cohere.ClientV2.rerank`, LangChain's `CohereRerank`): documents as strings."""
+        check_model(request.model)
+        check_limits(request.query, request.documents, args.limits, "documents")
+        scores, cached = await relevance(request.query, request.documents, None, request.max_tokens_per_doc)
+        results = [CohereV2Result(index=int(i), relevance_score=float(scores[i]))
+                   for i in ranking(scores, request.top_n)]
+        return CohereV2RerankResponse(id=str(uuid.uuid4()), results=results, meta=meta(cached))
+
+    @app.post("/rerank", response_model=list[TeiResult], response_model_exclude_none=True, responses=RERANK_ERRORS)
     async def tei_rerank(request: TeiRerankRequest) -> list[TeiResult]:
-        """TEI-compatible rerank; `raw_scores: true` returns cross-encoder logits instead of probabilities."""
+        """TEI-compatible rerank; scores in [0, 1], or with `raw_scores: true` logits / raw MaxSim."""
         if not request.truncate:
             raise RequestError(422, "truncate", "false is not supported; texts longer than the model's limit "
                                "are truncated (send truncate: true)", kind="unsupported")
         check_limits(request.query, request.texts, args.limits, "texts")
         scored = await service.score(request.query, request.texts)
-        scores = rayrank.sigmoid(scored.scores) if cross_encoder and not request.raw_scores else scored.scores
+        scores = scored.scores if request.raw_scores else service.engine.relevance(
+            [request.query] * len(request.texts), scored.scores)
         return [TeiResult(index=int(i), score=float(scores[i]),
                           text=request.texts[i] if request.return_text else None)
                 for i in ranking(scores, None)]
@@ -148,12 +213,32 @@ def build_http_app(service: RerankService) -> FastAPI:
         return ModelList(data=[ModelCard(id=args.model_name, scorer=engine.config.scorer,
                                          source=engine.resolved.source)])
 
+    @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Warming up"}})
+    async def health() -> JSONResponse:
+        """Readiness: 200 once this replica has scored its warm-up batch, 503 before."""
+        if service.ready:
+            return JSONResponse(Health(status="ready", replica=service.replica_id).model_dump())
+        return JSONResponse(Health(status="warming_up", replica=service.replica_id).model_dump(), status_code=503,
+                            headers={"Retry-After": "1"})
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        """Liveness plus this replica's counters (requests, batches, pairs, cache, rejections)."""
+        """Liveness plus this replica's id, measured pairs/s and counters (requests, pairs, cache, rejections)."""
         index = service.index
-        return {"status": "ok", "model": args.model_name, "stats": service.stats(),
+        return {"status": "ok", "model": args.model_name, "replica": service.replica_id, "ready": service.ready,
+                "pairs_per_s": service.pairs_per_s, "stats": service.stats(),
                 "index": None if index is None else {"url": index.url, "documents": len(index)}}
 
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build_openapi()
+            constrain_openapi(schema, args.limits, args.model_name, by_id=service.index is not None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    protect(app, args.auth, metrics.rejected)
     return app
 

@@ -1,18 +1,30 @@
-"""HTTP request and response models: Cohere's `/v1/rerank` and TEI's `/rerank`.
+"""HTTP request and response models: Cohere's `/v1/rerank` and `/v2/rerank`, TEI's `/rerank`.
 
 Types and fixed rules live in the models (FastAPI validates them and documents them in `/docs`);
-the configurable limits (`RequestLimits`) are checked by `check_limits`, which names the field.
+the configurable limits (`RequestLimits`) are checked by `check_limits`, which names the field, and
+`constrain_openapi` writes them, with the rules the validators enforce, into the OpenAPI document.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, StrictStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from rayrank.ray_app.config import RequestLimits
 from rayrank.validate import text_problem
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer: 3 and 3.0, not true or "3" (which pydantic's lax mode would take)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# 1 to 2**31 - 1: counts a request may carry (top_n, max_tokens_per_doc), bounded as the schema says.
+Count = Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_whole)]
 
 
 class RequestError(Exception):
@@ -27,6 +39,18 @@ class RequestError(Exception):
         return {"error": {"type": self.kind, "message": str(self), "field": self.field}}
 
 
+class ErrorDetail(BaseModel):
+    type: str = Field(description="what went wrong, e.g. invalid_request, unauthorized, overloaded")
+    message: str
+    field: str | None = Field(description="the request field at fault (`documents[2]`, `top_n`), if one is")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every refusal (4xx, 503)."""
+
+    error: ErrorDetail
+
+
 @dataclass(frozen=True)
 class DocumentId:
     """A document given as `{"id": ...}`: its token embeddings are read from the service's index."""
@@ -34,19 +58,18 @@ class DocumentId:
     id: str
 
 
-def _documents_of(values: list[Any], by_id: bool) -> list[str | DocumentId]:
-    """Strings, Cohere's `{"text": ...}` objects and (`by_id`) `{"id": ...}`; name the first bad position."""
-    shapes = '{"text": string}' + (' or {"id": string}' if by_id else "")
+def _documents_of(values: list[Any]) -> list[str | DocumentId]:
+    """Strings, Cohere's `{"text": ...}` objects and `{"id": ...}`; name the first bad position."""
     out: list[str | DocumentId] = []
     for i, value in enumerate(values):
         if isinstance(value, dict):
-            if by_id and set(value) == {"id"}:
+            if set(value) == {"id"}:
                 if not isinstance(value["id"], str) or not value["id"]:
                     raise ValueError(f"document at index {i}: id must be a non-empty string")
                 out.append(DocumentId(value["id"]))
                 continue
             if set(value) != {"text"}:
-                raise ValueError(f"document at index {i} must be a string or {shapes}, "
+                raise ValueError(f"document at index {i} must be a string, {{'text': string}} or {{'id': string}}, "
                                  f"got an object with keys {sorted(value)}")
             value = value["text"]
         problem = text_problem(value)
@@ -56,8 +79,18 @@ def _documents_of(values: list[Any], by_id: bool) -> list[str | DocumentId]:
     return out
 
 
+def _strings_of(values: list[Any]) -> list[str]:
+    """Non-blank strings only (Cohere v2, TEI); name the first bad position."""
+    for i, value in enumerate(values):
+        problem = text_problem(value)
+        if problem is not None:
+            raise ValueError(f"document at index {i} {problem}; expected a non-empty string")
+    return values
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as the schema states them (no "3" or true for an integer, as lax mode allows)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     query: StrictStr
 
@@ -70,33 +103,50 @@ class _Request(BaseModel):
 
 
 class CohereRerankRequest(_Request):
-    """Cohere Rerank v2: documents as strings or `{"text": ...}`; results best first."""
+    """Cohere Rerank v1: documents as strings or `{"text": ...}`; results best first."""
 
     documents: list[Any] = Field(min_length=1, description='strings, objects {"text": string}, or (when the '
                                  'service loads an index) {"id": doc_id}')
-    top_n: PositiveInt | None = None
+    top_n: Count | None = None
     return_documents: StrictBool = False
     model: StrictStr | None = None
-    max_tokens_per_doc: PositiveInt | None = None
+    max_tokens_per_doc: Count | None = Field(None, description="cut each document after this many tokens")
 
     @field_validator("documents")
     @classmethod
     def _documents(cls, value: list[Any]) -> list[str | DocumentId]:
-        return _documents_of(value, by_id=True)
+        return _documents_of(value)
+
+
+class CohereV2RerankRequest(_Request):
+    """Cohere Rerank v2 (`ClientV2.rerank`): documents as strings; results best first, without documents."""
+
+    documents: list[Any] = Field(min_length=1, description="strings")
+    top_n: Count | None = None
+    model: StrictStr | None = None
+    max_tokens_per_doc: Count | None = Field(None, description="cut each document after this many tokens")
+    priority: Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_whole)] | None = Field(
+        None, description="accepted as the SDK sends it; requests are served in arrival order")
+
+    @field_validator("documents")
+    @classmethod
+    def _documents(cls, value: list[Any]) -> list[str]:
+        return _strings_of(value)
 
 
 class TeiRerankRequest(_Request):
     """Hugging Face TEI `/rerank`. `raw_scores: false` maps cross-encoder logits to probabilities."""
 
     texts: list[Any] = Field(min_length=1)
-    raw_scores: StrictBool = False
+    raw_scores: StrictBool = Field(False, description="cross-encoder logits or raw MaxSim instead of [0, 1] scores")
     return_text: StrictBool = False
-    truncate: StrictBool = True
+    truncate: StrictBool = Field(True, description="only true: texts over the model's length are truncated "
+                                 "(or chunked, with engine.long_documents: chunk)")
 
     @field_validator("texts")
     @classmethod
     def _texts(cls, value: list[Any]) -> list[str]:
-        return _documents_of(value, by_id=False)  # type: ignore[return-value]
+        return _strings_of(value)
 
 
 def check_limits(query: str, documents: list[str | DocumentId], limits: RequestLimits, documents_field: str) -> None:
@@ -113,9 +163,38 @@ def check_limits(query: str, documents: list[str | DocumentId], limits: RequestL
                                f"{limits.max_document_chars} per document", kind="document_too_long")
 
 
+NON_BLANK = r"\S"  # the JSON Schema form of text_problem's rule: some character that is not white space
+
+
+def _text(max_chars: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": NON_BLANK}
+
+
+def constrain_openapi(schema: dict[str, Any], limits: RequestLimits, model_name: str, by_id: bool) -> None:
+    """Write what the validators and `check_limits` enforce into the generated request schemas."""
+    models = schema["components"]["schemas"]
+    text = _text(limits.max_document_chars)
+    item = {"anyOf": [text, {"type": "object", "properties": {"text": text}, "required": ["text"],
+                             "additionalProperties": False}]}
+    if by_id:
+        item["anyOf"].append({"type": "object", "properties": {"id": {"type": "string", "minLength": 1}},
+                              "required": ["id"], "additionalProperties": False})
+    shapes = {"CohereRerankRequest": ("documents", item), "CohereV2RerankRequest": ("documents", text),
+              "TeiRerankRequest": ("texts", text)}
+    for name, (field, items) in shapes.items():
+        properties = models[name]["properties"]
+        properties["query"].update(_text(limits.max_query_chars))
+        properties[field].update(items=items, maxItems=limits.max_documents)
+        if "model" in properties:
+            properties["model"] = {"anyOf": [{"type": "string", "enum": [model_name]}, {"type": "null"}],
+                                   "description": "the served model (GET /v1/models); omit it or send this name"}
+    models["TeiRerankRequest"]["properties"]["truncate"].update(const=True)
+    models["CohereV2RerankRequest"]["properties"]["documents"]["items"] = text
+
+
 class CohereResult(BaseModel):
     index: int
-    relevance_score: float
+    relevance_score: float = Field(ge=0, le=1)
     document: dict[str, str] | None = None  # {"text": ...}, or {"id": ...} for a document given by id
 
 
@@ -125,10 +204,26 @@ class CohereRerankResponse(BaseModel):
     meta: dict[str, Any]
 
 
+class CohereV2Result(BaseModel):
+    index: int
+    relevance_score: float = Field(ge=0, le=1)
+
+
+class CohereV2RerankResponse(BaseModel):
+    id: str
+    results: list[CohereV2Result]
+    meta: dict[str, Any]
+
+
 class TeiResult(BaseModel):
     index: int
     score: float
     text: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ready", "warming_up"]
+    replica: str
 
 
 class ModelCard(BaseModel):

@@ -49,6 +49,11 @@ class RerankService(Protocol):
     metrics: ServeMetrics
     engine: rayrank.Reranker
     index: IndexReader | None
+    replica_id: str
+    pairs_per_s: float | None
+
+    @property
+    def ready(self) -> bool: ...
 
     def stats(self) -> dict[str, int]: ...
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from rayrank.errors import ConfigError
 from rayrank.models import DEFAULT_CROSS_ENCODER, DEFAULT_LATE_INTERACTION
@@ -27,6 +28,12 @@ class EngineConfig(StrictModel):
     `batch_overhead_tokens` is what one more batch costs in tokens, so the planner cuts a batch where
     that saves more padding (default: 32 on CPU, where a MiniLM call costs about 30 tokens' time
     beyond its tokens; 2048 on CUDA, where small batches leave the GPU idle).
+
+    Documents longer than `max_length` are truncated (`long_documents: truncate`, counted), or
+    (`chunk`) cut into windows of `chunk_tokens` document tokens (default: all that fit) overlapping
+    by `chunk_overlap_tokens`, at most `max_chunks_per_doc` per document: a cross-encoder scores every
+    (query, window) pair in the same token-budget batches and keeps the best window's score; late
+    interaction encodes the windows and scores MaxSim over the union of their tokens.
     """
 
     model: str | None = None
@@ -37,11 +44,22 @@ class EngineConfig(StrictModel):
     quantize: Literal["none", "int8"] = "none"
     max_length: PositiveInt | None = None
     query_max_length: PositiveInt | None = None
+    long_documents: Literal["truncate", "chunk"] = "truncate"
+    chunk_tokens: PositiveInt | None = None
+    chunk_overlap_tokens: NonNegativeInt = 16
+    max_chunks_per_doc: PositiveInt = 8
     max_tokens_per_batch: PositiveInt = 8192
     max_batch_size: PositiveInt = 128
     batch_overhead_tokens: NonNegativeInt | None = None
     threads: PositiveInt | None = None
     cache_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> EngineConfig:
+        if self.chunk_tokens is not None and self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError(f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be below chunk_tokens "
+                             f"({self.chunk_tokens})")
+        return self
 
     @property
     def model_name(self) -> str:

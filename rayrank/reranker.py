@@ -13,14 +13,10 @@ from rayrank.config import EngineConfig
 from rayrank.errors import InvalidInputError
 from rayrank.models import ResolvedModel, resolve_model
 from rayrank.scoring import PairScores, Scorer, load_scorer
+from rayrank.scoring.base import sigmoid  # noqa: F401 - rayrank.sigmoid
 from rayrank.validate import check_texts
 
 logger = logging.getLogger(__name__)
-
-
-def sigmoid(scores: np.ndarray) -> np.ndarray:
-    """Logits → probabilities (what one-label sentence-transformers cross-encoders return by default)."""
-    return (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -83,6 +79,14 @@ class Reranker:
         check_texts(queries, "query")
         check_texts(documents, "document")
         return self.scorer.score_pairs(list(queries), list(documents))
+
+    def relevance(self, queries: Sequence[str], scores: np.ndarray) -> np.ndarray:
+        """`score_pairs` scores mapped into [0, 1], monotone per query (see each scorer's `relevance`)."""
+        return self.scorer.relevance(list(queries), scores)
+
+    def cut_documents(self, documents: Sequence[str], max_tokens: int) -> list[str]:
+        """Each document cut after its first `max_tokens` tokens (a per-request limit, e.g. Cohere's)."""
+        return self.scorer.tokenizer.cut_texts(documents, max_tokens)
 
     def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
         """One float32 score per document, in input order (logits for cross-encoders)."""

@@ -45,12 +45,43 @@ class Encoded:
         }
 
 
-def _collect(encodings: Sequence[Encoding]) -> Encoded:
+@dataclass
+class Chunked:
+    """Rows that are chunks of longer texts: `owners[row]` is the text (or pair) the row came from.
+
+    `truncated` counts texts that still did not fit in `max_chunks_per_doc` chunks.
+    """
+
+    encoded: Encoded
+    owners: np.ndarray
+    truncated: int
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a long document is cut: windows of `tokens` document tokens overlapping by `overlap`."""
+
+    tokens: int | None
+    overlap: int
+    max_chunks: int
+
+    def windows(self, document: Encoding, room: int) -> tuple[list[Encoding], bool]:
+        """The document's windows (at most `max_chunks`, each ≤ min(tokens, room)); True if some was cut off."""
+        size = max(1, min(self.tokens or room, room))
+        if len(document.ids) <= size:
+            return [document], False
+        stride = min(self.overlap, size - 1)
+        document.truncate(size, stride=stride)
+        windows = [document, *document.overflowing]
+        return windows[: self.max_chunks], len(windows) > self.max_chunks
+
+
+def _collect(encodings: Sequence[Encoding], count_truncated: bool = True) -> Encoded:
     return Encoded(
         input_ids=[e.ids for e in encodings],
         token_type_ids=[e.type_ids for e in encodings],
         attention_mask=[e.attention_mask for e in encodings],
-        truncated=sum(1 for e in encodings if e.overflowing),
+        truncated=sum(1 for e in encodings if e.overflowing) if count_truncated else 0,
     )
 
 
@@ -82,6 +113,53 @@ class TextTokenizer:
         if self._truncation != (max_length, strategy):
             self._tok.enable_truncation(max_length, strategy=strategy)
             self._truncation = (max_length, strategy)
+
+    def _whole(self, texts: Sequence[str]) -> list[Encoding]:
+        """Texts encoded in full, without special tokens (the material chunks and cuts are made of)."""
+        self._tok.no_truncation()
+        self._truncation = None
+        return self._tok.encode_batch(list(texts), add_special_tokens=False)
+
+    def cut_texts(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text cut after its first `max_tokens` tokens, where that token ends (Cohere's `max_tokens_per_doc`)."""
+        out = []
+        for text, encoding in zip(texts, self._whole(texts)):
+            offsets = encoding.offsets
+            out.append(text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]])
+        return out
+
+    def encode_pairs_chunked(self, queries: Sequence[str], documents: Sequence[str], max_length: int,
+                             chunking: Chunking) -> Chunked:
+        """(query, chunk) pairs: each document cut into windows that fit beside its query in `max_length`."""
+        special = self._tok.num_special_tokens_to_add(True)
+        unique = list(dict.fromkeys(queries))
+        query_tokens = dict(zip(unique, self._whole(unique)))
+        encodings, owners, truncated = [], [], 0
+        for i, (query, document) in enumerate(zip(queries, self._whole(documents))):
+            q = query_tokens[query]
+            if len(q.ids) > max_length // 2:  # a query that leaves no room is cut, as encode_pairs does
+                q = self._tok.encode(query, add_special_tokens=False)
+                q.truncate(max_length // 2)
+            windows, cut = chunking.windows(document, max_length - special - len(q.ids))
+            truncated += cut
+            encodings.extend(self._tok.post_process(q, w) for w in windows)
+            owners.extend([i] * len(windows))
+        return Chunked(_collect(encodings, count_truncated=False), np.array(owners, dtype=np.int64), truncated)
+
+    def encode_texts_chunked(self, texts: Sequence[str], max_length: int, chunking: Chunking, *,
+                             prefix: str = "") -> Chunked:
+        """Single texts cut into windows of at most `max_length` tokens each (markers and specials included)."""
+        marker = self._tok.encode(prefix.strip(), add_special_tokens=False) if prefix.strip() else None
+        room = max_length - self._tok.num_special_tokens_to_add(False) - (len(marker.ids) if marker else 0)
+        encodings, owners, truncated = [], [], 0
+        for i, text in enumerate(self._whole(texts)):
+            windows, cut = chunking.windows(text, room)
+            truncated += cut
+            for window in windows:
+                merged = Encoding.merge([marker, window], growing_offsets=True) if marker else window
+                encodings.append(self._tok.post_process(merged))
+            owners.extend([i] * len(windows))
+        return Chunked(_collect(encodings, count_truncated=False), np.array(owners, dtype=np.int64), truncated)
 
     def encode_pairs(self, queries: Sequence[str], documents: Sequence[str], max_length: int) -> Encoded:
         """Encode (query, document) pairs, truncating the document only.

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 from rayrank.config import EngineConfig
 from rayrank.models import ResolvedModel, resolve_model
 from rayrank.scoring.base import PairScores
+from rayrank.tokenize import TextTokenizer
 
 
 class Scorer(Protocol):
     kind: str
+    tokenizer: TextTokenizer
 
     def score_pairs(self, queries: list[str], documents: list[str]) -> PairScores: ...
+
+    def relevance(self, queries: list[str], scores: np.ndarray) -> np.ndarray: ...
 
 
 def load_scorer(config: EngineConfig, resolved: ResolvedModel | None = None) -> Scorer:

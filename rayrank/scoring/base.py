@@ -15,7 +15,7 @@ from rayrank.backends.onnx_backend import Fusion, OnnxBackend, build_onnx, weigh
 from rayrank.backends.torch_backend import TorchBackend
 from rayrank.batching import plan_batches
 from rayrank.config import EngineConfig
-from rayrank.tokenize import Encoded
+from rayrank.tokenize import Chunking, Encoded
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ class PairScores:
 
     scores: np.ndarray
     truncated: int = 0
+
+
+def sigmoid(scores: np.ndarray) -> np.ndarray:
+    """Logits → probabilities (what one-label sentence-transformers cross-encoders return by default)."""
+    return (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
 
 
 def make_backend(config: EngineConfig, module: torch.nn.Module, model_dir: Path, head: str, hf_config) -> Backend:
@@ -58,6 +63,13 @@ def run_batches(backend: Backend, encoded: Encoded, config: EngineConfig, pad_id
         overhead = _BATCH_OVERHEAD_TOKENS["cuda" if backend.device.startswith("cuda") else "cpu"]
     for rows in plan_batches(encoded.lengths, config.max_tokens_per_batch, config.max_batch_size, overhead):
         yield rows, backend.run(encoded.batch(rows, pad_id))
+
+
+def chunking_of(config: EngineConfig) -> Chunking | None:
+    """How long documents are cut (`long_documents: chunk`), or None when they are truncated."""
+    if config.long_documents == "truncate":
+        return None
+    return Chunking(config.chunk_tokens, config.chunk_overlap_tokens, config.max_chunks_per_doc)
 
 
 def report_truncation(truncated: int, total: int, what: str, max_length: int) -> None:

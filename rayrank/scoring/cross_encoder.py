@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from rayrank.config import EngineConfig
-from rayrank.scoring.base import PairScores, make_backend, report_truncation, run_batches
+from rayrank.scoring.base import PairScores, chunking_of, make_backend, report_truncation, run_batches, sigmoid
 from rayrank.tokenize import TextTokenizer
 
 
@@ -26,11 +26,18 @@ class _Logit(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0]
 
 
-def model_max_length(config, tokenizer: TextTokenizer) -> int:
-    """The longest input the model can read: position embeddings, capped by the tokenizer's limit."""
+def model_max_length(config, tokenizer: TextTokenizer, requested: int | None = None) -> int:
+    """The longest input to run: `requested` (a user's `max_length`) up to the model's position
+    embeddings; without one, the positions capped by the tokenizer's saved limit.
+
+    A checkpoint's tokenizer limit is a default, not a property of the weights (a student saved at
+    128 tokens still has 512 positions), so it must not silently cap a length the user asked for.
+    """
     positions = getattr(config, "max_position_embeddings", 512)
     if config.model_type in ("roberta", "xlm-roberta", "camembert"):
         positions -= 2  # RoBERTa reserves two positions for the padding offset
+    if requested is not None:
+        return min(requested, positions)
     limit = tokenizer.model_max_length
     return min(positions, limit) if limit and limit < 1_000_000 else positions
 
@@ -55,7 +62,7 @@ class CrossEncoderScorer:
             raise ValueError(f"{model_dir} has {model.config.num_labels} labels; rayrank reranks with "
                              "single-logit cross-encoders (num_labels=1).")
         self.tokenizer = TextTokenizer(model_dir)
-        self.max_length = min(config.max_length or 10**9, model_max_length(model.config, self.tokenizer))
+        self.max_length = model_max_length(model.config, self.tokenizer, config.max_length)
         self.config = config
         uses_types = self.tokenizer.uses_token_types and getattr(model.config, "type_vocab_size", 0) > 1
         self.backend = make_backend(config, _Logit(model, uses_types), model_dir, "logit", model.config)
@@ -65,8 +72,21 @@ class CrossEncoderScorer:
         scores = np.empty(len(queries), dtype=np.float32)
         if not len(queries):
             return PairScores(scores)
-        encoded = self.tokenizer.encode_pairs(queries, documents, self.max_length)
-        for rows, logits in run_batches(self.backend, encoded, self.config, self.tokenizer.pad_id):
-            scores[rows] = logits
-        report_truncation(encoded.truncated, len(queries), "pairs", self.max_length)
-        return PairScores(scores, encoded.truncated)
+        chunking = chunking_of(self.config)
+        if chunking is None:
+            encoded = self.tokenizer.encode_pairs(queries, documents, self.max_length)
+            for rows, logits in run_batches(self.backend, encoded, self.config, self.tokenizer.pad_id):
+                scores[rows] = logits
+            truncated = encoded.truncated
+        else:  # every (query, window) pair in the same token-budget batches; the best window wins
+            chunked = self.tokenizer.encode_pairs_chunked(queries, documents, self.max_length, chunking)
+            scores.fill(-np.inf)
+            for rows, logits in run_batches(self.backend, chunked.encoded, self.config, self.tokenizer.pad_id):
+                np.maximum.at(scores, chunked.owners[rows], logits)
+            truncated = chunked.truncated
+        report_truncation(truncated, len(queries), "pairs", self.max_length)
+        return PairScores(scores, truncated)
+
+    def relevance(self, queries: Sequence[str], scores: np.ndarray) -> np.ndarray:
+        """Scores in [0, 1]: the logit's sigmoid (what sentence-transformers returns for one label)."""
+        return sigmoid(scores)

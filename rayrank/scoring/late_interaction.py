@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rayrank.config import EngineConfig
-from rayrank.scoring.base import PairScores, make_backend, report_truncation, run_batches
+from rayrank.scoring.base import PairScores, chunking_of, make_backend, report_truncation, run_batches
 from rayrank.scoring.cross_encoder import model_max_length
 from rayrank.tokenize import Encoded, TextTokenizer
 
@@ -138,9 +138,12 @@ class LateInteractionScorer:
         self.tokenizer.add_markers([self.conventions.query_prefix, self.conventions.document_prefix])
         limit = model_max_length(encoder.config, self.tokenizer)
         conv = self.conventions
-        self.document_max_length = min(config.max_length or conv.document_length or _max_seq_length(model_dir)
-                                       or limit, limit)
-        self.query_max_length = min(config.query_max_length or conv.query_length or self.document_max_length, limit)
+        if config.max_length is not None:  # the user's length wins over the checkpoint's saved limits
+            self.document_max_length = model_max_length(encoder.config, self.tokenizer, config.max_length)
+        else:
+            self.document_max_length = min(conv.document_length or _max_seq_length(model_dir) or limit, limit)
+        self.query_max_length = model_max_length(encoder.config, self.tokenizer, config.query_max_length
+                                                 or conv.query_length or self.document_max_length)
         self.skip_ids = np.array(sorted(self.tokenizer.token_ids(conv.skiplist_words)), dtype=np.int64)
         projection = _projection(model_dir)
         self.dim = projection.out_features if projection is not None else encoder.config.hidden_size
@@ -157,29 +160,57 @@ class LateInteractionScorer:
                 out[row] = embeddings[i, keep[row]].astype(dtype)
         return out
 
-    def encode_queries(self, queries: Sequence[str]) -> list[np.ndarray]:
-        """Per-query float32 (tokens, dim) matrices; with query augmentation every padded slot counts."""
+    def _tokenize_queries(self, queries: Sequence[str]) -> tuple[Encoded, list[np.ndarray]]:
+        """Queries' tokens and the positions that score; with query augmentation every padded slot does."""
         conv = self.conventions
         encoded = self.tokenizer.encode_texts(
             queries, self.query_max_length, prefix=conv.query_prefix, pad_to=conv.query_length,
             attend_to_padding=conv.attend_to_expansion_tokens)
-        report_truncation(encoded.truncated, len(queries), "queries", self.query_max_length)
         if conv.query_length is not None:
-            keep = [np.arange(n) for n in encoded.lengths]
-        else:
-            keep = [np.flatnonzero(mask) for mask in encoded.attention_mask]
+            return encoded, [np.arange(n) for n in encoded.lengths]
+        return encoded, [np.flatnonzero(mask) for mask in encoded.attention_mask]
+
+    def encode_queries(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """Per-query float32 (tokens, dim) matrices."""
+        encoded, keep = self._tokenize_queries(queries)
+        report_truncation(encoded.truncated, len(queries), "queries", self.query_max_length)
         return self._embed(encoded, keep, np.float32)
+
+    def relevance(self, queries: Sequence[str], scores: np.ndarray) -> np.ndarray:
+        """MaxSim in [0, 1]: `(1 + MaxSim / query_tokens) / 2`, monotone in MaxSim for each query.
+
+        MaxSim sums, over the query's scoring tokens, a cosine in [-1, 1] (embeddings are L2-normalised),
+        so MaxSim / query_tokens is the mean best-match cosine; the map makes it a [0, 1] score that
+        compares across queries of different lengths. Raw MaxSim stays what `score_pairs` returns.
+        """
+        unique = list(dict.fromkeys(queries))
+        counts = dict(zip(unique, (max(len(k), 1) for k in self._tokenize_queries(unique)[1])))
+        tokens = np.fromiter((counts[q] for q in queries), dtype=np.float64, count=len(queries))
+        return np.clip((1.0 + np.asarray(scores, dtype=np.float64) / tokens) / 2.0, 0.0, 1.0).astype(np.float32)
 
     def encode_documents(self, documents: Sequence[str]) -> list[np.ndarray]:
         """Per-document float16 (tokens, dim) matrices with skiplisted tokens removed, ready to index."""
         return self._encode_documents(documents)[0]
 
     def _encode_documents(self, documents: Sequence[str]) -> tuple[list[np.ndarray], int]:
-        encoded = self.tokenizer.encode_texts(documents, self.document_max_length,
-                                              prefix=self.conventions.document_prefix)
-        report_truncation(encoded.truncated, len(documents), "documents", self.document_max_length)
+        """Documents' token embeddings; with chunking, each document's the union of its windows' tokens."""
+        chunking = chunking_of(self.config)
+        prefix = self.conventions.document_prefix
+        if chunking is None:
+            encoded = self.tokenizer.encode_texts(documents, self.document_max_length, prefix=prefix)
+            truncated = encoded.truncated
+        else:
+            chunked = self.tokenizer.encode_texts_chunked(documents, self.document_max_length, chunking, prefix=prefix)
+            encoded, truncated = chunked.encoded, chunked.truncated
+        report_truncation(truncated, len(documents), "documents", self.document_max_length)
         keep = [np.flatnonzero(~np.isin(ids, self.skip_ids)) for ids in encoded.input_ids]
-        return self._embed(encoded, keep, np.float16), encoded.truncated
+        embeddings = self._embed(encoded, keep, np.float16)
+        if chunking is not None:
+            windows: list[list[np.ndarray]] = [[] for _ in documents]
+            for owner, window in zip(chunked.owners, embeddings):
+                windows[owner].append(window)
+            embeddings = [np.concatenate(w) for w in windows]
+        return embeddings, truncated
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> PairScores:
         """MaxSim of each pair; each distinct query is encoded once."""

@@ -264,9 +264,9 @@ def test_serve_import_paths_and_deployments_exist():
 
 
 def test_serve_config_agrees_with_the_local_one():
-    """configs/serve.local.yaml and the RayService run the same application and deployments."""
-    path = REPO / "configs" / "serve.local.yaml"
-    assert path.is_file(), "configs/serve.local.yaml (the local Serve config) is missing"
+    """The packaged default Serve config and the RayService run the same application and deployments."""
+    path = REPO / "ray_app" / "serve.default.yaml"
+    assert path.is_file(), "ray_app/serve.default.yaml (the default Serve config) is missing"
     local = {a["import_path"]: a for a in yaml.safe_load(path.read_text()).get("applications", [])}
     for app in serve_config()["applications"]:
         assert app["import_path"] in local, f"{path.name} runs {sorted(local)}, the RayService {app['import_path']}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +10,11 @@ from contextlib import contextmanager
 import requests
 
 from rayrank.ray_app.config import ServeArgs
+
+# API keys the auth tests' replicas read (`auth.api_keys_env`). Set before the session's Ray starts,
+# so workers inherit them as a container inherits a Secret: Ray's runtime_env agent would log them.
+API_KEYS = ("key-one-3f9a", "key-two-77c1")
+os.environ["RAYRANK_TEST_KEYS"] = ",".join(API_KEYS)
 
 
 def free_port() -> int:

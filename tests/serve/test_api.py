@@ -42,8 +42,10 @@ def stats(url: str) -> dict:
 def test_cohere_rerank_ranks_with_engine_scores(url, engine):
     body = post(url, "/v1/rerank", {"query": "what is a ray cluster", "documents": DOCS[:2] + [{"text": DOCS[2]}],
                                     "model": "tiny"}).json()
-    expected = engine.score("what is a ray cluster", DOCS[:3])
+    raw = engine.score("what is a ray cluster", DOCS[:3])
+    expected = engine.relevance(["what is a ray cluster"] * 3, raw)
     scores = [r["relevance_score"] for r in body["results"]]
+    assert all(0 <= s <= 1 for s in scores)
     assert [r["index"] for r in body["results"]] == np.argsort(-expected, kind="stable").tolist()
     np.testing.assert_allclose(scores, np.sort(expected)[::-1], rtol=1e-4)
     assert "document" not in body["results"][0] and body["meta"]["model"] == "tiny" and body["id"]
@@ -80,7 +82,8 @@ def test_concurrent_requests_share_an_engine_call_and_get_their_own_scores(url, 
     after = stats(url)
     for query, body in zip(queries, bodies):
         by_index = {r["index"]: r["relevance_score"] for r in body["results"]}
-        np.testing.assert_allclose([by_index[i] for i in range(len(DOCS))], engine.score(query, DOCS), rtol=1e-4)
+        expected = engine.relevance([query] * len(DOCS), engine.score(query, DOCS))
+        np.testing.assert_allclose([by_index[i] for i in range(len(DOCS))], expected, rtol=1e-4)
     assert after["requests"] - before["requests"] == len(queries)
     assert after["batches"] - before["batches"] < len(queries)  # at least two requests met in one batch
     assert after["pairs_scored"] - before["pairs_scored"] == len(queries) * len(DOCS)
@@ -117,8 +120,8 @@ def test_semantic_cache_hits_same_and_near_duplicate_queries_over_the_same_docum
     ({"query": "q", "documents": ["ok", 7]}, 422, "documents", "index 1 is int"),
     ({"query": ["q"], "documents": DOCS}, 422, "query", "valid string"),
     ({"query": "q", "documents": "one string"}, 422, "documents", "valid list"),
-    ({"query": "q", "documents": DOCS, "top_n": 0}, 422, "top_n", "greater than 0"),
-    ({"query": "q", "documents": DOCS, "top_n": -3}, 422, "top_n", "greater than 0"),
+    ({"query": "q", "documents": DOCS, "top_n": 0}, 422, "top_n", "greater than or equal to 1"),
+    ({"query": "q", "documents": DOCS, "top_n": -3}, 422, "top_n", "greater than or equal to 1"),
     ({"query": "q", "documents": DOCS, "model": "rerank-v3.5"}, 422, "model", "not served"),
     ({"query": "q", "documents": DOCS, "colour": 1}, 422, "colour", "not permitted"),
     ({"query": "q", "documents": ["ok", {"id": "d1"}]}, 422, "documents[1]", "loads none"),

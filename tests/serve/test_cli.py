@@ -1,4 +1,5 @@
-"""`rayrank serve`: config validation naming the key, and a real run joined to the session's Ray."""
+"""`rayrank serve`: config validation naming the key, and real runs joined to the session's Ray — one with
+the packaged default config from a directory that is not the repository."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,11 @@ import requests
 import yaml
 
 from rayrank.errors import ConfigError
+from rayrank.ray_app.cli import DEFAULT_CONFIG as LOCAL
 from rayrank.ray_app.cli import load_plan
 from tests.serve.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-LOCAL = REPO / "configs" / "serve.local.yaml"
 
 
 def write_config(tmp_path: Path, edit) -> Path:
@@ -28,12 +30,16 @@ def write_config(tmp_path: Path, edit) -> Path:
     return path
 
 
-def test_the_local_config_validates():
+def test_the_default_config_validates_and_is_shown(capsys):
+    from rayrank.ray_app.cli import main
+
+    assert main(["--show-config"]) == 0 and capsys.readouterr().out == LOCAL.read_text()
     plan = load_plan(LOCAL)
     (_, args, options), = plan.apps
     assert args.engine.scorer == "late-interaction" and args.engine.model_name.endswith("all-MiniLM-L6-v2")
     assert options["autoscaling_config"]["max_replicas"] >= options["autoscaling_config"]["min_replicas"]
     assert options["max_queued_requests"] > 0 and options["backpressure_config"]["retry_after_s"] > 0
+    assert options["backpressure_config"]["status_code"] == 429  # as the replica's own refusal
 
 
 @pytest.mark.parametrize(("edit", "says"), [
@@ -48,6 +54,38 @@ def test_bad_config_names_the_key(tmp_path, edit, says):
         load_plan(write_config(tmp_path, edit))
 
 
+def serve(args: list[str], cwd: Path, port: int) -> subprocess.Popen:
+    """`rayrank serve ARGS` as a user runs it (the installed package, not this checkout's path)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([sys.executable, "-m", "rayrank", "serve", *args, "--port", str(port)], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    line = proc.stdout.readline()  # printed once the application is running
+    assert line.startswith(f"rayrank serving at http://127.0.0.1:{port}/"), line
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+
+
+def test_rayrank_serve_with_no_config_from_any_directory(ray_cluster, tmp_path):
+    port = free_port()
+    proc = serve(["--address", ray_cluster], cwd=tmp_path, port=port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while requests.get(url + "/health", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the default app never became ready"
+            time.sleep(0.5)
+        body = requests.post(url + "/v2/rerank", json={"query": "what is a ray head node?", "documents": [
+            "Fish swim in the sea.", "The head node of a Ray cluster runs the GCS."]}, timeout=60).json()
+        assert [r["index"] for r in body["results"]] == [1, 0]
+    finally:
+        stop(proc)
+
+
 def test_rayrank_serve_runs_joined_to_a_cluster_and_stops_on_sigint(ray_cluster, tiny_encoder, tmp_path):
     def tiny(config):
         app = config["applications"][0]
@@ -56,17 +94,10 @@ def test_rayrank_serve_runs_joined_to_a_cluster_and_stops_on_sigint(ray_cluster,
         app["deployments"][0]["ray_actor_options"] = {"num_cpus": 0}
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rayrank.cli", "serve", "--config", str(write_config(tmp_path, tiny)),
-                             "--address", ray_cluster, "--port", str(port)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = serve(["--config", str(write_config(tmp_path, tiny)), "--address", ray_cluster], cwd=REPO, port=port)
     try:
-        line = proc.stdout.readline()  # printed once the application is running
-        assert line.startswith(f"rayrank serving at http://127.0.0.1:{port}/"), line
         body = requests.post(f"http://127.0.0.1:{port}/v1/rerank", json={"query": "ray", "documents": ["a", "b"]},
                              timeout=60).json()
         assert len(body["results"]) == 2
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
