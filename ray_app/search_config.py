@@ -8,6 +8,7 @@ from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
 
 from rayrank.config import StrictModel
 from rayrank.funnel.config import FunnelConfig, load_funnel_config
+from rayrank.ray_app.config import AuthConfig
 
 # Stages whose queue the deadline estimator watches: skipping them still leaves a ranking to answer from.
 RERANKERS = ("rerank", "llm")
@@ -73,6 +74,7 @@ class SearchArgs(StrictModel):
     ingress: IngressDeployment = IngressDeployment()
     deadline: DeadlineConfig = DeadlineConfig()
     limits: SearchLimits = SearchLimits()
+    auth: AuthConfig = AuthConfig()  # the rerank API's keys: `Authorization: Bearer KEY` on /v1/search
     default_top_n: PositiveInt | None = Field(None, description="results of a request without top_n "
                                               "(default: the last stage's k)")
 

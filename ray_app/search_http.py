@@ -1,5 +1,8 @@
 """The HTTP API of the search ingress: `POST /v1/search`, `GET /healthz`.
 
+With keys in `auth.api_keys_env` every route but `/healthz` needs `Authorization: Bearer KEY`, as on
+the rerank API (`rayrank.ray_app.auth`).
+
 Errors are the same JSON as the rerank API's, `{"error": {"type", "message", "field"}}` with a 4xx
 naming the field (422 for an empty query, a `top_n` beyond the last stage's `k`).
 """
@@ -14,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
 
 import rayrank
+from rayrank.ray_app.auth import protect
 from rayrank.ray_app.http import _validation_error
 from rayrank.ray_app.schemas import RequestError, _Request
 from rayrank.ray_app.search_config import SearchArgs
@@ -87,4 +91,5 @@ def build_search_http(service: SearchService) -> FastAPI:
         """Liveness, this ingress's counters and each reranking stage's queue and measured speed."""
         return {"status": "ok", "stages": [s.name for s in args.funnel.stages], "stats": service.stats()}
 
+    protect(app, args.auth, metrics.rejected)
     return app

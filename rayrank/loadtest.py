@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -146,11 +147,12 @@ async def _send(session, url: str, body: bytes, due: float, origin: float, timeo
     return Sample(due - origin, status, time.perf_counter() - due, error, fallback, stages)
 
 
-async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], timeout: float) -> list[Sample]:
+async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], timeout: float,
+                    headers: dict[str, str] | None = None) -> list[Sample]:
     """Send `payloads[i % n]` at `schedule[i]` seconds from now, never waiting for earlier answers."""
     import aiohttp
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as session:
         origin = time.perf_counter()
         tasks = []
         for i, offset in enumerate(schedule):
@@ -160,11 +162,12 @@ async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], t
         return list(await asyncio.gather(*tasks))
 
 
-async def measure_service_times(url: str, payloads: Sequence[bytes], count: int, timeout: float) -> np.ndarray:
+async def measure_service_times(url: str, payloads: Sequence[bytes], count: int, timeout: float,
+                                headers: dict[str, str] | None = None) -> np.ndarray:
     """Latencies of `count` sequential requests: service times with nothing queued."""
     out = []
     for i in range(count):
-        (sample,) = await run_level(url, np.zeros(1), [payloads[i % len(payloads)]], timeout)
+        (sample,) = await run_level(url, np.zeros(1), [payloads[i % len(payloads)]], timeout, headers)
         if sample.status == 200:
             out.append(sample.latency)
     if not out:
@@ -239,6 +242,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs", type=int, default=20, help="documents per request (/v1/search: top_n)")
     parser.add_argument("--budget-ms", type=float, help="/v1/search: latency_budget_ms of every request")
     parser.add_argument("--queries", type=Path, help="/v1/search: a Parquet file whose `query` column is sent")
+    parser.add_argument("--api-key-env", default="RAYRANK_API_KEY",
+                        help="send `Authorization: Bearer` with this variable's key when it is set")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     parser.add_argument("--simulate", action="store_true", help="measure service times and print a FIFO prediction")
     parser.add_argument("--calibration-requests", type=int, default=20)
@@ -260,7 +265,9 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
     queries = pq.read_table(opts.queries, columns=["query"]).column("query").to_pylist() if opts.queries else ()
     payloads = make_payloads(64 if not queries else max(64, len(queries)), opts.docs, opts.path, rng, queries,
                              opts.budget_ms)
-    service = (await measure_service_times(url, payloads, opts.calibration_requests, opts.timeout)
+    key = os.environ.get(opts.api_key_env)
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    service = (await measure_service_times(url, payloads, opts.calibration_requests, opts.timeout, headers)
                if opts.simulate else None)
     if service is not None:
         print(f"service time (sequential, n={len(service)}): p50 {np.median(service) * 1000:.1f} ms, "
@@ -269,7 +276,7 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
     rows = []
     for qps in opts.levels:
         schedule = arrivals(qps, opts.duration, rng)
-        samples = await run_level(url, schedule, payloads, opts.timeout)
+        samples = await run_level(url, schedule, payloads, opts.timeout, headers)
         simulated = None
         if service is not None:
             simulated = percentiles(simulate_fifo(schedule, rng.choice(service, size=len(schedule))))

@@ -18,7 +18,7 @@ from rayrank import loadtest
 from rayrank.config import ConfigError, parse_config
 from rayrank.ray_app.search_config import SearchArgs
 from tests.openai_standin import standin
-from tests.serve.conftest import free_port, post
+from tests.serve.conftest import API_KEYS, free_port, post
 from tests.tiny_models import WORDS
 
 
@@ -67,12 +67,17 @@ def llm():
 @pytest.fixture(scope="module")
 def url(ray_cluster, tiny_cross_encoder, tmp_path_factory, llm):
     corpus = write_corpus(tmp_path_factory.mktemp("corpus"))
-    with running_search(funnel_args(corpus, tiny_cross_encoder, llm.url)) as base:
+    args = funnel_args(corpus, tiny_cross_encoder, llm.url, auth={"api_keys_env": "RAYRANK_TEST_KEYS"})
+    with running_search(args) as base:
         yield base
 
 
+def search(url: str, payload, key: str | None = API_KEYS[0]) -> requests.Response:
+    return post(url, "/v1/search", payload, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
 def test_search_runs_every_stage_and_times_each(url, llm):
-    response = post(url, "/v1/search", {"query": "ray cluster python", "top_n": 2})
+    response = search(url, {"query": "ray cluster python", "top_n": 2})
     assert response.status_code == 200, response.text
     body = response.json()
     stages = body["meta"]["stages"]
@@ -90,21 +95,21 @@ def test_search_runs_every_stage_and_times_each(url, llm):
 def test_default_top_n_and_a_generous_budget_do_not_fall_back(url):
     for budget in (None, 60_000):
         payload = {"query": "fish sea light"} | ({} if budget is None else {"latency_budget_ms": budget})
-        body = post(url, "/v1/search", payload).json()
+        body = search(url, payload).json()
         assert len(body["results"]) == 3 and body["meta"]["fallback"] is None  # the last stage's k
 
 
 def test_a_slow_llm_past_the_budget_is_answered_from_the_reranker(url, llm):
     llm.behaviour, llm.delay_s = "slow", 8.0
     try:
-        body = post(url, "/v1/search", {"query": "dog cat", "latency_budget_ms": 3000}).json()
+        body = search(url, {"query": "dog cat", "latency_budget_ms": 3000}).json()
     finally:
         llm.behaviour = None
     assert body["meta"]["fallback"] == [{"stage": "llm", "reason": "deadline", "answered_from": "rerank"}]
     assert body["meta"]["stages"][2]["skipped"] == "deadline" and len(body["results"]) == 3
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True) and scores != [3.0, 2.0, 1.0]  # cross-encoder scores
-    assert post(url, "/v1/search", {"query": "dog cat", "latency_budget_ms": 60_000}).json()["meta"]["fallback"] \
+    assert search(url, {"query": "dog cat", "latency_budget_ms": 60_000}).json()["meta"]["fallback"] \
         is None
 
 
@@ -118,18 +123,18 @@ def test_a_slow_llm_past_the_budget_is_answered_from_the_reranker(url, llm):
     ({"query": "ray", "topn": 3}, 422, "topn"),
 ])
 def test_bad_requests_name_the_field(url, payload, status, field):
-    response = post(url, "/v1/search", payload)
+    response = search(url, payload)
     assert response.status_code == status and response.json()["error"]["field"] == field, response.text
 
 
 def test_invalid_json_is_a_400(url):
-    response = requests.post(url + "/v1/search", data=b"{not json", headers={"content-type": "application/json"},
-                             timeout=30)
+    response = requests.post(url + "/v1/search", data=b"{not json", timeout=30,
+                             headers={"content-type": "application/json", "Authorization": f"Bearer {API_KEYS[1]}"})
     assert response.status_code == 400 and response.json()["error"]["field"] == "body"
 
 
 def test_healthz_counts_requests_and_shows_the_reranker_clock(url):
-    post(url, "/v1/search", {"query": "dog run fast"})
+    search(url, {"query": "dog run fast"})
     stats = requests.get(url + "/healthz", timeout=30).json()["stats"]
     assert stats["requests"] >= 1 and stats["rejected_invalid_request"] >= 1
     assert stats["stages"]["rerank"]["pending_documents"] == 0 and stats["stages"]["rerank"]["ms_per_document"] > 0
@@ -145,9 +150,18 @@ def test_args_errors_name_the_key(tmp_path, tiny_cross_encoder):
         funnel_args(corpus, tiny_cross_encoder, default_top_n=6)
 
 
-def test_loadtest_against_search_reports_fallback_share_and_stage_table(url, tmp_path, capsys):
+def test_search_needs_an_api_key_when_keys_are_set(url):
+    for key in (None, "key-one"):
+        response = search(url, {"query": "ray"}, key=key)
+        assert response.status_code == 401 and response.json()["error"]["type"] == "unauthorized"
+    assert search(url, {"query": "ray"}, key=API_KEYS[1]).status_code == 200
+    assert requests.get(url + "/healthz", timeout=30).json()["stats"]["rejected_unauthorized"] >= 2
+
+
+def test_loadtest_against_search_reports_fallback_share_and_stage_table(url, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SEARCH_KEY", API_KEYS[0])
     code = loadtest.main([url, "--path", "/v1/search", "--qps", "4", "--duration", "1", "--docs", "3",
-                          "--budget-ms", "60000", "--out", str(tmp_path)])
+                          "--budget-ms", "60000", "--api-key-env", "SEARCH_KEY", "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| stage | kind | docs_in | docs_out | p50 | p99 | skipped_share |" in printed
