@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {os.cpu_count()} cores; load average {load_average()} at the start", flush=True)
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    port = 8000 + os.getpid() % 1000
+    with socket.socket() as sock:  # a free port: other engineers serve on this machine too
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_search_app(args), name="search", route_prefix="/")
     url = f"http://127.0.0.1:{port}/v1/search"
