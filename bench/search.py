@@ -10,8 +10,11 @@ replica, one thread, one request per engine call, like the reference's single-se
    query from `meta.stages` (p50/p99), documents in and out.
 2. Load: the cross-encoder's capacity is 1 / its sequential ms per query; each level offers
    `--rates` x that capacity (Poisson arrivals, open loop, `rayrank.loadtest`), first without a
-   budget, then (same rate, next in the run) with `latency_budget_ms: --budget-ms`; p50/p99 from
-   the client, the share of answers that fell back, and p99 / budget.
+   budget, then (same rate, next in the run) with `latency_budget_ms: --budget-ms` (default twice
+   the sequential p50); p50/p99 from the client, the share of answers that fell back, p99 / budget.
+
+The cross-encoder reads `--max-length` tokens of each (claim, abstract) pair (default 128: SciFact's
+abstracts run to 300+ tokens, and the reference's 45 ms a request is for short passages).
 
     python bench/search.py                            # about 4 minutes on 2 CPU cores
     python bench/search.py --index runs/scifact-li    # with a late-interaction first stage
@@ -34,9 +37,9 @@ import numpy as np
 from _common import REPO, SCIFACT, load_average, minilm_cross_encoder, skip_message, table
 
 
-def funnel(index: str | None, reranker: Path) -> list[dict]:
+def funnel(index: str | None, reranker: Path, max_length: int) -> list[dict]:
     rerank = {"kind": "rerank", "name": "cross-encoder", "k": 10,
-              "engine": {"model": str(reranker), "scorer": "cross-encoder", "threads": 1}}
+              "engine": {"model": str(reranker), "scorer": "cross-encoder", "threads": 1, "max_length": max_length}}
     if index is None:
         return [{"kind": "bm25", "name": "bm25", "k": 20}, rerank]
     return [{"kind": "bm25", "name": "bm25", "k": 100},
@@ -48,10 +51,11 @@ def funnel(index: str | None, reranker: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", help="a late-interaction index of the SciFact corpus (rayrank index)")
-    parser.add_argument("--sequential", type=int, default=60, help="claims sent one at a time for the stage table")
-    parser.add_argument("--rates", default="0.5,1.0,1.5", help="offered loads as multiples of the capacity")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
-    parser.add_argument("--budget-ms", type=float, default=500.0)
+    parser.add_argument("--sequential", type=int, default=30, help="claims sent one at a time for the stage table")
+    parser.add_argument("--rates", default="0.5,1.0,2.0", help="offered loads as multiples of the capacity")
+    parser.add_argument("--duration", type=float, default=25.0, help="seconds per level")
+    parser.add_argument("--budget-ms", type=float, help="latency_budget_ms (default: twice the sequential p50)")
+    parser.add_argument("--max-length", type=int, default=128, help="cross-encoder tokens per (claim, abstract)")
     opts = parser.parse_args(argv)
     if not (SCIFACT / "corpus.parquet").is_file():
         print(skip_message(SCIFACT))
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from rayrank.ray_app.search_config import SearchArgs
 
     reranker = minilm_cross_encoder(REPO / "runs" / "bench-minilm-cross-encoder")
-    stages = funnel(opts.index, reranker)
+    stages = funnel(opts.index, reranker, opts.max_length)
     deployments = {s["name"]: {"num_cpus": 0.25} for s in stages}
     deployments["cross-encoder"] = {"num_cpus": 1, "max_batch_size": 1}
     args = parse_config(SearchArgs, {"funnel": {"corpus": {"path": str(SCIFACT / "corpus.parquet")}, "stages": stages},
@@ -98,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end to end (client): p50 {total['p50']:.1f} ms, p99 {total['p99']:.1f} ms")
     rerank_ms = np.mean([st["ms"] for s in sequential for st in s.stages if st["name"] == "cross-encoder"])
     capacity = 1000 / rerank_ms
-    print(f"cross-encoder stage: {rerank_ms:.1f} ms per query -> one replica serves about {capacity:.1f} req/s")
+    print(f"cross-encoder stage: {rerank_ms:.1f} ms per query -> one replica serves about {capacity:.2f} req/s")
+    budget_ms = opts.budget_ms or round(2 * total["p50"], -1)
+    print(f"budget: {budget_ms:g} ms")
 
     rows = []
     for multiple in (float(m) for m in opts.rates.split(",")):
         rate = round(multiple * capacity, 2)
-        for budget in (None, opts.budget_ms):
+        for budget in (None, budget_ms):
             schedule = loadtest.arrivals(rate, opts.duration, rng)
             bodies = loadtest.make_payloads(len(claims), 10, "/v1/search", rng, claims, budget)
             samples = asyncio.run(loadtest.run_level(url, schedule, bodies, timeout=120))

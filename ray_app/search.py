@@ -35,7 +35,7 @@ from rayrank.funnel.deadline import StageClock
 from rayrank.funnel.stages import Ranking, build_stage
 from rayrank.ray_app.search_config import RERANKERS, SearchArgs, StageDeployment
 from rayrank.ray_app.search_http import build_search_http
-from rayrank.ray_app.search_metrics import SearchMetrics
+from rayrank.ray_app.search_metrics import SearchMetrics, StageEvents
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class FunnelStage:
     def __init__(self, funnel: FunnelConfig, name: str, deployment: StageDeployment) -> None:
         self.kind = next(s.kind for s in funnel.stages if s.name == name)
         self.stage = build_stage(funnel, name, load_corpus(funnel.corpus, funnel.storage))
+        self.events = StageEvents(name)
         self.run_batch.set_max_batch_size(deployment.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(deployment.batch_wait_timeout_s)
 
@@ -78,6 +79,7 @@ class FunnelStage:
         started = time.perf_counter()
         rankings = await asyncio.to_thread(self.stage.run, queries, previous)
         seconds = time.perf_counter() - started
+        self.events.export(self.stage.counts)
         documents = sum(len(r.doc_ids) for _, p in jobs for r in p.values()) or len(jobs)
         return [StageAnswer(ranking, seconds, documents) for ranking in rankings]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections.abc import Mapping
 
 from ray.serve import metrics
 
@@ -37,3 +38,24 @@ class SearchMetrics:
     def rejected(self, reason: str) -> None:
         self.counts[f"rejected_{reason}"] += 1
         self._rejected.inc(tags={"reason": reason})
+
+
+class StageEvents:
+    """A stage's own event counts (`stage.counts`: the LLM's calls, repairs and failures by reason, ...)
+    exported as `ray_rayrank_search_stage_events{stage, event}`."""
+
+    def __init__(self, stage: str) -> None:
+        self._exported: Tally[str] = Tally()
+        self._events = metrics.Counter("rayrank_search_stage_events", "Events counted by a funnel stage, e.g. "
+                                       "failure:timeout of the llm stage.", tag_keys=("stage", "event"))
+        self._events.set_default_tags({"stage": stage})
+
+    def export(self, counts: Mapping[str, int]) -> None:
+        """Add what `counts` (cumulative) gained since the last export."""
+        try:
+            now = Tally(dict(counts))
+        except RuntimeError:  # a worker thread was adding a key: the next export carries it
+            return
+        for event, n in (now - self._exported).items():
+            self._events.inc(n, tags={"event": event})
+        self._exported = now

@@ -5,6 +5,7 @@ field, no fallback without a budget, and a slow LLM answered from the cross-enco
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,35 @@ def test_search_runs_every_stage_and_times_each(url, llm):
     shown = re.findall(r"^\[(doc-\d+)\]", prompt, re.M)
     assert len(shown) == 5 and [r["id"] for r in body["results"]] == shown[::-1][:2]
     assert [r["score"] for r in body["results"]] == [5.0, 4.0]
+
+
+def test_a_malformed_llm_answer_keeps_the_cross_encoders_order_and_is_counted(url, llm):
+    llm.behaviour = "malformed"
+    try:
+        body = search(url, {"query": "sun light"}).json()
+    finally:
+        llm.behaviour = None
+    assert body["meta"]["fallback"] is None and [r["score"] for r in body["results"]] == [5.0, 4.0, 3.0]
+    prompt = llm.requests[-1]["body"]["messages"][-1]["content"]
+    assert [r["id"] for r in body["results"]] == re.findall(r"^\[(doc-\d+)\]", prompt, re.M)[:3]
+    assert prometheus_total("rayrank_search_stage_events", 'event="failure:malformed_answer"') >= 1
+
+
+def prometheus_total(metric: str, having: str = "", at_least: float = 1.0, wait_s: float = 40.0) -> float:
+    """`ray_METRIC` summed over its series whose tags contain `having`, as Ray's metrics agent exports it;
+    polled until it reaches `at_least` (the agent exports every few seconds) or `wait_s` passes."""
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    total, deadline = 0.0, time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        series = re.findall(rf"^ray_{metric}(?:_total)?\{{([^}}]*)\}} (\S+)$", text, re.M)
+        total = sum(float(value) for tags, value in series if having in tags)
+        if total >= at_least:
+            return total
+        time.sleep(2)
+    return total
 
 
 def test_default_top_n_and_a_generous_budget_do_not_fall_back(url):

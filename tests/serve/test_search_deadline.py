@@ -4,7 +4,6 @@ and `/healthz` count the fallbacks."""
 
 from __future__ import annotations
 
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,7 @@ import requests
 
 from bench._common import minilm_cross_encoder
 from tests.serve.conftest import post
-from tests.serve.test_search import funnel_args, running_search, write_corpus
+from tests.serve.test_search import funnel_args, prometheus_total, running_search, write_corpus
 
 BURST = 24
 
@@ -64,20 +63,4 @@ def test_a_slow_reranker_under_a_burst_falls_back_to_bm25_and_recovers(url):
     time.sleep(1.0)
     body = post(url, "/v1/search", {"query": "ray cluster", "latency_budget_ms": budget + 60_000}).json()
     assert body["meta"]["fallback"] is None
-    assert prometheus_fallbacks() >= len(fell)
-
-
-def prometheus_fallbacks(wait_s: float = 40.0) -> float:
-    """`ray_rayrank_search_fallbacks` summed over its series, as Ray's metrics agent exports it."""
-    import ray
-
-    port = ray._private.worker.global_worker.node.metrics_export_port
-    total, deadline = 0.0, time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        series = re.findall(r"^ray_rayrank_search_fallbacks(?:_total)?\{[^}]*\} (\S+)$", text, re.M)
-        total = sum(float(value) for value in series)
-        if total:
-            return total
-        time.sleep(2)
-    return total
+    assert prometheus_total("rayrank_search_fallbacks", 'stage="rerank"', at_least=len(fell)) >= len(fell)
