@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     parser.add_argument("--backend", choices=["torch", "onnx"])
     parser.add_argument("--quantize", choices=["none", "int8"])
     parser.add_argument("--max-tokens-per-batch", type=int)
-    parser.add_argument("--max-length", type=int, help="tokens per input (wins over the checkpoint's saved limit)")
+    parser.add_argument("--max-length", type=int, help="tokens per input (wins over a checkpoint's saved limit)")
     parser.add_argument("--long-documents", choices=["truncate", "chunk"],
                         help="documents over --max-length: truncate (default) or score their best chunk")
     parser.add_argument("--top-n", type=int, help="keep the N best candidates per query")

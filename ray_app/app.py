@@ -146,7 +146,7 @@ class Reranker:
         if ahead + pairs > admission.max_pending_pairs:
             reason = f"{ahead} pairs queued (limit {admission.max_pending_pairs})"
         elif wait is not None and wait > admission.max_queue_wait_s:
-            reason = (f"{ahead} pairs queued, {wait:.1f}s of work at {rate:.0f} pairs/s "
+            reason = (f"{ahead} pairs queued, {wait:.2f}s of work at {rate:.0f} pairs/s "
                       f"(limit {admission.max_queue_wait_s:g}s)")
         else:
             return

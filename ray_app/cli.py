@@ -1,7 +1,8 @@
 """`rayrank serve [--config FILE] [--show-config] [--address ADDR] [--host H] [--port P]`.
 
-Validates the Serve config file (default: `serve.default.yaml`, shipped inside the package) (Serve's schema, and `args` through `ServeArgs` with errors naming
-the key), starts Serve on a local Ray (or joins `--address`), runs the application with the
+Validates the Serve config file (default: `serve.default.yaml`, shipped inside the package, so it
+runs from any directory) with Serve's schema, and `args` through `ServeArgs` with errors naming the
+key; starts Serve on a local Ray (or joins `--address`), runs the application with the
 file's deployment options, prints the URL and blocks until Ctrl-C.
 """
 

@@ -10,6 +10,10 @@ replays every level through a single-server FIFO queue — same arrival times, s
 resampled from the measured ones — printing the predicted percentiles beside the measured ones.
 A server that batches requests beats that prediction at high load; one that does not matches it.
 
+Each level also reports how many replicas answered (rayrank's `X-Rayrank-Replica` response header),
+in all and per 5 s of the level, so an autoscaler adding or removing replicas shows in the table.
+`--api-key` (default: the `RAYRANK_API_KEY` variable) is sent as `Authorization: Bearer KEY`.
+
 `--path /v1/search` loads the online funnel instead: each request asks for `--docs` results of one
 query (random words, or `--queries` from a Parquet file), with `--budget-ms` as its
 `latency_budget_ms`; the table then has a `fallback_share` column, the share of answers whose
@@ -35,6 +39,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 PERCENTILES = (50, 95, 99, 99.9)
+REPLICA_HEADER = "X-Rayrank-Replica"
+REPLICA_WINDOW_S = 5.0
 WORDS = ("ray cluster node head worker actor task object store serve replica batch query document rank score "
          "model token embedding index search latency throughput queue python data scale memory gpu cpu").split()
 
@@ -47,6 +53,7 @@ class Sample:
     status: int
     latency: float
     error: str = ""
+    replica: str = ""  # the replica that answered (X-Rayrank-Replica), when the server names it
     fallback: bool = False
     stages: tuple[dict, ...] = ()  # /v1/search: the answer's meta.stages
 
@@ -133,6 +140,24 @@ def stage_table(samples: Sequence[Sample]) -> list[dict]:
     return rows
 
 
+def replicas_over_time(samples: Sequence[Sample], window: float = REPLICA_WINDOW_S) -> str:
+    """Distinct replicas that answered in each `window` seconds of scheduled time, e.g. "1 2 2 1".
+
+    Example:
+        >>> replicas_over_time([Sample(0.5, 200, 0.1, replica="a"), Sample(6, 200, 0.1, replica="a"),
+        ...                     Sample(7, 200, 0.1, replica="b")])
+        '1 2'
+    """
+    named = [s for s in samples if s.replica]
+    if not named:
+        return ""
+    windows = int(max(s.scheduled for s in named) // window) + 1
+    seen: list[set[str]] = [set() for _ in range(windows)]
+    for s in named:
+        seen[int(s.scheduled // window)].add(s.replica)
+    return " ".join(str(len(w)) for w in seen)
+
+
 async def _send(session, url: str, body: bytes, due: float, origin: float, timeout: float) -> Sample:
     import aiohttp
 
@@ -141,17 +166,19 @@ async def _send(session, url: str, body: bytes, due: float, origin: float, timeo
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             answer = await response.read()
             status, error = response.status, "" if response.status < 400 else f"HTTP {response.status}"
+            replica = response.headers.get(REPLICA_HEADER, "")
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        status, error, answer = 0, type(exc).__name__, b""
+        status, error, replica, answer = 0, type(exc).__name__, "", b""
     fallback, stages = search_meta(answer) if status == 200 else (False, ())
-    return Sample(due - origin, status, time.perf_counter() - due, error, fallback, stages)
+    return Sample(due - origin, status, time.perf_counter() - due, error, replica, fallback, stages)
 
 
 async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], timeout: float,
-                    headers: dict[str, str] | None = None) -> list[Sample]:
+                    api_key: str | None = None) -> list[Sample]:
     """Send `payloads[i % n]` at `schedule[i]` seconds from now, never waiting for earlier answers."""
     import aiohttp
 
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as session:
         origin = time.perf_counter()
         tasks = []
@@ -163,11 +190,11 @@ async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], t
 
 
 async def measure_service_times(url: str, payloads: Sequence[bytes], count: int, timeout: float,
-                                headers: dict[str, str] | None = None) -> np.ndarray:
+                                api_key: str | None = None) -> np.ndarray:
     """Latencies of `count` sequential requests: service times with nothing queued."""
     out = []
     for i in range(count):
-        (sample,) = await run_level(url, np.zeros(1), [payloads[i % len(payloads)]], timeout, headers)
+        (sample,) = await run_level(url, np.zeros(1), [payloads[i % len(payloads)]], timeout, api_key)
         if sample.status == 200:
             out.append(sample.latency)
     if not out:
@@ -198,6 +225,8 @@ class LevelResult:
             row["fallback_share"] = round(sum(s.fallback for s in self.samples) / max(len(ok), 1), 3)
         if self.simulated:
             row.update({f"sim_{k}": round(v, 1) for k, v in self.simulated.items()})
+        row["replicas"] = len({s.replica for s in self.samples if s.replica})
+        row["replicas_per_5s"] = replicas_over_time(self.samples)
         row["error_kinds"] = "; ".join(f"{k} x{n}" for k, n in errors.most_common())
         return row
 
@@ -242,13 +271,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs", type=int, default=20, help="documents per request (/v1/search: top_n)")
     parser.add_argument("--budget-ms", type=float, help="/v1/search: latency_budget_ms of every request")
     parser.add_argument("--queries", type=Path, help="/v1/search: a Parquet file whose `query` column is sent")
-    parser.add_argument("--api-key-env", default="RAYRANK_API_KEY",
-                        help="send `Authorization: Bearer` with this variable's key when it is set")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     parser.add_argument("--simulate", action="store_true", help="measure service times and print a FIFO prediction")
     parser.add_argument("--calibration-requests", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("loadtest"), help="directory for results.csv and latency.png")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--api-key", default=os.environ.get("RAYRANK_API_KEY"),
+                        help="sent as Authorization: Bearer KEY (default: $RAYRANK_API_KEY)")
     opts = parser.parse_args(argv)
     try:
         opts.levels = [float(q) for q in opts.qps.split(",")]
@@ -265,9 +294,7 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
     queries = pq.read_table(opts.queries, columns=["query"]).column("query").to_pylist() if opts.queries else ()
     payloads = make_payloads(64 if not queries else max(64, len(queries)), opts.docs, opts.path, rng, queries,
                              opts.budget_ms)
-    key = os.environ.get(opts.api_key_env)
-    headers = {"Authorization": f"Bearer {key}"} if key else None
-    service = (await measure_service_times(url, payloads, opts.calibration_requests, opts.timeout, headers)
+    service = (await measure_service_times(url, payloads, opts.calibration_requests, opts.timeout, opts.api_key)
                if opts.simulate else None)
     if service is not None:
         print(f"service time (sequential, n={len(service)}): p50 {np.median(service) * 1000:.1f} ms, "
@@ -276,12 +303,13 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
     rows = []
     for qps in opts.levels:
         schedule = arrivals(qps, opts.duration, rng)
-        samples = await run_level(url, schedule, payloads, opts.timeout, headers)
+        samples = await run_level(url, schedule, payloads, opts.timeout, opts.api_key)
         simulated = None
         if service is not None:
             simulated = percentiles(simulate_fifo(schedule, rng.choice(service, size=len(schedule))))
         rows.append(LevelResult(qps, samples, opts.duration, simulated, is_search(opts.path)).row())
-        print(f"  {qps:g} req/s: {rows[-1]['ok']}/{rows[-1]['sent']} ok, p99 {rows[-1]['p99']} ms", flush=True)
+        print(f"  {qps:g} req/s: {rows[-1]['ok']}/{rows[-1]['sent']} ok, p99 {rows[-1]['p99']} ms, replicas "
+              f"{rows[-1]['replicas']} ({rows[-1]['replicas_per_5s'] or 'not named'} per 5 s)", flush=True)
         if is_search(opts.path) and any(s.stages for s in samples):
             print(f"  stages at {qps:g} req/s (ms per query, queueing included):\n" +
                   format_table(stage_table(samples)), flush=True)

@@ -76,3 +76,21 @@ def test_no_key_appears_in_any_log(url):
     session = Path(ray._private.worker._global_node.get_session_dir_path())  # Ray's, Serve's and replicas' logs
     texts = [p.read_text(errors="replace") for p in (session / "logs").rglob("*") if p.is_file()]
     assert len(texts) > 5 and not any(k in t for t in texts for k in (*KEYS, "wrong-key-value"))
+
+
+def test_the_rayservice_reads_the_key_from_a_secret_and_probes_health():
+    import yaml
+
+    service = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster/kubernetes/rayservice.yaml").read_text())
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    variable = config["applications"][0]["args"]["auth"]["api_keys_env"]
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        (container,) = pod["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env[variable]["valueFrom"]["secretKeyRef"]["key"] == variable
+    (worker,) = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"]
+    assert worker["readinessProbe"]["exec"]["command"][-1].endswith("/health")
+    assert "Authorization: Bearer" in worker["readinessProbe"]["exec"]["command"][-1]
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -41,8 +41,9 @@ def test_documents_by_id_score_like_their_texts(url, tiny_encoder):
     ids = ["d3", "d0", "d6", "d1"]
     body = post(url, "/v1/rerank", {"query": "ray data cluster", "documents": [{"id": d} for d in ids],
                                     "return_documents": True}).json()
-    expected = rayrank.Reranker(str(tiny_encoder), scorer="late-interaction").score(
-        "ray data cluster", [CORPUS[d] for d in ids])
+    engine = rayrank.Reranker(str(tiny_encoder), scorer="late-interaction")
+    expected = engine.relevance(["ray data cluster"] * len(ids),
+                                engine.score("ray data cluster", [CORPUS[d] for d in ids]))
     got = np.empty(len(ids), np.float32)
     for result in body["results"]:
         got[result["index"]] = result["relevance_score"]

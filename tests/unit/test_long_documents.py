@@ -92,3 +92,10 @@ def test_user_max_length_wins_over_a_saved_tokenizer_limit(tiny_encoder, tiny_cr
         length = "max_length" if scorer == "cross-encoder" else "document_max_length"
         assert (getattr(default, length), getattr(asked, length), getattr(beyond, length)) == (16, 48, 64)
         assert asked.score_pairs(["ray"], [FILLER]).truncated == 1
+
+
+def test_rerank_cli_flags_set_the_engine_length_and_long_documents():
+    from rayrank.jobs.rerank import parse_args
+
+    config = parse_args(["in.parquet", "out", "--max-length", "64", "--long-documents", "chunk"])
+    assert (config.engine.max_length, config.engine.long_documents) == (64, "chunk")
