@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from rayrank.ray_app.search_config import SearchArgs
 
     reranker = minilm_cross_encoder(REPO / "runs" / "bench-minilm-cross-encoder")
-    stages = funnel(opts.index, reranker, opts.max_length)
+    stages = funnel(opts.index and str(Path(opts.index).resolve()), reranker, opts.max_length)
     deployments = {s["name"]: {"num_cpus": 0.25} for s in stages}
     deployments["cross-encoder"] = {"num_cpus": 1, "max_batch_size": 1}
     args = parse_config(SearchArgs, {"funnel": {"corpus": {"path": str(SCIFACT / "corpus.parquet")}, "stages": stages},
