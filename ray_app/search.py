@@ -14,7 +14,7 @@ stage is skipped and its input's best `k` stand for its answer (`meta.fallback`,
 stage that was sent the request but has not answered when the budget runs out is given up on the
 same way (reason `deadline`), as is one whose Serve queue is full (reason `overloaded`).
 
-Run it with `serve run configs/search.local.yaml`.
+Run it with `serve run configs/search.scifact.yaml` (from the repository root).
 """
 
 # No `from __future__ import annotations`: Serve reads build_search_app's annotation as a class.
