@@ -16,7 +16,7 @@ replica, one thread, one request per engine call, like the reference's single-se
 The cross-encoder reads `--max-length` tokens of each (claim, abstract) pair (default 128: SciFact's
 abstracts run to 300+ tokens, and the reference's 45 ms a request is for short passages).
 
-    python bench/search.py                            # about 4 minutes on 2 CPU cores
+    python bench/search.py                            # about 4 minutes on 2 CPU cores (model loading included)
     python bench/search.py --index runs/scifact-li    # with a late-interaction first stage
 """
 
@@ -51,9 +51,9 @@ def funnel(index: str | None, reranker: Path, max_length: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", help="a late-interaction index of the SciFact corpus (rayrank index)")
-    parser.add_argument("--sequential", type=int, default=30, help="claims sent one at a time for the stage table")
+    parser.add_argument("--sequential", type=int, default=20, help="claims sent one at a time for the stage table")
     parser.add_argument("--rates", default="0.5,1.0,2.0", help="offered loads as multiples of the capacity")
-    parser.add_argument("--duration", type=float, default=25.0, help="seconds per level")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per level")
     parser.add_argument("--budget-ms", type=float, help="latency_budget_ms (default: twice the sequential p50)")
     parser.add_argument("--max-length", type=int, default=128, help="cross-encoder tokens per (claim, abstract)")
     opts = parser.parse_args(argv)
