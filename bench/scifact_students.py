@@ -60,8 +60,8 @@ def ndcg(qids, docs, scores, qrels=None):
 
 def prepare(work: Path) -> None:
     import rayrank
+    from rayrank.funnel.bm25 import BM25
     from rayrank.lab import data
-    from rayrank.lab.bm25 import BM25
     from rayrank.scoring.late_interaction import maxsim
 
     torch.set_num_threads(2)

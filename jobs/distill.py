@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 from rayrank.config import ConfigError, load_yaml, parse_config
 from rayrank.errors import InvalidInputError, ModelUnavailableError
 from rayrank.evaluate import load_qrels
+from rayrank.funnel.bm25 import BM25
 from rayrank.io.tables import InputSchemaError
 from rayrank.jobs.compare import score_with_job
 from rayrank.jobs.finetune import SUMMARY, add_training_flags, merge_training_flags, prepare_output, report
 from rayrank.jobs.finetune import run as finetune
 from rayrank.lab import data
-from rayrank.lab.bm25 import BM25
 from rayrank.lab.config import DistillConfig, FinetuneConfig, ModelSpec
 from rayrank.lab.distill import margin_triples, teacher_targets, train_late_interaction
 

@@ -26,8 +26,7 @@ from rayrank.config import ConfigError, SearchJobConfig, load_yaml, merge_flags,
 from rayrank.index import IndexReader, IvfSearcher, exact_search
 from rayrank.index.format import IndexFormatError
 from rayrank.io.storage import filesystem, list_parquet, storage_options, write_parquet_atomic
-from rayrank.io.tables import (QUERY_KEYS, InputSchemaError, plan_shards, read_footers, read_shard, split_duplicates,
-                               split_valid)
+from rayrank.io.tables import QUERY_KEYS, InputSchemaError, read_unique
 from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity
 
 RESULT_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32()),
@@ -60,17 +59,7 @@ def parse_args(argv: list[str] | None) -> SearchJobConfig:
 def read_queries(config: SearchJobConfig, options: dict) -> tuple[pa.Table, pa.Table, int]:
     """(valid queries with unique ids, errors, rows read)."""
     fs, root = filesystem(config.input, options)
-    files = list_parquet(fs, root)
-    groups, layouts = read_footers(fs, files, config.columns, QUERY_KEYS)
-    valid, errors, rows_in = [], [], 0
-    for shard in plan_shards(fs, groups, max(1, sum(sum(c) for c in groups.values()))):
-        table, layout_errors = read_shard(fs, shard, layouts[shard.path], config.columns, QUERY_KEYS)
-        good, bad = split_valid(table, QUERY_KEYS)
-        valid.append(good)
-        errors += [layout_errors, bad]
-        rows_in += table.num_rows + layout_errors.num_rows
-    kept, duplicates = split_duplicates(pa.concat_tables(valid), ("query_id",))
-    return kept, pa.concat_tables(errors + [duplicates]), rows_in
+    return read_unique(fs, list_parquet(fs, root), config.columns, QUERY_KEYS, "query_id")
 
 
 def run(config: SearchJobConfig) -> dict[str, Any]:

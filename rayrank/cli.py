@@ -12,6 +12,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rerank": ("rayrank.jobs.rerank", "rerank a Parquet query-candidate table on Ray Data"),
     "index": ("rayrank.jobs.index", "build a late-interaction index (token embeddings) of a corpus on Ray Data"),
     "search": ("rayrank.jobs.search", "top-k documents per query over a late-interaction index"),
+    "dense-index": ("rayrank.jobs.dense_index", "build a dense (single-vector bi-encoder) index of a corpus on Ray Data"),
+    "funnel": ("rayrank.jobs.funnel", "retrieval funnel (BM25, dense, late interaction, fusion, rerank, LLM) on Ray Data"),
     "eval": ("rayrank.evaluate", "nDCG@10, MRR@10, Recall@10/100 of a run against TREC qrels"),
     "compare": ("rayrank.jobs.compare", "several rerankers on the same candidates: quality, pairs/s, agreement"),
     "sweep": ("rayrank.jobs.sweep", "pairs/s of one model over batch sizes × token budgets, with a PNG plot"),
@@ -25,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     lines = ["usage: rayrank COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "rayrank COMMAND --help shows a command's options."]
     return "\n".join(lines)
 

@@ -94,7 +94,10 @@ def read_run(path: str, column: str = "score", storage_options: dict | None = No
     fs, root = filesystem(path, storage_options)
     if not fs.exists(root):
         raise InvalidInputError(f"run {path} does not exist.")
-    dataset = ds.dataset(root, filesystem=fs, format="parquet")  # skips _errors/, _staging/, _manifest.json
+    # A job output's ranking is its top-level part files: subfolders (a funnel's stages/NAME/) are runs
+    # of their own. Any other dataset is read whole; _errors/, _staging/ and _manifest.json are skipped.
+    parts = sorted(fs.glob(f"{root}/part-*.parquet")) if fs.isdir(root) else []
+    dataset = ds.dataset(parts or root, filesystem=fs, format="parquet")
     if not dataset.files:
         raise InvalidInputError(f"run {path} holds no result files (part-*.parquet): the job has not finished "
                                 "(rerun the same `rayrank rerank` command to resume it).")

@@ -1,4 +1,4 @@
-"""`rayrank loadtest URL --qps 5,10,20 --duration 20 --docs 20`: open-loop load on a rerank endpoint.
+"""`rayrank loadtest URL --qps 5,10,20 --duration 20 --docs 20`: open-loop load on a rerank or search endpoint.
 
 Open loop: requests leave on a fixed schedule (Poisson arrivals at the offered rate) whether or
 not earlier ones have answered, so a slow server builds a queue instead of slowing the client
@@ -13,6 +13,12 @@ A server that batches requests beats that prediction at high load; one that does
 Each level also reports how many replicas answered (rayrank's `X-Rayrank-Replica` response header),
 in all and per 5 s of the level, so an autoscaler adding or removing replicas shows in the table.
 `--api-key` (default: the `RAYRANK_API_KEY` variable) is sent as `Authorization: Bearer KEY`.
+
+`--path /v1/search` loads the online funnel instead: each request asks for `--docs` results of one
+query (random words, or `--queries` from a Parquet file), with `--budget-ms` as its
+`latency_budget_ms`; the table then has a `fallback_share` column, the share of answers whose
+`meta.fallback` says a stage was skipped to meet the budget, and each level is followed by the
+funnel's per-stage table (documents in and out, milliseconds per query p50/p99 from `meta.stages`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 PERCENTILES = (50, 95, 99, 99.9)
 REPLICA_HEADER = "X-Rayrank-Replica"
@@ -47,6 +54,8 @@ class Sample:
     latency: float
     error: str = ""
     replica: str = ""  # the replica that answered (X-Rayrank-Replica), when the server names it
+    fallback: bool = False
+    stages: tuple[dict, ...] = ()  # /v1/search: the answer's meta.stages
 
 
 def arrivals(qps: float, duration: float, rng: np.random.Generator) -> np.ndarray:
@@ -85,15 +94,50 @@ def percentiles(latencies: Sequence[float]) -> dict[str, float]:
     return {**{f"p{p:g}": float(np.percentile(values, p)) for p in PERCENTILES}, "max": float(values.max())}
 
 
-def make_payloads(n: int, docs: int, path: str, rng: np.random.Generator) -> list[bytes]:
-    """`n` distinct JSON bodies for `path` (Cohere `/v1/rerank` or TEI `/rerank`), `docs` documents each."""
-    key = "texts" if path.rstrip("/") == "/rerank" else "documents"
+def is_search(path: str) -> bool:
+    return path.rstrip("/") == "/v1/search"
 
+
+def make_payloads(n: int, docs: int, path: str, rng: np.random.Generator, queries: Sequence[str] = (),
+                  budget_ms: float | None = None) -> list[bytes]:
+    """`n` distinct JSON bodies for `path`: Cohere `/v1/rerank` or TEI `/rerank` with `docs` documents each,
+    or `/v1/search` asking for `docs` results (queries drawn from `queries` when given)."""
     def sentence(k: int) -> str:
         return " ".join(rng.choice(WORDS, size=k))
 
+    if is_search(path):
+        picked = rng.choice(list(queries), size=n) if len(queries) else [sentence(6) for _ in range(n)]
+        budget = {} if budget_ms is None else {"latency_budget_ms": budget_ms}
+        return [json.dumps({"query": str(q), "top_n": docs, **budget}).encode() for q in picked]
+    key = "texts" if path.rstrip("/") == "/rerank" else "documents"
     return [json.dumps({"query": sentence(6), key: [sentence(int(rng.integers(20, 60))) for _ in range(docs)]}).encode()
             for _ in range(n)]
+
+
+def search_meta(body: bytes) -> tuple[bool, tuple[dict, ...]]:
+    """A `/v1/search` answer's `meta`: whether a stage was skipped (`fallback`), and its `stages`."""
+    try:
+        meta = json.loads(body).get("meta", {})
+        return bool(meta.get("fallback")), tuple(meta.get("stages", ()))
+    except (ValueError, AttributeError):
+        return False, ()
+
+
+def stage_table(samples: Sequence[Sample]) -> list[dict]:
+    """Per funnel stage: documents in and out (median), ms per query p50/p99, the share of answers skipping it."""
+    by_stage: dict[str, list[dict]] = {}
+    for sample in samples:
+        for stage in sample.stages:
+            by_stage.setdefault(stage["name"], []).append(stage)
+    rows = []
+    for name, seen in by_stage.items():
+        ms = [s["ms"] / 1000 for s in seen]
+        rows.append({"stage": name, "kind": seen[0]["kind"],
+                     "docs_in": int(np.median([s["documents_in"] for s in seen])),
+                     "docs_out": int(np.median([s["documents_out"] for s in seen])),
+                     "p50": round(percentiles(ms)["p50"], 1), "p99": round(percentiles(ms)["p99"], 1),
+                     "skipped_share": round(sum(bool(s["skipped"]) for s in seen) / len(seen), 3)})
+    return rows
 
 
 def replicas_over_time(samples: Sequence[Sample], window: float = REPLICA_WINDOW_S) -> str:
@@ -120,12 +164,13 @@ async def _send(session, url: str, body: bytes, due: float, origin: float, timeo
     try:
         async with session.post(url, data=body, headers={"content-type": "application/json"},
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            await response.read()
+            answer = await response.read()
             status, error = response.status, "" if response.status < 400 else f"HTTP {response.status}"
             replica = response.headers.get(REPLICA_HEADER, "")
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        status, error, replica = 0, type(exc).__name__, ""
-    return Sample(due - origin, status, time.perf_counter() - due, error, replica)
+        status, error, replica, answer = 0, type(exc).__name__, "", b""
+    fallback, stages = search_meta(answer) if status == 200 else (False, ())
+    return Sample(due - origin, status, time.perf_counter() - due, error, replica, fallback, stages)
 
 
 async def run_level(url: str, schedule: np.ndarray, payloads: Sequence[bytes], timeout: float,
@@ -163,6 +208,7 @@ class LevelResult:
     samples: list[Sample]
     duration: float
     simulated: dict[str, float] | None = None
+    search: bool = False
 
     def elapsed(self) -> float:
         """From the level's start to its last answer (at least the scheduled duration)."""
@@ -175,6 +221,8 @@ class LevelResult:
                                              "errors": sum(errors.values()),
                                              "achieved_qps": round(len(ok) / self.elapsed(), 2)}
         row.update({k: round(v, 1) for k, v in percentiles(ok).items()})
+        if self.search:
+            row["fallback_share"] = round(sum(s.fallback for s in self.samples) / max(len(ok), 1), 3)
         if self.simulated:
             row.update({f"sim_{k}": round(v, 1) for k, v in self.simulated.items()})
         row["replicas"] = len({s.replica for s in self.samples if s.replica})
@@ -217,10 +265,12 @@ def plot(rows: list[dict], path: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rayrank loadtest", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("url", help="the service, e.g. http://127.0.0.1:8000 (the path comes from --path)")
-    parser.add_argument("--path", default="/v1/rerank", help="/v1/rerank (Cohere) or /rerank (TEI)")
+    parser.add_argument("--path", default="/v1/rerank", help="/v1/rerank (Cohere), /rerank (TEI) or /v1/search")
     parser.add_argument("--qps", default="5,10,20", help="offered loads, comma-separated requests/s")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
-    parser.add_argument("--docs", type=int, default=20, help="documents per request")
+    parser.add_argument("--docs", type=int, default=20, help="documents per request (/v1/search: top_n)")
+    parser.add_argument("--budget-ms", type=float, help="/v1/search: latency_budget_ms of every request")
+    parser.add_argument("--queries", type=Path, help="/v1/search: a Parquet file whose `query` column is sent")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     parser.add_argument("--simulate", action="store_true", help="measure service times and print a FIFO prediction")
     parser.add_argument("--calibration-requests", type=int, default=20)
@@ -241,7 +291,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def _run(opts: argparse.Namespace) -> list[dict]:
     rng = np.random.default_rng(opts.seed)
     url = opts.url.rstrip("/") + opts.path
-    payloads = make_payloads(64, opts.docs, opts.path, rng)
+    queries = pq.read_table(opts.queries, columns=["query"]).column("query").to_pylist() if opts.queries else ()
+    payloads = make_payloads(64 if not queries else max(64, len(queries)), opts.docs, opts.path, rng, queries,
+                             opts.budget_ms)
     service = (await measure_service_times(url, payloads, opts.calibration_requests, opts.timeout, opts.api_key)
                if opts.simulate else None)
     if service is not None:
@@ -255,9 +307,12 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
         simulated = None
         if service is not None:
             simulated = percentiles(simulate_fifo(schedule, rng.choice(service, size=len(schedule))))
-        rows.append(LevelResult(qps, samples, opts.duration, simulated).row())
+        rows.append(LevelResult(qps, samples, opts.duration, simulated, is_search(opts.path)).row())
         print(f"  {qps:g} req/s: {rows[-1]['ok']}/{rows[-1]['sent']} ok, p99 {rows[-1]['p99']} ms, replicas "
               f"{rows[-1]['replicas']} ({rows[-1]['replicas_per_5s'] or 'not named'} per 5 s)", flush=True)
+        if is_search(opts.path) and any(s.stages for s in samples):
+            print(f"  stages at {qps:g} req/s (ms per query, queueing included):\n" +
+                  format_table(stage_table(samples)), flush=True)
     return rows
 
 

@@ -256,6 +256,22 @@ def split_duplicates(table: pa.Table, keys: tuple[str, ...]) -> tuple[pa.Table, 
     return by_key.filter(pa.array(~dup)).sort_by("_seq"), errors
 
 
+def read_unique(fs: AbstractFileSystem, files: list[str], columns: Columns, keys: tuple[str, ...],
+                unique: str) -> tuple[pa.Table, pa.Table, int]:
+    """A small table (queries, a corpus) read whole: (valid rows with the first of each `unique` id,
+    errors with reasons, rows read). Fails early, naming the file, on a missing column."""
+    groups, layouts = read_footers(fs, files, columns, keys)
+    valid, errors, rows_in = [], [], 0
+    for shard in plan_shards(fs, groups, max(1, sum(sum(c) for c in groups.values()))):
+        table, layout_errors = read_shard(fs, shard, layouts[shard.path], columns, keys)
+        good, bad = split_valid(table, keys)
+        valid.append(good)
+        errors += [layout_errors, bad]
+        rows_in += table.num_rows + layout_errors.num_rows
+    kept, duplicates = split_duplicates(pa.concat_tables(valid, promote_options="permissive"), (unique,))
+    return kept, pa.concat_tables(errors + [duplicates]), rows_in
+
+
 def rank_queries(scored: pa.Table, top_n: int | None, passthrough: list[str]) -> tuple[pa.Table, pa.Table]:
     """Rank every query's rows (1 = best score; ties by doc_id) after moving duplicates to errors.
 

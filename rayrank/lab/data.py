@@ -71,7 +71,7 @@ def ranked_from_candidates(path: str, rank_column: str = "bm25_rank") -> dict[st
 
 def ranked_from_bm25(queries: Mapping[str, str], corpus: Mapping[str, str], depth: int) -> dict[str, list[str]]:
     """query_id → the BM25 top-`depth` doc_ids over `corpus`."""
-    from rayrank.lab.bm25 import BM25
+    from rayrank.funnel.bm25 import BM25
 
     doc_ids = list(corpus)
     hits = BM25([corpus[d] for d in doc_ids]).search(list(queries.values()), depth)

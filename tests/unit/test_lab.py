@@ -14,9 +14,9 @@ import pytest
 from rayrank import Reranker
 from rayrank.config import ConfigError
 from rayrank.errors import InvalidInputError
+from rayrank.funnel.bm25 import BM25
 from rayrank.lab import data
 from rayrank.lab.agreement import agreement
-from rayrank.lab.bm25 import BM25
 from rayrank.lab.config import FinetuneConfig, TrainConfig
 from rayrank.lab.distill import MaxSimMarginMSELoss, margin_triples, standardize_per_query, train_late_interaction
 from rayrank.lab.train import train, training_columns
