@@ -2,8 +2,9 @@
 
 The target is the teacher's per-query z-score, optionally fused with pairs columns (`--blend
 bm25_score=0.3`) and lifted on judged pairs (`--qrels`). Students: `cross-encoder` (`--loss mse` or
-`listwise`, via `rayrank finetune`'s training path, so `--workers N` trains on Ray Train) or
-`late-interaction`, the bi-encoder student (Margin-MSE on MaxSim; trains in-process).
+`listwise`, via `rayrank finetune`'s training path, so `--workers N` trains on Ray Train),
+`late-interaction`, the bi-encoder student (Margin-MSE on MaxSim; trains in-process), or `dense`, the
+funnel's single-vector stage model (`--loss mse`: CosineSimilarityLoss; `margin-mse`; in-process).
 
 Usage: `rayrank distill OUTPUT --teacher late-interaction:sentence-transformers/all-MiniLM-L6-v2
 --candidates CANDIDATES.parquet --student sentence-transformers/all-MiniLM-L6-v2`
@@ -31,7 +32,7 @@ from rayrank.jobs.finetune import SUMMARY, add_training_flags, merge_training_fl
 from rayrank.jobs.finetune import run as finetune
 from rayrank.lab import data
 from rayrank.lab.config import DistillConfig, FinetuneConfig, ModelSpec
-from rayrank.lab.distill import margin_triples, teacher_targets, train_late_interaction
+from rayrank.lab.distill import dense_pairs, margin_triples, teacher_targets, train_dense, train_late_interaction
 
 
 def parse_args(argv: list[str] | None) -> DistillConfig:
@@ -41,8 +42,9 @@ def parse_args(argv: list[str] | None) -> DistillConfig:
                         help="e.g. late-interaction:sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--teacher-actors", help="MIN,MAX scoring actors for the teacher's rerank job")
     parser.add_argument("--teacher-index", help="a late-interaction teacher reads documents from this rayrank index")
-    parser.add_argument("--student-kind", choices=["cross-encoder", "late-interaction"])
-    parser.add_argument("--loss", choices=["mse", "listwise"], help="cross-encoder student's loss (default mse)")
+    parser.add_argument("--student-kind", choices=["cross-encoder", "late-interaction", "dense"])
+    parser.add_argument("--loss", choices=["mse", "listwise", "margin-mse"],
+                        help="cross-encoder: mse or listwise; dense: mse (cosine) or margin-mse (default mse)")
     parser.add_argument("--blend", action="append", metavar="COLUMN=WEIGHT",
                         help="fuse a numeric pairs column into the target, e.g. bm25_score=0.3 (repeatable)")
     parser.add_argument("--qrels", help="judged-relevant pairs get +gold_weight on the target")
@@ -145,11 +147,18 @@ def run(config: DistillConfig) -> dict[str, Any]:
             summary = finetune(student)
         else:
             if config.cluster.workers > 1:
-                raise ConfigError("cluster.workers: the late-interaction student trains in-process; use 1 worker.")
+                raise ConfigError(f"cluster.workers: the {config.student_kind} student trains in-process; "
+                                  "use 1 worker.")
             out = prepare_output(config.output, config.overwrite)
-            triples = margin_triples(qids, queries, texts, target, seed=config.train.seed)
-            summary = {"output": str(out), "model": config.student, "loss": "maxsim-margin-mse", "workers": 1,
-                       **train_late_interaction(config.student, triples, out, config.train)}
+            if config.student_kind == "dense":
+                columns = (margin_triples(qids, queries, texts, target, seed=config.train.seed)
+                           if config.loss == "margin-mse" else dense_pairs(queries, texts, target))
+                trained = train_dense(config.student, columns, out, config.train, config.loss)
+                loss = "margin-mse" if config.loss == "margin-mse" else "cosine-mse"
+            else:
+                triples = margin_triples(qids, queries, texts, target, seed=config.train.seed)
+                trained, loss = train_late_interaction(config.student, triples, out, config.train), "maxsim-margin-mse"
+            summary = {"output": str(out), "model": config.student, "loss": loss, "workers": 1, **trained}
         summary = {**summary, **teacher, "student_kind": config.student_kind, "config": config.model_dump()}
         (Path(config.output) / SUMMARY).write_text(json.dumps(summary, indent=2))
         return summary
@@ -164,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"teacher        {summary['teacher']} ({summary['teacher_scorer']}) labelled "
           f"{summary['pairs_labelled']:,} pairs with the rerank job")
-    print(report(summary, f"rayrank distill ({summary['student_kind']} student)", summary["student_kind"]))
+    text = report(summary, f"rayrank distill ({summary['student_kind']} student)", summary["student_kind"])
+    if summary["student_kind"] == "dense":  # not a Reranker: the funnel's dense stage loads it
+        text = text.rsplit("\n", 1)[0] + f"\n  use it as      a funnel `dense` stage's model: {summary['output']}"
+    print(text)
     return 0
 
 

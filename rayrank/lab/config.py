@@ -141,7 +141,10 @@ class DistillConfig(StrictModel):
     fused with `blend` (pairs-table column → weight, e.g. `{bm25_score: 0.3}`) and raised by `gold_weight`
     on the pairs `qrels` judges relevant. A `cross-encoder` student learns it with `loss` (`mse`, or
     `listwise`: ListNet over lists of `train.list_size` documents of a query) on the finetune path;
-    a `late-interaction` (bi-encoder) student with Margin-MSE on MaxSim. `teacher_index` (a `rayrank
+    a `late-interaction` (bi-encoder) student with Margin-MSE on MaxSim; a `dense` (single-vector)
+    student, the funnel's `dense` stage model, with `mse` (sentence-transformers' CosineSimilarityLoss:
+    the cosine regresses the sigmoid of the target, the reference recipe) or `margin-mse` (MarginMSELoss:
+    cosine margins regress target margins, scaled by 0.1 into cosine's range). `teacher_index` (a `rayrank
     index` of the corpus) lets a late-interaction teacher read document embeddings instead of encoding
     each pair's document.
     """
@@ -150,8 +153,8 @@ class DistillConfig(StrictModel):
     teacher_cluster: ClusterConfig = ClusterConfig()
     teacher_index: str | None = None
     student: str = DEFAULT_LATE_INTERACTION
-    student_kind: Literal["cross-encoder", "late-interaction"] = "cross-encoder"
-    loss: Literal["mse", "listwise"] = "mse"
+    student_kind: Literal["cross-encoder", "late-interaction", "dense"] = "cross-encoder"
+    loss: Literal["mse", "listwise", "margin-mse"] = "mse"
     blend: dict[str, float] = {}
     qrels: str | None = None
     gold_weight: float = Field(2.0, ge=0)
@@ -170,4 +173,9 @@ class DistillConfig(StrictModel):
         if self.student_kind == "late-interaction" and self.loss != "mse":
             raise ValueError("loss: the late-interaction student trains with Margin-MSE on MaxSim; `listwise` "
                              "is for a cross-encoder student.")
+        if self.student_kind == "dense" and self.loss == "listwise":
+            raise ValueError("loss: a dense student trains with `mse` (CosineSimilarityLoss on the target) or "
+                             "`margin-mse` (MarginMSELoss on target margins); `listwise` is for a cross-encoder.")
+        if self.student_kind != "dense" and self.loss == "margin-mse":
+            raise ValueError("loss: `margin-mse` is the dense student's; give student_kind: dense.")
         return self

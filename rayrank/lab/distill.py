@@ -114,6 +114,12 @@ def train_late_interaction(model: str, columns: dict[str, list], save_to: str | 
                            ) -> dict[str, Any]:
     """Train a bi-encoder (late-interaction) student on margin triples; save a sentence-transformers folder
     that `rayrank.Reranker(save_to, scorer="late-interaction")` loads."""
+    return _train_bi_encoder(model, columns, save_to, train, MaxSimMarginMSELoss)
+
+
+def _train_bi_encoder(model: str, columns: dict[str, list], save_to: str | Path, train: TrainConfig, make_loss
+                      ) -> dict[str, Any]:
+    """sentence-transformers' trainer on `columns` with the loss `make_loss(student)`; saves the student."""
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
@@ -134,10 +140,32 @@ def train_late_interaction(model: str, columns: dict[str, list], save_to: str | 
             logging_steps=train.logging_steps, save_strategy="no", report_to="none",
             use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
         trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=dataset,
-                                             loss=MaxSimMarginMSELoss(student))
+                                             loss=make_loss(student))
         output = trainer.train()
     student.save_pretrained(str(save_to))
     losses = [round(log["loss"], 6) for log in trainer.state.log_history if "loss" in log]
     return {"examples": len(dataset), "steps": trainer.state.global_step,
             "seconds": round(time.perf_counter() - started, 1), "losses": losses,
             "train_loss": round(float(output.training_loss), 6)}
+
+def dense_pairs(queries: Sequence[str], texts: Sequence[str], target: Sequence[float]) -> dict[str, list]:
+    """(query, document, label = sigmoid(target)): the cosine a dense student should reach per pair."""
+    labels = 1 / (1 + np.exp(-np.asarray(target, dtype=np.float64)))
+    return {"query": list(queries), "document": list(texts), "label": labels.astype(float).tolist()}
+
+
+def train_dense(model: str, columns: dict[str, list], save_to: str | Path, train: TrainConfig, loss: str
+                ) -> dict[str, Any]:
+    """Train a single-vector student (the model's own pooling, normalised) on `dense_pairs` (`mse`:
+    CosineSimilarityLoss) or `margin_triples` (`margin-mse`: MarginMSELoss, margins × 0.1); save a
+    sentence-transformers folder the funnel's dense stage loads."""
+    from sentence_transformers import losses
+
+    def make_loss(student):
+        if loss == "margin-mse":
+            return losses.MarginMSELoss(student)
+        return losses.CosineSimilarityLoss(student)
+
+    if loss == "margin-mse":
+        columns = {**columns, "label": [0.1 * m for m in columns["label"]]}
+    return _train_bi_encoder(model, columns, save_to, train, make_loss)

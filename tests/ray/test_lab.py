@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -94,6 +95,18 @@ def test_distill_teacher_labels_with_the_job_and_students_load(tmp_path, tiny_cr
     assert main(args) == 0
     assert "late-interaction student" in capsys.readouterr().out
     assert Reranker(str(tmp_path / "li"), scorer="late-interaction").score("what is ray", ["ray"]).shape == (1,)
+    # Dense students (the funnel's dense stage model), both losses, from the same kept labels.
+    from rayrank.funnel.dense import DenseEncoder
+
+    before = DenseEncoder(str(tiny_encoder)).encode(["what is ray"])
+    for loss in ("mse", "margin-mse"):
+        out = tmp_path / f"dense-{loss}"
+        assert main([str(out), "--model", str(tiny_encoder), "--student-kind", "dense", "--loss", loss, *common]) == 0
+        assert "dense student" in capsys.readouterr().out
+        summary = json.loads((out / "training_summary.json").read_text())
+        assert summary["loss"] == {"mse": "cosine-mse", "margin-mse": "margin-mse"}[loss] and summary["steps"] == 2
+        after = DenseEncoder(str(out)).encode(["what is ray"])
+        assert after.shape == before.shape and not np.allclose(after, before)  # trained, and loads as a dense model
 
 
 def test_distill_listwise_student_of_an_indexed_teacher_fused_with_bm25_and_gold(

@@ -28,3 +28,11 @@ def test_lab_configs_validate(path):
 def test_cli_help_and_unknown_command(capsys):
     assert cli([]) == 0 and "rerank" in capsys.readouterr().out
     assert cli(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("funnel*.yaml")), ids=lambda p: p.name)
+def test_funnel_configs_validate(path):
+    from rayrank.funnel.config import parse_funnel
+
+    config = parse_funnel(load_yaml(path), str(path))  # the corpus is checked when the job starts
+    assert config.stages[0].kind in ("bm25", "dense", "late-interaction")

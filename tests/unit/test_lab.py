@@ -348,3 +348,21 @@ def test_frozen_embeddings_stay_as_they_were_while_the_rest_trains(tmp_path, tin
     word = next(k for k in before if k.endswith("word_embeddings.weight"))
     assert np.array_equal(before[word].numpy(), after[word].numpy())
     assert not np.array_equal(before["classifier.weight"].numpy(), after["classifier.weight"].numpy())
+
+
+def test_dense_student_losses_are_checked_against_the_student_kind():
+    from rayrank.lab.config import DistillConfig
+
+    base = {"teacher": {"model": "m"}, "data": {"candidates": "c.parquet"}}
+    assert DistillConfig(**base, student_kind="dense", loss="margin-mse").loss == "margin-mse"
+    with pytest.raises(ValueError, match="a dense student trains with `mse`"):
+        DistillConfig(**base, student_kind="dense", loss="listwise")
+    with pytest.raises(ValueError, match="`margin-mse` is the dense student's"):
+        DistillConfig(**base, student_kind="cross-encoder", loss="margin-mse")
+
+
+def test_dense_pairs_map_targets_to_cosine_labels():
+    from rayrank.lab.distill import dense_pairs
+
+    pairs = dense_pairs(["q", "q"], ["a", "b"], [0.0, 2.0])
+    assert pairs["query"] == ["q", "q"] and pairs["label"] == pytest.approx([0.5, 1 / (1 + math.exp(-2))])
