@@ -67,8 +67,8 @@ def test_half_precision_matches_fp32_on_cpu(tiny_cross_encoder, docs, dtype):
     # The GPU path's dtypes, run on CPU: same scores as fp32 within half-precision rounding, same order.
     queries = ["ray cluster", "fish in the sea", "fast search"]
     pairs = [(q, d) for q in queries for d in docs]
-    fp32 = Reranker(str(tiny_cross_encoder), device="cpu", dtype="float32")
-    half = Reranker(str(tiny_cross_encoder), device="cpu", dtype=dtype)
+    fp32 = Reranker(str(tiny_cross_encoder), backend="torch", device="cpu", dtype="float32")
+    half = Reranker(str(tiny_cross_encoder), backend="torch", device="cpu", dtype=dtype)
     assert half.scorer.backend.dtype == dtype
     a = fp32.score_pairs(*zip(*pairs)).scores
     b = half.score_pairs(*zip(*pairs)).scores
