@@ -149,7 +149,8 @@ def _pylate(spec: dict) -> Runner:
     from pylate import models
 
     torch.set_num_threads(spec["threads"])
-    model = models.ColBERT(model_name_or_path=spec["li_model"], device="cpu")
+    model = models.ColBERT(model_name_or_path=spec["li_model"], device="cpu",
+                           document_length=spec["li_document_length"])
     docs = spec["li_docs"]
     return lambda size: [len(e) for e in model.encode(docs, is_query=False, batch_size=size,
                                                       show_progress_bar=False)]

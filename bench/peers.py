@@ -217,9 +217,16 @@ def _unflat(data) -> list[np.ndarray]:
 
 
 def late_encoding(args, work: Path, texts: list[str], model: str) -> list[dict]:
-    """Docs/s of PyLate's ColBERT encoder against ours on the same SciFact abstracts, round-robin."""
-    spec = {"li_docs": texts, "li_model": model, "threads": args.threads, "work": str(work), "warmup_size": 16,
-            "warmup_budget": 4096}
+    """Docs/s of PyLate's ColBERT encoder against ours on the same SciFact abstracts, round-robin.
+
+    Both keep the same number of document tokens: PyLate's own default (180) would encode fewer tokens
+    than our default, the model's 256, and make it look faster than it is.
+    """
+    import rayrank
+
+    length = rayrank.Reranker(model, scorer="late-interaction", backend="torch").scorer.document_max_length
+    spec = {"li_docs": texts, "li_model": model, "li_document_length": length, "threads": args.threads,
+            "work": str(work), "warmup_size": 16, "warmup_budget": 4096}
     spec_path = work / "li-spec.json"
     spec_path.write_text(json.dumps(spec))
     groups = {args.li_python: ["pylate ColBERT encode"],
