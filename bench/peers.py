@@ -182,14 +182,14 @@ def cross_encoder(args, work: Path) -> list[dict]:
     for name, _, quantized in wanted:
         if name not in workers:
             rows.append({"system": name, "setting": "failed to load (see log)", "size": "", "pairs/s": "",
-                         "× plain": "", "max |Δ|": "", "τ": "", "class": ""})
+                         "× plain": "", "max abs Δ": "", "τ": "", "class": ""})
             continue
         delta = float(np.abs(scores[name] - reference).max())
         tau = _kendall(scores[name], reference)
         near = delta <= NEAR_EXACT_DELTA and tau >= NEAR_EXACT_TAU
         rows.append({"system": name, "setting": workers[name].settings[name] or "", "size": best[name] or "per query",
                      "pairs/s": len(queries) / seconds[name], "× plain": plain_time / seconds[name],
-                     "max |Δ|": f"{delta:.1e}",
+                     "max abs Δ": f"{delta:.1e}",
                      "τ": tau, "class": "quantized" if quantized else ("near-exact" if near else "inexact")})
     return rows
 
