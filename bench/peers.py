@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     if load_dl20() is None:
         print(skip_message(DL20))
         return 0
-    args.peer_python = ensure_peer_venv(args.peer_python, args.create_peer_venv)
+    if args.part != "late":
+        args.peer_python = ensure_peer_venv(args.peer_python, args.create_peer_venv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="rayrank-bench-peers-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"pairs={args.pairs} rounds={args.rounds} threads={args.threads} batch sizes={args.batch_sizes} "

@@ -15,6 +15,7 @@ Run it with `rayrank serve` (the packaged `serve.default.yaml`).
 
 # No `from __future__ import annotations`: Serve reads build_app's annotation as a class to
 # validate `args` with it.
+import asyncio
 import logging
 import math
 import threading
@@ -129,30 +130,39 @@ class Reranker:
         return ids if any(doc_id is not None for doc_id in ids) else None
 
     async def score(self, query: str, documents: list[str], doc_ids: tuple[str | None, ...] | None = None) -> Scored:
-        """Admit the request's pairs or refuse at once with 429 + Retry-After; then wait for its batch."""
-        self.admit(len(documents))
+        """Admit the request's pairs or refuse (429 + Retry-After, after `refusal_hold_s`); then wait for its batch."""
+        if (refusal := self.overload(len(documents))) is not None:
+            await asyncio.sleep(self.args.admission.refusal_hold_s)
+            raise refusal
         self.pending_pairs += len(documents)
         try:
             return await self.score_batch(Job(query, documents, doc_ids))
         finally:
             self.pending_pairs -= len(documents)
 
-    def admit(self, pairs: int) -> None:
-        """Refuse (429) when the pairs ahead would take over `max_queue_wait_s`, or pass `max_pending_pairs`."""
+    def overload(self, pairs: int) -> RequestError | None:
+        """The 429 for a request of `pairs` pairs, or None to admit it.
+
+        Refused when the pairs ahead would take over `max_queue_wait_s` at the measured pairs/s, would
+        pass `max_pending_pairs` with this request's, or wait for the warm-up (no rate measured yet: a
+        replica added under load would otherwise queue a minute of work before it knows its speed).
+        """
         admission, ahead, rate = self.args.admission, self.pending_pairs, self.pairs_per_s
         if not ahead:
-            return
+            return None
         wait = ahead / rate if rate else None
-        if ahead + pairs > admission.max_pending_pairs:
+        if wait is None:
+            reason = f"{ahead} pairs queued for a replica still warming up"
+        elif ahead + pairs > admission.max_pending_pairs:
             reason = f"{ahead} pairs queued (limit {admission.max_pending_pairs})"
-        elif wait is not None and wait > admission.max_queue_wait_s:
+        elif wait > admission.max_queue_wait_s:
             reason = (f"{ahead} pairs queued, {wait:.2f}s of work at {rate:.0f} pairs/s "
                       f"(limit {admission.max_queue_wait_s:g}s)")
         else:
-            return
+            return None
         retry = max(1, math.ceil(wait)) if wait is not None else 1
-        raise RequestError(429, None, f"the replica is overloaded: {reason}; retry after {retry}s",
-                           kind="overloaded", headers={"Retry-After": str(retry)})
+        return RequestError(429, None, f"the replica is overloaded: {reason}; retry after {retry}s",
+                            kind="overloaded", headers={"Retry-After": str(retry)})
 
     # Batches that form while the engine is busy wait in the gate and are scored together; four may
     # wait at once (4 x the default 16 requests = the default max_ongoing_requests).

@@ -33,11 +33,16 @@ class AdmissionConfig(StrictModel):
     when the pairs ahead of it, at the replica's measured pairs/s, would take longer than
     `max_queue_wait_s`, or when it would push the pairs waiting or being scored past
     `max_pending_pairs`; so under overload the accepted requests wait about `max_queue_wait_s` at
-    most and the excess is refused fast instead of queueing for a minute.
+    most and the excess is refused fast instead of queueing for a minute. Until its warm-up has
+    measured a rate, a replica (one added under load, say) admits a request only into an empty queue.
     """
 
     max_queue_wait_s: float = Field(3.0, gt=0)
     max_pending_pairs: PositiveInt = 4096
+    # A 429 is sent after this long (an asyncio sleep: no CPU). A client that ignores Retry-After and
+    # retries at once (a load generator, a naive loop) then sends at most clients / hold refusals a
+    # second; answered at once, 64 such clients took the CPU from the engine (README, "Overload").
+    refusal_hold_s: float = Field(1.0, ge=0)
 
 
 class WarmupConfig(StrictModel):

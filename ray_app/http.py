@@ -8,6 +8,7 @@ when overloaded), never a 500; every response names the replica in `X-Rayrank-Re
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -25,6 +26,9 @@ from rayrank.ray_app.schemas import (CohereRerankRequest, CohereRerankResponse, 
                                      ModelList, RequestError, TeiRerankRequest, TeiResult, check_limits,
                                      constrain_openapi)
 from rayrank.ray_app.service import RerankService
+
+
+RERANK_PATHS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank"})
 
 
 class BodyLimit:
@@ -68,6 +72,25 @@ class BodyLimit:
                              kind="body_too_large")
         self.metrics.rejected(error.kind)
         await JSONResponse(error.body(), status_code=413)({"type": "http"}, None, send)
+
+
+class Admission:
+    """ASGI middleware refusing rerank requests with 429 before their body is read or parsed while
+    the replica is overloaded (`RerankService.overload`), after `admission.refusal_hold_s`: under a
+    flood the refusals then cost the engine little CPU. What depends on the request's own pairs is
+    checked again at scoring."""
+
+    def __init__(self, app, service: RerankService) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] not in RERANK_PATHS or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        if (refusal := self.service.overload(0)) is None:
+            return await self.app(scope, receive, send)
+        self.service.metrics.rejected(refusal.kind)
+        await asyncio.sleep(self.service.args.admission.refusal_hold_s)
+        await JSONResponse(refusal.body(), status_code=429, headers=refusal.headers)(scope, receive, send)
 
 
 class ReplicaHeader:
@@ -127,6 +150,7 @@ def build_http_app(service: RerankService) -> FastAPI:
     app = FastAPI(title="rayrank", version=rayrank.__version__,
                   description=f"Reranking with {args.model_name} ({service.engine.config.scorer}).")
     app.add_middleware(BodyLimit, max_bytes=args.limits.max_body_bytes, metrics=metrics)
+    app.add_middleware(Admission, service=service)
     app.add_middleware(ReplicaHeader, replica_id=service.replica_id)
 
     def refuse(error: RequestError) -> JSONResponse:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rayrank.index import IndexReader
     from rayrank.ray_app.config import ServeArgs
     from rayrank.ray_app.metrics import ServeMetrics
-    from rayrank.ray_app.schemas import DocumentId
+    from rayrank.ray_app.schemas import DocumentId, RequestError
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class RerankService(Protocol):
     def ready(self) -> bool: ...
 
     def stats(self) -> dict[str, int]: ...
+
+    def overload(self, pairs: int) -> RequestError | None: ...
 
     def document_ids(self, documents: list[str | DocumentId], field: str) -> tuple[str | None, ...] | None: ...
 

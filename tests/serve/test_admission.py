@@ -1,6 +1,7 @@
-"""Admission by expected wait: with a pair bound far away, a replica refuses at once (429, JSON, and a
+"""Admission by expected wait: with a pair bound far away, a replica refuses without queueing (429, JSON, and a
 `Retry-After` that is the measured drain time) as soon as the pairs ahead of a request would take longer
-than `admission.max_queue_wait_s` at its measured pairs/s; the requests it admits wait about that long."""
+than `admission.max_queue_wait_s` at its measured pairs/s (each 429 sent after `admission.refusal_hold_s`);
+the requests it admits wait about that long."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import requests
 
 from tests.serve.conftest import running, tiny_args
 
+HOLD = 0.25
 DOCS = [" ".join(["ray cluster python data model query document search rank score"] * 5)] * 32
 
 
 def test_refuses_beyond_the_expected_wait_with_the_drain_time(ray_cluster, tiny_cross_encoder):
     args = tiny_args(tiny_cross_encoder, "cross-encoder", batching={"max_batch_size": 1},
-                     admission={"max_queue_wait_s": 0.2, "max_pending_pairs": 100_000})
+                     admission={"max_queue_wait_s": 0.2, "max_pending_pairs": 100_000,
+                                "refusal_hold_s": HOLD})
     with running(args, max_ongoing_requests=64, max_queued_requests=-1) as url:
         def one(i):
             started = time.perf_counter()
@@ -37,6 +40,7 @@ def test_refuses_beyond_the_expected_wait_with_the_drain_time(ray_cluster, tiny_
             _, wait = re.search(r"(\d+) pairs queued, ([\d.]+)s of work", error["message"]).groups()
             retry = int(response.headers["Retry-After"])  # from the unrounded wait
             assert float(wait) >= 0.2 and retry - max(1, math.ceil(float(wait))) in (0, 1), (wait, retry)
-        # Refusals are answered at once: none waits as long as the slowest request served.
-        assert max(s for _, s in refused) < max(s for _, s in served)
+        # Each refusal is held `refusal_hold_s`, and no longer waits on the queue than the slowest served.
+        assert min(s for _, s in refused) >= HOLD
+        assert max(s for _, s in refused) - HOLD < max(s for _, s in served)
         assert rate > 0 and requests.get(url + "/healthz", timeout=30).json()["stats"]["pending_pairs"] == 0

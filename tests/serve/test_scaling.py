@@ -1,9 +1,10 @@
 """Readiness and autoscaling over real HTTP.
 
 A replica scores its warm-up batch before `/health` says ready (503 before; `/healthz`, liveness,
-answers throughout; a request sent meanwhile waits and is served). An app with min 1 / max 2 replicas
-and short delays gets a second replica under load — seen in the `X-Rayrank-Replica` header and in
-`rayrank loadtest`'s replica columns — and goes back to one after the load stops.
+answers throughout; a request sent meanwhile waits and is served, one sent after it is refused). An app
+with min 1 / max 2 replicas and short delays gets a second replica under load — seen in the
+`X-Rayrank-Replica` header and in `rayrank loadtest`'s replica columns — and goes back to one after
+the load stops.
 """
 
 from __future__ import annotations
@@ -39,7 +40,17 @@ def test_health_is_503_until_the_warm_up_batch_is_scored(ray_cluster, tiny_encod
         assert early.headers["Retry-After"] == "1"
         live = requests.get(url + "/healthz", timeout=30)
         assert live.status_code == 200 and live.json()["ready"] is False
-        answer = post(url, "/v1/rerank", {"query": "ray", "documents": DOCS})  # waits for the warm-up
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post, url, "/v1/rerank", {"query": "ray", "documents": DOCS})  # waits for the warm-up
+            wait_for(lambda: requests.get(url + "/healthz", timeout=30).json()["stats"]["pending_pairs"], 30,
+                     "the first request to queue")
+            # No rate measured yet: one request may wait for the warm-up, the next is refused.
+            second = post(url, "/v1/rerank", {"query": "ray", "documents": DOCS})
+            unread = requests.post(url + "/v2/rerank", data=b"{not json", timeout=60)  # refused before parsing
+            answer = first.result()
+        assert unread.status_code == 429 and unread.json()["error"]["type"] == "overloaded"
+        assert second.status_code == 429 and second.headers["Retry-After"] == "1"
+        assert "still warming up" in second.json()["error"]["message"], second.text
         assert answer.status_code == 200
         ready = requests.get(url + "/health", timeout=30)
         assert ready.status_code == 200 and ready.json() == {"status": "ready", "replica": answer.headers[
