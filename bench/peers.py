@@ -295,9 +295,13 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
         "settings": args.plaid}]}
     (work / f"plaid-{name}.json").write_text(json.dumps(plaid_spec))
     with (work / f"fastplaid-{name}.log").open("w") as log:
-        done = subprocess.run([str(args.li_python), str(WORKER), "fastplaid", str(work / f"plaid-{name}.json")],
-                              stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
-    plaid = [json.loads(line[2:]) for line in done.stdout.splitlines() if line.startswith("@@")]
+        try:
+            done = subprocess.run([str(args.li_python), str(WORKER), "fastplaid", str(work / f"plaid-{name}.json")],
+                                  stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, timeout=args.plaid_timeout)
+            plaid, plaid_failure = [json.loads(line[2:]) for line in done.stdout.splitlines()
+                                    if line.startswith("@@")], "failed (see log)"
+        except subprocess.TimeoutExpired:
+            plaid, plaid_failure = [], f"not done after {args.plaid_timeout:g} s (stopped)"
 
     def timed(fn):
         best, out = float("inf"), None
@@ -329,21 +333,33 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
             row.update({"nDCG@10": metrics.ndcg_at_10, "R@100": metrics.recall_at_100})
         rows.append(row)
     if not plaid:
-        rows.append({"corpus": name, "search": "FastPlaid", "build s": "failed (see log)"})
+        rows.append({"corpus": name, "search": "FastPlaid", "build s": plaid_failure})
     return rows
 
 
 def late_interaction(args, work: Path) -> None:
     import pyarrow.parquet as pq
 
-    import rayrank
-    from rayrank.evaluate import load_qrels
     from rayrank.models import resolve_model
 
     corpus = pq.read_table(SCIFACT / "corpus.parquet")
     texts = [f"{t} {x}" for t, x in zip(corpus["title"].to_pylist(), corpus["text"].to_pylist())]
     model = str(resolve_model(MINILM).path)
-    print(table(late_encoding(args, work, texts[: args.li_docs], model)), flush=True)
+    if "encode" in args.late_parts:
+        print(table(late_encoding(args, work, texts[: args.li_docs], model)), flush=True)
+    if "scifact" in args.late_parts:
+        scifact_search(args, work, corpus, texts)
+    if "synthetic" in args.late_parts and args.synthetic_docs:
+        documents, synthetic_queries = synthetic_corpus(args.synthetic_docs, args.synthetic_queries)
+        print(table(late_search(args, work, "synthetic", documents, synthetic_queries)), flush=True)
+
+
+def scifact_search(args, work: Path, corpus, texts: list[str]) -> None:
+    """Search on our token embeddings of the whole SciFact corpus (encoded once, cached in `work`)."""
+    import pyarrow.parquet as pq
+
+    import rayrank
+    from rayrank.evaluate import load_qrels
 
     cached = work / "scifact-embeddings.npz"
     queries = pq.read_table(SCIFACT / "queries.test.parquet")
@@ -360,9 +376,6 @@ def late_interaction(args, work: Path) -> None:
     rows = late_search(args, work, "SciFact", docs, q, load_qrels(SCIFACT / "qrels.test.txt"),
                        corpus["doc_id"].to_pylist(), queries["query_id"].to_pylist())
     print(table(rows, floats="{:.3f}"), flush=True)
-    if args.synthetic_docs:
-        documents, synthetic_queries = synthetic_corpus(args.synthetic_docs, args.synthetic_queries)
-        print(table(late_search(args, work, "synthetic", documents, synthetic_queries)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="interpreter with pylate and fast-plaid (they pin their own torch and transformers)")
     parser.add_argument("--li-docs", type=int, default=300, help="SciFact abstracts for the encoding timing")
     parser.add_argument("--synthetic-docs", type=int, default=100_000, help="synthetic corpus size (0: skip)")
+    parser.add_argument("--late-parts", type=lambda s: s.split(","), default=["encode", "scifact", "synthetic"],
+                        help="comma-separated: encode (docs/s vs PyLate), scifact and synthetic (search)")
+    parser.add_argument("--plaid-timeout", type=float, default=1800,
+                        help="seconds FastPlaid may take per corpus (its CPU search can be very slow)")
     parser.add_argument("--synthetic-queries", type=int, default=100)
     parser.add_argument("--centroids", type=int, default=None, help="our IVF centroids (default: the index job's)")
     pairs = lambda text: [tuple(int(x) for x in item.split(":")) for item in text.split(",")]
