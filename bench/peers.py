@@ -294,14 +294,14 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
         "index": str(work / f"plaid-{name}"), "k": k, "nbits": 4, "kmeans_niters": 4, "rounds": args.rounds,
         "settings": args.plaid}]}
     (work / f"plaid-{name}.json").write_text(json.dumps(plaid_spec))
+    plaid, plaid_failure = [], "failed (see log)"
     with (work / f"fastplaid-{name}.log").open("w") as log:
         try:
             done = subprocess.run([str(args.li_python), str(WORKER), "fastplaid", str(work / f"plaid-{name}.json")],
                                   stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, timeout=args.plaid_timeout)
-            plaid, plaid_failure = [json.loads(line[2:]) for line in done.stdout.splitlines()
-                                    if line.startswith("@@")], "failed (see log)"
+            plaid = [json.loads(line[2:]) for line in done.stdout.splitlines() if line.startswith("@@")]
         except subprocess.TimeoutExpired:
-            plaid, plaid_failure = [], f"not done after {args.plaid_timeout:g} s (stopped)"
+            plaid_failure = f"not done after {args.plaid_timeout:g} s (stopped)"
 
     def timed(fn):
         best, out = float("inf"), None

@@ -15,7 +15,6 @@ Run it with `rayrank serve` (the packaged `serve.default.yaml`).
 
 # No `from __future__ import annotations`: Serve reads build_app's annotation as a class to
 # validate `args` with it.
-import asyncio
 import logging
 import math
 import threading
@@ -130,9 +129,8 @@ class Reranker:
         return ids if any(doc_id is not None for doc_id in ids) else None
 
     async def score(self, query: str, documents: list[str], doc_ids: tuple[str | None, ...] | None = None) -> Scored:
-        """Admit the request's pairs or refuse (429 + Retry-After, after `refusal_hold_s`); then wait for its batch."""
+        """Admit the request's pairs or refuse at once with 429 + Retry-After; then wait for its batch."""
         if (refusal := self.overload(len(documents))) is not None:
-            await asyncio.sleep(self.args.admission.refusal_hold_s)
             raise refusal
         self.pending_pairs += len(documents)
         try:

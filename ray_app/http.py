@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -76,21 +77,18 @@ class BodyLimit:
 
 class Admission:
     """ASGI middleware refusing rerank requests with 429 before their body is read or parsed while
-    the replica is overloaded (`RerankService.overload`), after `admission.refusal_hold_s`: under a
-    flood the refusals then cost the engine little CPU. What depends on the request's own pairs is
-    checked again at scoring."""
+    the replica is overloaded (`RerankService.overload`): under a flood the refusals then cost the
+    engine little CPU. What depends on the request's own pairs is checked again at scoring."""
 
-    def __init__(self, app, service: RerankService) -> None:
-        self.app, self.service = app, service
+    def __init__(self, app, service: RerankService, refuse: Callable[[RequestError], Awaitable[JSONResponse]]) -> None:
+        self.app, self.service, self.refuse = app, service, refuse
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] not in RERANK_PATHS or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         if (refusal := self.service.overload(0)) is None:
             return await self.app(scope, receive, send)
-        self.service.metrics.rejected(refusal.kind)
-        await asyncio.sleep(self.service.args.admission.refusal_hold_s)
-        await JSONResponse(refusal.body(), status_code=429, headers=refusal.headers)(scope, receive, send)
+        await (await self.refuse(refusal))(scope, receive, send)
 
 
 class ReplicaHeader:
@@ -149,28 +147,33 @@ def build_http_app(service: RerankService) -> FastAPI:
     args, metrics = service.args, service.metrics
     app = FastAPI(title="rayrank", version=rayrank.__version__,
                   description=f"Reranking with {args.model_name} ({service.engine.config.scorer}).")
-    app.add_middleware(BodyLimit, max_bytes=args.limits.max_body_bytes, metrics=metrics)
-    app.add_middleware(Admission, service=service)
-    app.add_middleware(ReplicaHeader, replica_id=service.replica_id)
 
-    def refuse(error: RequestError) -> JSONResponse:
+    async def refuse(error: RequestError) -> JSONResponse:
+        """Every refusal's answer; an overloaded one is sent after `admission.refusal_hold_s` (an
+        asyncio sleep): clients that ignore Retry-After and retry at once cannot flood the CPU."""
         metrics.rejected(error.kind)
+        if error.kind == "overloaded":
+            await asyncio.sleep(args.admission.refusal_hold_s)
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    app.add_middleware(BodyLimit, max_bytes=args.limits.max_body_bytes, metrics=metrics)
+    app.add_middleware(Admission, service=service, refuse=refuse)
+    app.add_middleware(ReplicaHeader, replica_id=service.replica_id)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-        return refuse(exc)
+        return await refuse(exc)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
         """FastAPI's own refusals (a body that is not UTF-8, an unknown route, a wrong method), in our format."""
         kind = "invalid_json" if exc.status_code == 400 else "invalid_request"
-        return refuse(RequestError(exc.status_code, "body" if exc.status_code == 400 else None, str(exc.detail),
-                                   kind=kind, headers=exc.headers))
+        return await refuse(RequestError(exc.status_code, "body" if exc.status_code == 400 else None,
+                                         str(exc.detail), kind=kind, headers=exc.headers))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return refuse(_validation_error(exc))
+        return await refuse(_validation_error(exc))
 
     def check_model(model: str | None) -> None:
         if model is not None and model != args.model_name:
