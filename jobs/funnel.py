@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -82,7 +83,11 @@ def with_stage_ranks(final: pa.Table, query_ids: list[str], earlier: dict[str, l
 
 
 class ShardFunnel:
-    """Ray Data actor: builds every stage once, then runs whole shards of queries through them."""
+    """Ray Data actor: builds every stage once, then runs whole shards of queries through them.
+
+    Ray Data runs several shard calls at once here (jobs/_ray.py); they take turns through the stages,
+    which share models, tokenizers and indexes, and overlap only in writing their results.
+    """
 
     def __init__(self, config: dict, output: str, out_options: dict) -> None:
         from rayrank.funnel.stages import Funnel
@@ -91,6 +96,7 @@ class ShardFunnel:
         quiet_worker()
         self.funnel = Funnel(FunnelConfig.model_validate(config))
         self.out = JobOutput(*filesystem(output, out_options))
+        self._turn = threading.Lock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         return as_columns([self._run_shard(json.loads(s)) for s in batch["shard"]])
@@ -98,7 +104,8 @@ class ShardFunnel:
     def _run_shard(self, shard: dict[str, Any]) -> dict[str, Any]:
         started_at = time.time()
         out, name = self.out, f"part-{shard['ordinal']:05d}.parquet"
-        result = self.funnel.run(shard["queries"])
+        with self._turn:
+            result = self.funnel.run(shard["queries"])
         qids = shard["query_ids"]
         for stage, rankings in result.rankings.items():
             write_parquet_atomic(ranking_table(qids, rankings), out.fs, out.path("stages", stage, name))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,7 +60,11 @@ def quantize_static(path: Path, calibration: Callable[[], list[dict[str, np.ndar
 
 class OpenVinoBackend:
     """Runs an ONNX file with OpenVINO's CPU plugin at the given precision; with `calibration`, its
-    static int8 version (see `quantize_static`)."""
+    static int8 version (see `quantize_static`).
+
+    One infer request serves every caller, one at a time: a request is not reentrant ("Infer Request
+    is busy" when two threads share it), and with the LATENCY hint one call already uses every core.
+    """
 
     name = "openvino"
     device = "cpu"
@@ -78,7 +83,9 @@ class OpenVinoBackend:
         self.compiled = ov.Core().compile_model(str(self.path), "CPU", properties)
         self._request = self.compiled.create_infer_request()
         self._inputs = [port.get_any_name() for port in self.compiled.inputs]
+        self._lock = threading.Lock()
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        result = self._request.infer({name: batch[name] for name in self._inputs})
-        return np.array(result[self.compiled.output(0)], dtype=np.float32)
+        with self._lock:  # the copy below is taken before the next call overwrites the request's output
+            result = self._request.infer({name: batch[name] for name in self._inputs})
+            return np.array(result[self.compiled.output(0)], dtype=np.float32)

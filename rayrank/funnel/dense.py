@@ -11,6 +11,7 @@ repeated across shards is kept in its first shard only: the job drops it from la
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,12 @@ def shard_files(shard_id: str) -> dict[str, str]:
 
 
 class DenseEncoder:
-    """A sentence-transformers bi-encoder: `encode(texts)` → float32 (n, dim), unit length."""
+    """A sentence-transformers bi-encoder: `encode(texts)` → float32 (n, dim), unit length.
+
+    `encode` is safe from several threads (the jobs' actors run shard calls at once): calls take turns,
+    since the Hugging Face tokenizer's padding state is shared ("Already borrowed") and one call
+    already uses every core.
+    """
 
     def __init__(self, model: str, max_length: int | None = None, batch_size: int = 32) -> None:
         from sentence_transformers import SentenceTransformer
@@ -41,12 +47,14 @@ class DenseEncoder:
             self.model.max_seq_length = max_length
         self.batch_size = batch_size
         self.dim = int(self.model.get_embedding_dimension())
+        self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
             return np.empty((0, self.dim), np.float32)
-        vectors = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        with self._lock:
+            vectors = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                        convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

@@ -1,6 +1,7 @@
 """ONNX export: fused graph, cache reuse, and int8 closeness measured the way each scorer uses its output."""
 
 import collections
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -78,3 +79,18 @@ def test_half_precision_matches_fp32_on_cpu(tiny_cross_encoder, docs, dtype):
     for i in range(len(queries)):  # per query, the ranking survives the rounding
         rows = slice(i * len(docs), (i + 1) * len(docs))
         assert np.corrcoef(np.argsort(np.argsort(a[rows])), np.argsort(np.argsort(b[rows])))[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
+def test_backend_runs_from_several_threads_at_once(tiny_cross_encoder, cache_dir, docs, backend):
+    # The jobs' actors run shard calls in threads and Serve scores in worker threads: a backend must
+    # give every caller its own batch's output. OpenVINO's shared infer request raised "Infer Request
+    # is busy" on CI before its calls took turns.
+    scorer = Reranker(str(tiny_cross_encoder), backend=backend, cache_dir=cache_dir).scorer
+    batches = [scorer.tokenizer.encode_pairs([q] * len(docs), docs, 64).batch(np.arange(len(docs)), scorer.tokenizer.pad_id)
+               for q in ("ray cluster", "fish in the sea", "fast search", "big data")]
+    expected = [scorer.backend.run(b) for b in batches]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: scorer.backend.run(batches[i % 4]), range(64)))
+    for i, out in enumerate(got):
+        np.testing.assert_allclose(out, expected[i % 4], rtol=1e-5, atol=1e-5)
