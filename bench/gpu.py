@@ -79,10 +79,13 @@ def _vllm_score(model_dir: Path, length: int, queries, docs):
 
 def engine_variants(device: str) -> list[tuple[str, dict]]:
     if device == "cpu":
-        return [("engine torch fp32", {"dtype": "float32"}), ("engine torch bf16", {"dtype": "bfloat16"})]
+        # named, not auto: a CPU without native bf16 has no auto setting for it, and the rows say torch
+        return [("engine torch fp32", {"backend": "torch", "dtype": "float32"}),
+                ("engine torch bf16", {"backend": "torch", "dtype": "bfloat16"})]
     import onnxruntime
 
-    variants = [("engine torch fp16", {"dtype": "float16"}), ("engine torch bf16", {"dtype": "bfloat16"})]
+    variants = [("engine torch fp16", {"backend": "torch", "dtype": "float16"}),
+                ("engine torch bf16", {"backend": "torch", "dtype": "bfloat16"})]
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         variants.append(("engine onnxruntime cuda", {"backend": "onnx"}))
     return variants

@@ -167,8 +167,9 @@ def resolve(key: str, load: Callable[[str, str], Backend], batches: Callable[[],
         return {**record, "cached": True}
     settings = candidates(dtype)
     if not settings:
-        raise ValueError(f"backend='auto' has no CPU setting for dtype={dtype!r}; use dtype='auto', 'float32' "
-                         "or 'bfloat16', or name the backend.")
+        why = " (this CPU has no native bf16: no avx512_bf16 or amx_bf16)" if dtype == "bfloat16" else ""
+        raise ValueError(f"backend='auto' has no CPU setting for dtype={dtype!r}{why}; use dtype='auto' or "
+                         "'float32', or name the backend (backend='torch' runs any dtype).")
     report, loaded = measure(load, settings, batches())
     loaded.clear()
     winner = choose(report)
