@@ -31,9 +31,10 @@ def shard_files(shard_id: str) -> dict[str, str]:
 class DenseEncoder:
     """A sentence-transformers bi-encoder: `encode(texts)` → float32 (n, dim), unit length.
 
-    `encode` is safe from several threads (the jobs' actors run shard calls at once): calls take turns,
-    since the Hugging Face tokenizer's padding state is shared ("Already borrowed") and one call
-    already uses every core.
+    `encode` calls from several threads (the jobs' actors run shard calls at once) take turns: each call
+    resets padding and truncation on the one Hugging Face tokenizer, which upstream reports as unsafe
+    across threads (tokenizers#537, "Already borrowed"; not reproduced here), and one call already
+    uses every core, so reads and writes still overlap it.
     """
 
     def __init__(self, model: str, max_length: int | None = None, batch_size: int = 32) -> None:

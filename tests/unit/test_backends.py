@@ -87,7 +87,8 @@ def test_backend_runs_from_several_threads_at_once(tiny_cross_encoder, cache_dir
     # give every caller its own batch's output. OpenVINO's shared infer request raised "Infer Request
     # is busy" on CI before its calls took turns.
     scorer = Reranker(str(tiny_cross_encoder), backend=backend, cache_dir=cache_dir).scorer
-    batches = [scorer.tokenizer.encode_pairs([q] * len(docs), docs, 64).batch(np.arange(len(docs)), scorer.tokenizer.pad_id)
+    rows, pad_id = np.arange(len(docs)), scorer.tokenizer.pad_id
+    batches = [scorer.tokenizer.encode_pairs([q] * len(docs), docs, 64).batch(rows, pad_id)
                for q in ("ray cluster", "fish in the sea", "fast search", "big data")]
     expected = [scorer.backend.run(b) for b in batches]
     with ThreadPoolExecutor(8) as pool:
