@@ -58,6 +58,7 @@ class Reranker:
             self.index.check_model(self.engine.resolved.name)
         self.pending_pairs = 0
         self.pairs_per_s: float | None = None  # measured on the engine calls, warm-up first
+        self._call: tuple[int, float] | None = None  # the running engine call: pairs, start
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.gate = EngineGate(self._score_jobs, args.batching.max_batch_size)
         self.score_batch.set_max_batch_size(args.batching.max_batch_size)
@@ -141,26 +142,38 @@ class Reranker:
     def overload(self, pairs: int) -> RequestError | None:
         """The 429 for a request of `pairs` pairs, or None to admit it.
 
-        Refused when the pairs ahead would take over `max_queue_wait_s` at the measured pairs/s, would
-        pass `max_pending_pairs` with this request's, or wait for the warm-up (no rate measured yet: a
+        Refused when the pairs ahead and its own would take over `max_queue_wait_s` at the replica's
+        pairs/s, would pass `max_pending_pairs`, or wait for the warm-up (no rate measured yet: a
         replica added under load would otherwise queue a minute of work before it knows its speed).
+        The pairs/s is the measured moving average, or less while the running engine call is already
+        slower than that (another process took the CPU): work admitted at the old rate is what runs late.
         """
-        admission, ahead, rate = self.args.admission, self.pending_pairs, self.pairs_per_s
+        admission, ahead, rate = self.args.admission, self.pending_pairs, self._rate()
         if not ahead:
             return None
-        wait = ahead / rate if rate else None
+        wait = (ahead + pairs) / rate if rate else None
         if wait is None:
             reason = f"{ahead} pairs queued for a replica still warming up"
         elif ahead + pairs > admission.max_pending_pairs:
             reason = f"{ahead} pairs queued (limit {admission.max_pending_pairs})"
         elif wait > admission.max_queue_wait_s:
-            reason = (f"{ahead} pairs queued, {wait:.2f}s of work at {rate:.0f} pairs/s "
-                      f"(limit {admission.max_queue_wait_s:g}s)")
+            reason = (f"{ahead} pairs queued, {wait:.2f}s of work at {rate:.0f} pairs/s with this request's "
+                      f"{pairs} (limit {admission.max_queue_wait_s:g}s)")
         else:
             return None
         retry = max(1, math.ceil(wait)) if wait is not None else 1
         return RequestError(429, None, f"the replica is overloaded: {reason}; retry after {retry}s",
                             kind="overloaded", headers={"Retry-After": str(retry)})
+
+    def _rate(self) -> float | None:
+        """Pairs/s for admission: the moving average, capped by what the running call shows so far."""
+        rate, call = self.pairs_per_s, self._call
+        if rate and call is not None:
+            pairs, started = call
+            elapsed = time.perf_counter() - started
+            if elapsed * rate > pairs:  # the call has run longer than the average rate allows
+                rate = pairs / elapsed
+        return rate
 
     # Batches that form while the engine is busy wait in the gate and are scored together; four may
     # wait at once (4 x the default 16 requests = the default max_ongoing_requests).
@@ -182,11 +195,15 @@ class Reranker:
         queries = [jobs[i].query for i in todo for _ in jobs[i].documents]
         documents = [doc for i in todo for doc in jobs[i].documents]
         start = time.perf_counter()
-        if self.index is not None:  # one rule for every request: documents encoded like the index's
-            doc_ids = [d for i in todo for d in (jobs[i].doc_ids or (None,) * len(jobs[i].documents))]
-            scores, _ = score_from_index(self.engine.scorer, self.index, queries, doc_ids, documents)
-        else:
-            scores = self.engine.score_pairs(queries, documents).scores
+        self._call = (len(documents), start)
+        try:
+            if self.index is not None:  # one rule for every request: documents encoded like the index's
+                doc_ids = [d for i in todo for d in (jobs[i].doc_ids or (None,) * len(jobs[i].documents))]
+                scores, _ = score_from_index(self.engine.scorer, self.index, queries, doc_ids, documents)
+            else:
+                scores = self.engine.score_pairs(queries, documents).scores
+        finally:
+            self._call = None
         self._measured(len(documents), time.perf_counter() - start)
         self.metrics.batch(len(jobs), len(documents))
         out: list[Scored] = [None] * len(jobs)  # type: ignore[list-item]
