@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from rayrank.ray_app.app import Reranker
 from rayrank.ray_app.config import AdmissionConfig
 
