@@ -2,9 +2,9 @@
 
 An actor runs `cluster.prefetch_shards + 1` shard calls at once (Ray Data threads): while one call
 holds the model, the others read, validate and tokenize the next shards, and writes go out after
-the model is released. Two locks keep that correct: one model call at a time (one device, and the
-accounting below), and one tokenizer call at a time (truncation is state on the Rust tokenizer;
-each call already runs on all of the actor's CPUs).
+the model is released. One model call runs at a time (one device, and the accounting below); the
+tokenizer takes turns by itself (`rayrank.tokenize`: truncation is state on the Rust tokenizer, and
+each encode call already runs on the CPUs the model leaves), converting its output outside that turn.
 """
 
 from __future__ import annotations
@@ -79,24 +79,6 @@ class _SerialBackend:
         return getattr(self._backend, name)
 
 
-class _SerialTokenizer:
-    """The scorer's tokenizer with each encode call under one lock (its truncation setting is shared state)."""
-
-    def __init__(self, tokenizer, lock: threading.Lock) -> None:
-        self._tokenizer, self._lock = tokenizer, lock
-
-    def encode_pairs(self, *args, **kwargs):
-        with self._lock:
-            return self._tokenizer.encode_pairs(*args, **kwargs)
-
-    def encode_texts(self, *args, **kwargs):
-        with self._lock:
-            return self._tokenizer.encode_texts(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tokenizer, name)
-
-
 class ModelGate:
     """Makes one scorer safe for concurrent shard calls and attributes model time to each call.
 
@@ -107,7 +89,6 @@ class ModelGate:
     def __init__(self, scorer) -> None:
         self._local = threading.local()
         scorer.backend = _SerialBackend(scorer.backend, threading.Lock(), self._local)
-        scorer.tokenizer = _SerialTokenizer(scorer.tokenizer, threading.Lock())
 
     @contextmanager
     def shard(self, phases: Phases) -> Iterator[None]:

@@ -3,11 +3,16 @@
 We drive the Rust `tokenizers` object directly: it encodes a whole list in parallel, reports which
 rows were truncated (`overflowing`), and leaves padding to the batch planner, which pads each batch
 only to its own longest row.
+
+A `TextTokenizer` may be called from several threads at once (a job actor tokenizes the next shard
+while the model scores this one): truncation is state on the Rust object, so each call sets it and
+encodes under one lock, and turns the encodings into lists after releasing it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,17 +113,26 @@ class TextTokenizer:
         # BERT reads segment ids; tokenizers that do not emit them (RoBERTa, ...) must not be fed any.
         self.uses_token_types = "token_type_ids" in hf.model_input_names
         self._truncation: tuple[int, str] | None = None
+        # Held while the truncation setting is set and used; re-entrant for the chunking methods.
+        self._lock = threading.RLock()
 
     def _truncate(self, max_length: int, strategy: str) -> None:
         if self._truncation != (max_length, strategy):
             self._tok.enable_truncation(max_length, strategy=strategy)
             self._truncation = (max_length, strategy)
 
+    def _encode(self, inputs: list, max_length: int, strategy: str) -> list[Encoding]:
+        """Model inputs, truncated; without character offsets (nothing downstream reads them; ~10% faster)."""
+        with self._lock:
+            self._truncate(max_length, strategy)
+            return self._tok.encode_batch_fast(inputs)
+
     def _whole(self, texts: Sequence[str]) -> list[Encoding]:
         """Texts encoded in full, without special tokens (the material chunks and cuts are made of)."""
-        self._tok.no_truncation()
-        self._truncation = None
-        return self._tok.encode_batch(list(texts), add_special_tokens=False)
+        with self._lock:
+            self._tok.no_truncation()
+            self._truncation = None
+            return self._tok.encode_batch(list(texts), add_special_tokens=False)
 
     def cut_texts(self, texts: Sequence[str], max_tokens: int) -> list[str]:
         """Each text cut after its first `max_tokens` tokens, where that token ends (Cohere's `max_tokens_per_doc`)."""
@@ -131,6 +145,11 @@ class TextTokenizer:
     def encode_pairs_chunked(self, queries: Sequence[str], documents: Sequence[str], max_length: int,
                              chunking: Chunking) -> Chunked:
         """(query, chunk) pairs: each document cut into windows that fit beside its query in `max_length`."""
+        with self._lock:  # `encode` and `post_process` read the truncation setting `_whole` cleared
+            return self._pairs_chunked(queries, documents, max_length, chunking)
+
+    def _pairs_chunked(self, queries: Sequence[str], documents: Sequence[str], max_length: int,
+                       chunking: Chunking) -> Chunked:
         special = self._tok.num_special_tokens_to_add(True)
         unique = list(dict.fromkeys(queries))
         query_tokens = dict(zip(unique, self._whole(unique)))
@@ -149,6 +168,10 @@ class TextTokenizer:
     def encode_texts_chunked(self, texts: Sequence[str], max_length: int, chunking: Chunking, *,
                              prefix: str = "") -> Chunked:
         """Single texts cut into windows of at most `max_length` tokens each (markers and specials included)."""
+        with self._lock:  # `post_process` reads the truncation setting `_whole` cleared
+            return self._texts_chunked(texts, max_length, chunking, prefix)
+
+    def _texts_chunked(self, texts: Sequence[str], max_length: int, chunking: Chunking, prefix: str) -> Chunked:
         marker = self._tok.encode(prefix.strip(), add_special_tokens=False) if prefix.strip() else None
         room = max_length - self._tok.num_special_tokens_to_add(False) - (len(marker.ids) if marker else 0)
         encodings, owners, truncated = [], [], 0
@@ -168,19 +191,19 @@ class TextTokenizer:
         cross-encoder cannot read more than `max_length` tokens either way, and it is counted.
         """
         pairs = list(zip(queries, documents, strict=True))
-        self._truncate(max_length, "only_second")
         try:
-            return _collect(self._tok.encode_batch(pairs))
+            return _collect(self._encode(pairs, max_length, "only_second"))
         except Exception:
             # The Rust tokenizer fails the whole batch when one query alone exceeds max_length.
             encodings = []
-            for pair in pairs:
-                try:
-                    self._truncate(max_length, "only_second")
-                    encodings.append(self._tok.encode(*pair))
-                except Exception:
-                    self._truncate(max_length, "longest_first")
-                    encodings.append(self._tok.encode(*pair))
+            with self._lock:
+                for pair in pairs:
+                    try:
+                        self._truncate(max_length, "only_second")
+                        encodings.append(self._tok.encode(*pair))
+                    except Exception:
+                        self._truncate(max_length, "longest_first")
+                        encodings.append(self._tok.encode(*pair))
             return _collect(encodings)
 
     def encode_texts(
@@ -199,8 +222,8 @@ class TextTokenizer:
             pad_to: pad with the mask token up to this many tokens (ColBERT query augmentation).
             attend_to_padding: whether those mask tokens take part in attention.
         """
-        self._truncate(max_length, "longest_first")
-        encoded = _collect(self._tok.encode_batch([prefix + t for t in texts] if prefix else list(texts)))
+        encoded = _collect(self._encode([prefix + t for t in texts] if prefix else list(texts), max_length,
+                                        "longest_first"))
         if pad_to is not None and self.mask_id is not None:
             fill = 1 if attend_to_padding else 0
             for ids, types, mask in zip(encoded.input_ids, encoded.token_type_ids, encoded.attention_mask):

@@ -92,7 +92,8 @@ def synthetic_batches(vocab_size: int, max_length: int, pad_id: int, max_tokens:
                       overhead: int, pairs: int = SYNTHETIC_PAIRS, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Random token ids at DL20-like lengths, planned into the engine's token-budget batches."""
     rng = np.random.default_rng(seed)
-    lengths = rng.integers(LENGTHS[0], min(LENGTHS[1], max_length) + 1, size=pairs)
+    high = min(LENGTHS[1], max_length)  # a model cut shorter than DL20's pairs is timed at its own length
+    lengths = rng.integers(min(LENGTHS[0], high), high + 1, size=pairs)
     batches = []
     for rows in plan_batches(lengths, max_tokens, max_batch_size, overhead):
         width = int(lengths[rows].max())

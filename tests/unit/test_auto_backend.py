@@ -125,3 +125,11 @@ def test_auto_skips_settings_that_fail_or_disagree():
 def test_cache_key_changes_with_threads_and_dtype():
     keys = {auto.cache_key("w", "cross-encoder", t, d) for t in (1, 2) for d in ("auto", "bfloat16")}
     assert len(keys) == 4
+
+
+def test_synthetic_pairs_fit_a_model_cut_shorter_than_dl20_pairs():
+    """A `max_length` below DL20's shortest timed pair (32 tokens) is timed at that length, not refused."""
+    batches = auto.synthetic_batches(vocab_size=500, max_length=16, pad_id=0, max_tokens=512, max_batch_size=8,
+                                     overhead=0, pairs=40)
+    assert sum(len(b["input_ids"]) for b in batches) == 40
+    assert max(b["input_ids"].shape[1] for b in batches) <= 16
