@@ -31,9 +31,10 @@ class AdmissionConfig(StrictModel):
 
     A request is refused at once with 429 and `Retry-After` (the measured time to drain the queue)
     when the pairs ahead of it and its own, at the replica's measured pairs/s (capped by the running
-    engine call's pace when that call is slower), would take longer than `max_queue_wait_s`, or when it would push the pairs waiting or being scored past
-    `max_pending_pairs`; so under overload the accepted requests wait about `max_queue_wait_s` at
-    most and the excess is refused fast instead of queueing for a minute. Until its warm-up has
+    engine call's pace when that call is slower), would take longer than `max_queue_wait_s`, or when
+    it would push the pairs waiting or being scored past `max_pending_pairs`; so under overload the
+    accepted requests wait about `max_queue_wait_s` at most and the excess is refused fast instead of
+    queueing for a minute. Until its warm-up has
     measured a rate, a replica (one added under load, say) admits a request only into an empty queue.
     """
 
