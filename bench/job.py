@@ -9,7 +9,8 @@ and prints pairs/s and ratios. `--case tokenizer-heavy` instead runs short synth
 (bench/synthetic.py) through a tiny random cross-encoder, where tokenizing costs as much as the
 model: one actor of 2 CPUs with a 1-thread model, with and without prefetching shards inside the
 actor (`cluster.prefetch_shards` 1 vs 0, alternating), against the in-process serial rate
-(tokenize, then score, one thread). Examples:
+(tokenize, then score, one thread), also with the collector frozen after loading as the job's
+actors do. Examples:
 
     python bench/job.py --rows 2000 --scorer late-interaction
     python bench/job.py --case tokenizer-heavy --rows 200000
@@ -18,6 +19,7 @@ actor (`cluster.prefetch_shards` 1 vs 0, alternating), against the in-process se
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -86,23 +88,35 @@ def tokenizer_heavy(rows: int, repeats: int) -> int:
             raise SystemExit(f"job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return json.loads((out / "_manifest.json").read_text())
 
-    serial_rates, runs = [], {0: [], 1: []}
+    def serial_frozen() -> float:
+        """The same, with the collector's view frozen after loading, as the job's actors do (gc.freeze)."""
+        gc.freeze()
+        try:
+            return serial()
+        finally:
+            gc.unfreeze()
+
+    serial_rates, frozen_rates, runs = [], [], {0: [], 1: []}
     for run in range(repeats):  # alternating, so load drift hits every contender alike
         serial_rates.append(serial())
+        frozen_rates.append(serial_frozen())
         for prefetch in (1, 0):
             runs[prefetch].append(job(prefetch, run))
-    base = max(serial_rates)
+    base, frozen = max(serial_rates), max(frozen_rates)
     print(f"\nrerank job vs serial in-process engine — {rows:,} short synthetic pairs, tiny random cross-encoder, "
           f"1 actor x 2 CPUs, engine.threads 1, 20 shards; best of {repeats}\n")
     print(f"{'':34} {'pairs/s':>9} {'ratio':>6} {'busy':>5}  phases summed over shards (s)")
     print(f"{'in-process serial (baseline)':34} {base:>9,.1f} {1:>6.2f}")
+    print(f"{'in-process serial, gc.freeze()':34} {frozen:>9,.1f} {frozen / base:>6.2f}")
     for prefetch, label in ((0, "job, one shard at a time"), (1, "job, prefetch 1 shard (default)")):
         best = max(runs[prefetch], key=lambda m: m["timings"]["steady_pairs_per_s"])
         rate, ph = best["timings"]["steady_pairs_per_s"], best["phases"]
         print(f"{label:34} {rate:>9,.1f} {rate / base:>6.2f} {ph['model_busy']:>5.2f}  read {ph['read_s']:.1f}, "
               f"validate {ph['validate_s']:.1f}, tokenize {ph['tokenize_s']:.1f}, model {ph['model_s']:.1f}, "
               f"write {ph['write_s']:.1f}")
-    print(f"\nactors-running rates (first shard start to last shard end); load average {_load()}")
+    best = max(m["timings"]["steady_pairs_per_s"] for m in runs[1])
+    print(f"\nactors-running rates (first shard start to last shard end); prefetch vs the gc.freeze() serial rate "
+          f"{best / frozen:.2f}x; load average {_load()}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

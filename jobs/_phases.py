@@ -28,11 +28,20 @@ def split_cpus(cpus_per_actor: float, model_threads: int | None, prefetch_shards
 
     The Rust tokenizer's thread pool takes every core of the machine by default; while it encodes the
     next shard beside a model running `engine.threads` threads, both would fight for the same cores.
-    With `engine.threads` unset (a GPU actor, or torch on all of them) or no prefetch (nothing runs
-    beside the tokenizer) it keeps all CPUs.
+    When the shard calls alone can use those CPUs (each encodes on its own thread: rayrank.tokenize),
+    the pool is turned off, which also saves its hand-offs; else it gets what the model leaves. With
+    `engine.threads` unset (a GPU actor, or torch on all of them) or no prefetch (nothing runs beside
+    the tokenizer) it keeps all CPUs.
     """
-    if prefetch_shards and model_threads and cpus_per_actor > model_threads and "RAYON_NUM_THREADS" not in os.environ:
-        os.environ["RAYON_NUM_THREADS"] = str(max(1, math.floor(cpus_per_actor - model_threads)))
+    if not (prefetch_shards and model_threads and cpus_per_actor > model_threads):
+        return
+    if "RAYON_NUM_THREADS" in os.environ or "TOKENIZERS_PARALLELISM" in os.environ:
+        return  # the user's setting wins
+    spare = max(1, math.floor(cpus_per_actor - model_threads))
+    if spare <= prefetch_shards + 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    else:
+        os.environ["RAYON_NUM_THREADS"] = str(spare)
 
 
 class Phases:
@@ -55,7 +64,12 @@ class Phases:
 
 
 class _SerialBackend:
-    """The scorer's backend behind a lock; the calling shard's `Phases` gets its wait and model seconds."""
+    """The scorer's backend behind the model gate's lock; the calling shard's `Phases` gets its wait and model seconds.
+
+    A shard call takes the lock at its first batch and keeps it until the call ends (`ModelGate.engine`)
+    rather than taking turns batch by batch: turns would keep two shards in step (both tokenizing,
+    then both waiting on the model), where one shard's batches run while the next shard tokenizes.
+    """
 
     def __init__(self, backend, lock: threading.Lock, local: threading.local) -> None:
         self._backend, self._lock, self._local = backend, lock, local
@@ -64,16 +78,24 @@ class _SerialBackend:
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         phases: Phases | None = getattr(self._local, "phases", None)
         asked = time.perf_counter()
-        with self._lock:
-            got = time.perf_counter()
-            out = self._backend.run(batch)
-            done = time.perf_counter()
+        if not getattr(self._local, "holding", False):
+            self._lock.acquire()
+            self._local.holding = True
+        got = time.perf_counter()
+        out = self._backend.run(batch)
+        done = time.perf_counter()
         if phases is not None:
             phases.seconds["model_wait_s"] += got - asked
             phases.seconds["model_s"] += done - got
             phases.tokens["tokens"] += int(batch["attention_mask"].sum())
             phases.tokens["tokens_computed"] += int(batch["input_ids"].size)
         return out
+
+    def release(self) -> None:
+        """End the calling thread's turn on the model, if it has one."""
+        if getattr(self._local, "holding", False):
+            self._local.holding = False
+            self._lock.release()
 
     def __getattr__(self, name: str) -> Any:  # anything else a scorer asks of its backend
         return getattr(self._backend, name)
@@ -88,7 +110,8 @@ class ModelGate:
 
     def __init__(self, scorer) -> None:
         self._local = threading.local()
-        scorer.backend = _SerialBackend(scorer.backend, threading.Lock(), self._local)
+        self._backend = _SerialBackend(scorer.backend, threading.Lock(), self._local)
+        scorer.backend = self._backend
 
     @contextmanager
     def shard(self, phases: Phases) -> Iterator[None]:
@@ -101,12 +124,14 @@ class ModelGate:
 
     @contextmanager
     def engine(self, phases: Phases) -> Iterator[None]:
-        """Time an engine call: its wall time minus the model gate's share is tokenizing."""
+        """Time an engine call, which holds the model from its first batch to its end; its wall time
+        minus the model gate's share is tokenizing."""
         before = phases.seconds["model_s"] + phases.seconds["model_wait_s"]
         started = time.perf_counter()
         try:
             yield
         finally:
+            self._backend.release()
             inside = phases.seconds["model_s"] + phases.seconds["model_wait_s"] - before
             phases.seconds["tokenize_s"] += time.perf_counter() - started - inside
 

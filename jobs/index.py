@@ -17,6 +17,7 @@ Usage: `rayrank index DOCS INDEX_DIR [options]` or `python -m rayrank.jobs.index
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import math
@@ -135,6 +136,7 @@ class ShardIndexer:
         self.out = JobOutput(fs_out, root)
         self.codec = ResidualCodec.from_bytes(fs_out.cat_file(join(root, CODEC)))
         self.layouts = layouts
+        gc.freeze()  # what is loaded lives as long as the actor (see ShardScorer in rayrank.jobs.rerank)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         stats = [self._index_shard(Shard(**json.loads(s))) for s in batch["shard"]]

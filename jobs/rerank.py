@@ -17,6 +17,7 @@ Usage: `rayrank rerank INPUT OUTPUT [options]` or `python -m rayrank.jobs.rerank
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
@@ -108,6 +109,9 @@ class ShardScorer:
 
             self.index = IndexReader(self.config.index, index_options)
             self.index.check_model(self.reranker.resolved.name)
+        # Everything loaded so far lives as long as the actor: the collector need not walk it again after
+        # each shard's ~40,000 new lists and encodings (measured: 7-15% of a tokenizer-heavy shard).
+        gc.freeze()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         stats = [self._score_shard(Shard(**json.loads(s))) for s in batch["shard"]]

@@ -15,6 +15,7 @@ Run it with `rayrank serve` (the packaged `serve.default.yaml`).
 
 # No `from __future__ import annotations`: Serve reads build_app's annotation as a class to
 # validate `args` with it.
+import gc
 import logging
 import math
 import threading
@@ -58,6 +59,7 @@ class Reranker:
             self.index.check_model(self.engine.resolved.name)
         self.pending_pairs = 0
         self.pairs_per_s: float | None = None  # measured on the engine calls, warm-up first
+        gc.freeze()  # the loaded model and libraries live as long as the replica: no need to walk them per collection
         self._call: tuple[int, float] | None = None  # the running engine call: pairs, start
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.gate = EngineGate(self._score_jobs, args.batching.max_batch_size)

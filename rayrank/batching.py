@@ -69,25 +69,40 @@ def _optimal_cuts(sorted_lengths: np.ndarray, max_tokens: int, max_batch_size: i
                   overhead: int) -> list[tuple[int, int]]:
     """(start, end) runs of longest-first lengths minimising sum(rows × first length) + overhead per run.
 
-    Dynamic programming over run ends: best[j] = min over allowed starts i of best[i] + (j - i) ×
-    length[i] + overhead. A run's first row is its longest, so the allowed starts of run end j are
-    a contiguous window [low, j) that only moves right as j grows.
+    Dynamic programming over run boundaries: best[j] = min over allowed starts i of best[i] +
+    (j - i) × length[i] + overhead. Only a few boundaries can be optimal, so only those are visited
+    (a shard of short pairs has ~20 distinct lengths in 10,000 rows): moving a boundary that sits
+    inside a run of equal lengths one row left drops a row from the earlier run (its longest row's
+    cost) and adds one to the later run (a cost no larger), so some optimal cut has each boundary at
+    the first row of a length, at the end, or where the later run is full, its end another boundary.
     """
     n = len(sorted_lengths)
-    best = np.zeros(n + 1, dtype=np.float64)
-    start_of = np.zeros(n + 1, dtype=np.int64)
-    low = 0
-    for j in range(1, n + 1):
-        while j - low > max_batch_size or (j - low) * sorted_lengths[low] > max_tokens:
-            low += 1
-        starts = np.arange(low, j)
-        costs = best[low:j] + (j - starts) * sorted_lengths[low:j] + overhead
+    # reach[i]: the furthest end of a run starting at row i; increasing in i.
+    reach = np.arange(n) + np.minimum(max_batch_size, max_tokens // sorted_lengths)
+    first = np.ones(n, dtype=bool)
+    first[1:] = sorted_lengths[1:] != sorted_lengths[:-1]
+    marks = {*np.flatnonzero(first).tolist(), n}
+    pending = list(marks)
+    while pending:  # add the start of the full run that ends at each boundary, if it sits inside a length
+        end = pending.pop()
+        i = int(np.searchsorted(reach, end))
+        if i < n and reach[i] == end and not first[i] and i not in marks:
+            marks.add(i)
+            pending.append(i)
+    points = np.array(sorted(marks))
+    best = np.full(len(points), np.inf)
+    best[0] = 0.0
+    came_from = np.zeros(len(points), dtype=np.int64)
+    low = np.searchsorted(points, np.searchsorted(reach, points))  # first point whose run can reach each point
+    for k in range(1, len(points)):
+        starts = points[low[k]:k]
+        costs = best[low[k]:k] + (points[k] - starts) * sorted_lengths[starts] + overhead
         pick = int(np.argmin(costs))
-        best[j], start_of[j] = costs[pick], low + pick
-    cuts, end = [], n
-    while end > 0:
-        cuts.append((int(start_of[end]), end))
-        end = int(start_of[end])
+        best[k], came_from[k] = costs[pick], low[k] + pick
+    cuts, k = [], len(points) - 1
+    while k > 0:
+        cuts.append((int(points[came_from[k]]), int(points[k])))
+        k = int(came_from[k])
     return cuts[::-1]
 
 

@@ -5,8 +5,8 @@ rows were truncated (`overflowing`), and leaves padding to the batch planner, wh
 only to its own longest row.
 
 A `TextTokenizer` may be called from several threads at once (a job actor tokenizes the next shard
-while the model scores this one): truncation is state on the Rust object, so each call sets it and
-encodes under one lock, and turns the encodings into lists after releasing it.
+while the model scores this one): truncation is state on the Rust object, so each thread encodes
+with a copy of its own, and two shards tokenize on two cores at once.
 """
 
 from __future__ import annotations
@@ -82,12 +82,22 @@ class Chunking:
 
 
 def _collect(encodings: Sequence[Encoding], count_truncated: bool = True) -> Encoded:
+    input_ids = [e.ids for e in encodings]
     return Encoded(
-        input_ids=[e.ids for e in encodings],
+        input_ids=input_ids,
         token_type_ids=[e.type_ids for e in encodings],
-        attention_mask=[e.attention_mask for e in encodings],
+        # Unpadded, so every token attends; built here, not read: `Encoding.attention_mask` costs 8x `ids`.
+        attention_mask=[[1] * len(ids) for ids in input_ids],
         truncated=sum(1 for e in encodings if e.overflowing) if count_truncated else 0,
     )
+
+
+class _ThreadCopy(threading.local):
+    """One thread's Rust tokenizer, its truncation setting, and the vocabulary version it was built from."""
+
+    tok: Tokenizer | None = None
+    truncation: tuple[int, str] | None = None
+    version = -1
 
 
 class TextTokenizer:
@@ -103,36 +113,43 @@ class TextTokenizer:
         hf = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         if not getattr(hf, "is_fast", False):
             raise ValueError(f"{model_dir}: rayrank needs a fast (Rust) tokenizer with a tokenizer.json.")
-        # A private copy: truncation settings are state on the Rust object.
-        self._tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
-        self._tok.no_padding()
+        # Each thread's copy is built from this (see `_tok`): truncation settings are state on the Rust object.
+        tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+        tok.no_padding()
+        self._json = tok.to_str()
+        self._version = 0
+        self._local = _ThreadCopy()
         self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else 0
         self.mask_id = hf.mask_token_id
         self.model_max_length = hf.model_max_length
         self.vocab = hf.get_vocab()
         # BERT reads segment ids; tokenizers that do not emit them (RoBERTa, ...) must not be fed any.
         self.uses_token_types = "token_type_ids" in hf.model_input_names
-        self._truncation: tuple[int, str] | None = None
-        # Held while the truncation setting is set and used; re-entrant for the chunking methods.
-        self._lock = threading.RLock()
+
+    @property
+    def _tok(self) -> Tokenizer:
+        """The calling thread's Rust tokenizer, rebuilt when `add_markers` changed the vocabulary."""
+        local = self._local
+        if local.version != self._version:
+            local.tok, local.truncation, local.version = Tokenizer.from_str(self._json), None, self._version
+        return local.tok
 
     def _truncate(self, max_length: int, strategy: str) -> None:
-        if self._truncation != (max_length, strategy):
-            self._tok.enable_truncation(max_length, strategy=strategy)
-            self._truncation = (max_length, strategy)
+        tok = self._tok
+        if self._local.truncation != (max_length, strategy):
+            tok.enable_truncation(max_length, strategy=strategy)
+            self._local.truncation = (max_length, strategy)
 
     def _encode(self, inputs: list, max_length: int, strategy: str) -> list[Encoding]:
         """Model inputs, truncated; without character offsets (nothing downstream reads them; ~10% faster)."""
-        with self._lock:
-            self._truncate(max_length, strategy)
-            return self._tok.encode_batch_fast(inputs)
+        self._truncate(max_length, strategy)
+        return self._tok.encode_batch_fast(inputs)
 
     def _whole(self, texts: Sequence[str]) -> list[Encoding]:
         """Texts encoded in full, without special tokens (the material chunks and cuts are made of)."""
-        with self._lock:
-            self._tok.no_truncation()
-            self._truncation = None
-            return self._tok.encode_batch(list(texts), add_special_tokens=False)
+        self._tok.no_truncation()
+        self._local.truncation = None
+        return self._tok.encode_batch(list(texts), add_special_tokens=False)
 
     def cut_texts(self, texts: Sequence[str], max_tokens: int) -> list[str]:
         """Each text cut after its first `max_tokens` tokens, where that token ends (Cohere's `max_tokens_per_doc`)."""
@@ -145,11 +162,6 @@ class TextTokenizer:
     def encode_pairs_chunked(self, queries: Sequence[str], documents: Sequence[str], max_length: int,
                              chunking: Chunking) -> Chunked:
         """(query, chunk) pairs: each document cut into windows that fit beside its query in `max_length`."""
-        with self._lock:  # `encode` and `post_process` read the truncation setting `_whole` cleared
-            return self._pairs_chunked(queries, documents, max_length, chunking)
-
-    def _pairs_chunked(self, queries: Sequence[str], documents: Sequence[str], max_length: int,
-                       chunking: Chunking) -> Chunked:
         special = self._tok.num_special_tokens_to_add(True)
         unique = list(dict.fromkeys(queries))
         query_tokens = dict(zip(unique, self._whole(unique)))
@@ -168,10 +180,6 @@ class TextTokenizer:
     def encode_texts_chunked(self, texts: Sequence[str], max_length: int, chunking: Chunking, *,
                              prefix: str = "") -> Chunked:
         """Single texts cut into windows of at most `max_length` tokens each (markers and specials included)."""
-        with self._lock:  # `post_process` reads the truncation setting `_whole` cleared
-            return self._texts_chunked(texts, max_length, chunking, prefix)
-
-    def _texts_chunked(self, texts: Sequence[str], max_length: int, chunking: Chunking, prefix: str) -> Chunked:
         marker = self._tok.encode(prefix.strip(), add_special_tokens=False) if prefix.strip() else None
         room = max_length - self._tok.num_special_tokens_to_add(False) - (len(marker.ids) if marker else 0)
         encodings, owners, truncated = [], [], 0
@@ -196,14 +204,13 @@ class TextTokenizer:
         except Exception:
             # The Rust tokenizer fails the whole batch when one query alone exceeds max_length.
             encodings = []
-            with self._lock:
-                for pair in pairs:
-                    try:
-                        self._truncate(max_length, "only_second")
-                        encodings.append(self._tok.encode(*pair))
-                    except Exception:
-                        self._truncate(max_length, "longest_first")
-                        encodings.append(self._tok.encode(*pair))
+            for pair in pairs:
+                try:
+                    self._truncate(max_length, "only_second")
+                    encodings.append(self._tok.encode(*pair))
+                except Exception:
+                    self._truncate(max_length, "longest_first")
+                    encodings.append(self._tok.encode(*pair))
             return _collect(encodings)
 
     def encode_texts(
@@ -241,8 +248,10 @@ class TextTokenizer:
 
         tokens = [AddedToken(m.strip(), special=True, normalized=False) for m in markers if m.strip()]
         if tokens:
-            self._tok.add_special_tokens(tokens)
-            self.vocab = self._tok.get_vocab(with_added_tokens=True)
+            tok = Tokenizer.from_str(self._json)
+            tok.add_special_tokens(tokens)
+            self._json, self._version = tok.to_str(), self._version + 1
+            self.vocab = tok.get_vocab(with_added_tokens=True)
 
     def token_ids(self, words: Sequence[str]) -> set[int]:
         """Vocabulary ids of single-token words (e.g. punctuation for the ColBERT skiplist)."""

@@ -63,6 +63,17 @@ def test_plan_is_the_cheapest_cut(seed):
     assert _cost(lengths, batches, overhead) == _brute_force(np.sort(lengths)[::-1], 150, 4, overhead)
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_plan_is_the_cheapest_cut_with_repeated_lengths(seed):
+    """Runs of equal lengths longer than a full batch: the planner only visits some boundaries there."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 4, size=int(rng.integers(1, 15))) * 10
+    cap, overhead = int(rng.integers(1, 5)), int(rng.integers(0, 40))
+    batches = plan_batches(lengths, max_tokens=90, max_batch_size=cap, batch_overhead_tokens=overhead)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert _cost(lengths, batches, overhead) == _brute_force(np.sort(lengths)[::-1], 90, cap, overhead)
+
+
 def test_cutting_saves_padding_on_a_small_varied_set():
     """A 60-row shard of passage-like lengths: filling batches to the budget pads far more."""
     lengths = np.random.default_rng(0).lognormal(4.3, 0.45, size=60).astype(int) + 8

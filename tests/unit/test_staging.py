@@ -42,8 +42,18 @@ def test_busy_fraction_is_model_seconds_over_actor_spans():
 
 
 @pytest.mark.parametrize(("cpus", "threads", "prefetch", "expected"),
-                         [(2, 1, 1, "1"), (7, 2, 1, "5"), (2, None, 1, None), (2, 1, 0, None), (1, 1, 1, None)])
+                         [(2, 1, 1, ("false", None)), (4, 1, 2, ("false", None)), (7, 2, 1, (None, "5")),
+                          (2, None, 1, (None, None)), (2, 1, 0, (None, None)), (1, 1, 1, (None, None))])
 def test_tokenizer_gets_the_cpus_the_model_leaves(monkeypatch, cpus, threads, prefetch, expected):
+    """Shard threads that can fill the spare CPUs encode on their own; more CPUs go to the tokenizer's pool."""
     monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     split_cpus(cpus, threads, prefetch)
-    assert os.environ.get("RAYON_NUM_THREADS") == expected
+    assert (os.environ.get("TOKENIZERS_PARALLELISM"), os.environ.get("RAYON_NUM_THREADS")) == expected
+
+
+def test_a_users_tokenizer_setting_wins(monkeypatch):
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    split_cpus(2, 1, 1)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true" and "RAYON_NUM_THREADS" not in os.environ

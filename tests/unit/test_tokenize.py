@@ -31,3 +31,15 @@ def test_concurrent_calls_with_different_truncation_match_serial_calls(tiny_cros
         for _ in range(8):
             futures = [pool.submit(calls[k % len(calls)]) for k in range(4 * len(calls))]
             assert [f.result() for f in futures] == [serial[k % len(calls)] for k in range(4 * len(calls))]
+
+
+def test_markers_added_later_reach_every_threads_copy(tiny_cross_encoder):
+    """Each thread encodes with its own copy; `add_markers` must reach copies made before it."""
+    tok = TextTokenizer(tiny_cross_encoder)
+    with ThreadPoolExecutor(1) as pool:
+        before = pool.submit(lambda: tok.encode_texts(["[Q] ray"], 16).input_ids[0]).result()
+        tok.add_markers(["[Q] "])
+        after = pool.submit(lambda: tok.encode_texts(["[Q] ray"], 16).input_ids[0]).result()
+    marker = tok.vocab["[Q]"]
+    assert marker not in before and after.count(marker) == 1
+    assert after == tok.encode_texts(["[Q] ray"], 16).input_ids[0]
