@@ -51,11 +51,17 @@ def actor_pool(cluster: ClusterConfig, shards: int) -> ray.data.ActorPoolStrateg
     Each actor runs `prefetch_shards + 1` shard calls at once (threads; see jobs/_phases.py) and holds
     one more shard, which starts the moment a call ends: handed out only then, it waited for Ray Data's
     scheduler (measured: 0.15-0.2 s per shard, about 10% of a tokenizer-heavy 10,000-row shard). More
-    would leave shards queued behind a busy actor while another is idle.
+    would leave shards queued behind a busy actor while another is idle. Ray Data adds an actor when
+    its pool's tasks in flight reach 175% of what the actors run at once by default, more than these
+    settings allow (150% at the default prefetch): the threshold is set halfway, so a pool grows once
+    half its actors hold a waiting shard. Call it before creating the dataset: a dataset keeps a copy
+    of the DataContext it was created under.
     """
     high = max(1, min(cluster.actors[1], shards))
     low = high if cluster.gpus_per_actor > 0 else min(cluster.actors[0], high)
     calls = cluster.prefetch_shards + 1
-    ray.data.DataContext.get_current().wait_for_min_actors_s = cluster.wait_for_actors_s
+    context = ray.data.DataContext.get_current()
+    context.wait_for_min_actors_s = cluster.wait_for_actors_s
+    context.autoscaling_config.actor_pool_util_upscaling_threshold = 1 + 0.5 / calls
     return ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=calls + 1,
                                       max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True)

@@ -32,9 +32,10 @@ def map_units(units: list[str], actor: type, cluster: ClusterConfig, kwargs: dic
 
     from rayrank.jobs._ray import actor_pool
 
+    pool = actor_pool(cluster, len(units))  # before the dataset, which copies the DataContext
     dataset = ray.data.from_items([{"shard": u} for u in units], override_num_blocks=len(units))
     # Ray Data restarts a lost actor and retries its unit; units are idempotent until committed.
-    results = dataset.map_batches(actor, batch_size=1, compute=actor_pool(cluster, len(units)),
+    results = dataset.map_batches(actor, batch_size=1, compute=pool,
                                   num_cpus=cluster.cpus_per_actor, num_gpus=cluster.gpus_per_actor,
                                   fn_constructor_kwargs=kwargs)
     for row in results.iter_rows():

@@ -267,10 +267,10 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
     encode_started = time.perf_counter()
     encoded_now = 0
     if todo:
+        pool = actor_pool(config.cluster, len(todo))  # before the dataset, which copies the DataContext
         dataset = ray.data.from_items([{"shard": json.dumps(asdict(s))} for s in todo], override_num_blocks=len(todo))
         results = dataset.map_batches(
-            ShardIndexer, batch_size=1,
-            compute=actor_pool(config.cluster, len(todo)),
+            ShardIndexer, batch_size=1, compute=pool,
             # Ray Data restarts a lost actor (dead node) and retries its shard; shards are idempotent.
             **resources,
             fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,

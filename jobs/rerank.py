@@ -271,13 +271,13 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     score_started = time.perf_counter()
     scored_now = 0
     if todo:
+        pool = actor_pool(config.cluster, len(todo))  # before the dataset, which copies the DataContext
         dataset = ray.data.from_items([{"shard": json.dumps(asdict(s))} for s in todo],
                                       override_num_blocks=len(todo))
         # Ray Data restarts a lost actor (dead node) and retries its shard by default (max_restarts
         # and max_task_retries -1); a shard is idempotent until its marker commits it.
         results = dataset.map_batches(
-            ShardScorer, batch_size=1,
-            compute=actor_pool(config.cluster, len(todo)),
+            ShardScorer, batch_size=1, compute=pool,
             num_cpus=config.cluster.cpus_per_actor, num_gpus=config.cluster.gpus_per_actor,
             fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,
                                    "out_options": out_options, "buckets": buckets, "layouts": layouts,
