@@ -15,7 +15,7 @@ def test_pool_never_outnumbers_shards_and_waits_for_min_actors():
     assert (last.min_size, last.max_size) == (1, 1)
 
 
-def test_an_autoscaling_pool_can_grow():
+def test_an_autoscaling_pool_can_grow(ray_cluster):
     """Ray Data grows a pool when its tasks in flight per running slot reach the threshold; the pool's
     own limit (one waiting shard per actor) must let it get there, in the context the dataset keeps."""
     for prefetch in (0, 1, 3):
