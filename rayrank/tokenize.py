@@ -82,12 +82,10 @@ class Chunking:
 
 
 def _collect(encodings: Sequence[Encoding], count_truncated: bool = True) -> Encoded:
-    input_ids = [e.ids for e in encodings]
     return Encoded(
-        input_ids=input_ids,
+        input_ids=[e.ids for e in encodings],
         token_type_ids=[e.type_ids for e in encodings],
-        # Unpadded, so every token attends; built here, not read: `Encoding.attention_mask` costs 8x `ids`.
-        attention_mask=[[1] * len(ids) for ids in input_ids],
+        attention_mask=[e.attention_mask for e in encodings],
         truncated=sum(1 for e in encodings if e.overflowing) if count_truncated else 0,
     )
 
