@@ -91,11 +91,11 @@ def _collect(encodings: Sequence[Encoding], count_truncated: bool = True) -> Enc
 
 
 class _ThreadCopy(threading.local):
-    """One thread's Rust tokenizer, its truncation setting, and the vocabulary version it was built from."""
+    """One thread's Rust tokenizer, its truncation setting, and the JSON it was built from."""
 
     tok: Tokenizer | None = None
     truncation: tuple[int, str] | None = None
-    version = -1
+    source: str | None = None
 
 
 class TextTokenizer:
@@ -115,7 +115,6 @@ class TextTokenizer:
         tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
         tok.no_padding()
         self._json = tok.to_str()
-        self._version = 0
         self._local = _ThreadCopy()
         self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else 0
         self.mask_id = hf.mask_token_id
@@ -128,8 +127,8 @@ class TextTokenizer:
     def _tok(self) -> Tokenizer:
         """The calling thread's Rust tokenizer, rebuilt when `add_markers` changed the vocabulary."""
         local = self._local
-        if local.version != self._version:
-            local.tok, local.truncation, local.version = Tokenizer.from_str(self._json), None, self._version
+        if local.source is not self._json:
+            local.tok, local.truncation, local.source = Tokenizer.from_str(self._json), None, self._json
         return local.tok
 
     def _truncate(self, max_length: int, strategy: str) -> None:
@@ -248,7 +247,7 @@ class TextTokenizer:
         if tokens:
             tok = Tokenizer.from_str(self._json)
             tok.add_special_tokens(tokens)
-            self._json, self._version = tok.to_str(), self._version + 1
+            self._json = tok.to_str()
             self.vocab = tok.get_vocab(with_added_tokens=True)
 
     def token_ids(self, words: Sequence[str]) -> set[int]:
