@@ -43,6 +43,7 @@ from rayrank.io.tables import (DOC_KEYS, InputSchemaError, Shard, error_rows, pl
                                split_duplicates, split_valid)
 from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 from rayrank.jobs._phases import ModelGate, Phases, phase_line, split_cpus, summarize
+from rayrank.jobs._shards import map_units
 from rayrank.models import resolve_model
 from rayrank.reranker import resolve_engine
 
@@ -253,7 +254,7 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
 
     import ray
 
-    from rayrank.jobs._ray import actor_pool, connect
+    from rayrank.jobs._ray import connect
 
     connect(config.cluster.address)
     resources = {"num_cpus": config.cluster.cpus_per_actor, "num_gpus": config.cluster.gpus_per_actor}
@@ -267,16 +268,10 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
     encode_started = time.perf_counter()
     encoded_now = 0
     if todo:
-        pool = actor_pool(config.cluster, len(todo))  # before the dataset, which copies the DataContext
-        dataset = ray.data.from_items([{"shard": json.dumps(asdict(s))} for s in todo], override_num_blocks=len(todo))
-        results = dataset.map_batches(
-            ShardIndexer, batch_size=1, compute=pool,
-            # Ray Data restarts a lost actor (dead node) and retries its shard; shards are idempotent.
-            **resources,
-            fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,
-                                   "out_options": out_options, "layouts": layouts})
-        for row in results.iter_rows():
-            done[row["shard"]] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        kwargs = {"config": config.model_dump(), "in_options": in_options, "out_options": out_options,
+                  "layouts": layouts}
+        for row in map_units([json.dumps(asdict(s)) for s in todo], ShardIndexer, config.cluster, kwargs):
+            done[row["shard"]] = row
             encoded_now += int(row["docs"])
             _progress(len(done), len(shards), reused + encoded_now, encode_started)
         print(file=sys.stderr)

@@ -39,6 +39,7 @@ from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, 
                                split_valid)
 from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
 from rayrank.jobs._phases import ModelGate, Phases, phase_line, split_cpus, summarize
+from rayrank.jobs._shards import map_units
 from rayrank.models import resolve_model
 from rayrank.reranker import resolve_engine
 
@@ -264,26 +265,18 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
 
     import ray
 
-    from rayrank.jobs._ray import actor_pool, alive_nodes, connect
+    from rayrank.jobs._ray import alive_nodes, connect
 
     connect(config.cluster.address)
     nodes_at_start = alive_nodes()
     score_started = time.perf_counter()
     scored_now = 0
     if todo:
-        pool = actor_pool(config.cluster, len(todo))  # before the dataset, which copies the DataContext
-        dataset = ray.data.from_items([{"shard": json.dumps(asdict(s))} for s in todo],
-                                      override_num_blocks=len(todo))
-        # Ray Data restarts a lost actor (dead node) and retries its shard by default (max_restarts
-        # and max_task_retries -1); a shard is idempotent until its marker commits it.
-        results = dataset.map_batches(
-            ShardScorer, batch_size=1, compute=pool,
-            num_cpus=config.cluster.cpus_per_actor, num_gpus=config.cluster.gpus_per_actor,
-            fn_constructor_kwargs={"config": config.model_dump(), "in_options": in_options,
-                                   "out_options": out_options, "buckets": buckets, "layouts": layouts,
-                                   "index_options": storage_options(config.storage, config.index or "")})
-        for row in results.iter_rows():
-            done[row["shard"]] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        kwargs = {"config": config.model_dump(), "in_options": in_options, "out_options": out_options,
+                  "buckets": buckets, "layouts": layouts,
+                  "index_options": storage_options(config.storage, config.index or "")}
+        for row in map_units([json.dumps(asdict(s)) for s in todo], ShardScorer, config.cluster, kwargs):
+            done[row["shard"]] = row
             scored_now += int(row["rows_in"])
             _progress(len(done), len(shards), reused + scored_now, score_started)
         if sys.stderr.isatty():
