@@ -226,6 +226,7 @@ SYSTEMS: dict[str, Callable[[dict], Runner]] = {
     "pylate ColBERT encode": _pylate,
     "rayrank encode_documents torch fp32": lambda s: _rayrank_encoder(s, backend="torch", dtype="float32"),
     "rayrank encode_documents auto": lambda s: _rayrank_encoder(s, backend="auto"),
+    "rayrank encode_documents onnx int8": lambda s: _rayrank_encoder(s, backend="onnx", quantize="int8"),
 }
 
 

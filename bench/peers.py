@@ -230,7 +230,8 @@ def late_encoding(args, work: Path, texts: list[str], model: str) -> list[dict]:
     spec_path = work / "li-spec.json"
     spec_path.write_text(json.dumps(spec))
     groups = {args.li_python: ["pylate ColBERT encode"],
-              Path(sys.executable): ["rayrank encode_documents torch fp32", "rayrank encode_documents auto"]}
+              Path(sys.executable): ["rayrank encode_documents torch fp32", "rayrank encode_documents auto",
+                                     "rayrank encode_documents onnx int8"]}
     workers, failed, processes = start_workers(groups, spec_path, work)
     if "pylate ColBERT encode" not in workers:
         raise SystemExit(f"PyLate did not load: {failed.get('pylate ColBERT encode')}")
@@ -246,7 +247,13 @@ def late_encoding(args, work: Path, texts: list[str], model: str) -> list[dict]:
 
 
 def synthetic_corpus(docs: int, queries: int, dim: int = 128, topics: int = 1024, seed: int = 0):
-    """Token embeddings that cluster around topics like real ones; each query is a noisy part of one document."""
+    """Token embeddings that cluster around topics like real ones; each query is a noisy part of one document.
+
+    Noise is relative to what it perturbs: a document token is its topic centre (per-dimension scale 1)
+    plus 0.5 of that scale; a query token is a unit document token (per-dimension scale 1/sqrt(dim))
+    plus 0.3 of that scale (cosine about 0.96 to its source token). Until 2026-12 the query noise was 0.3
+    per dimension against 1/sqrt(dim) of signal (cosine about 0.28): queries were mostly noise.
+    """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((topics, dim)).astype(np.float32)
     unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float16)
@@ -261,7 +268,8 @@ def synthetic_corpus(docs: int, queries: int, dim: int = 128, topics: int = 1024
     documents = np.split(flat, np.cumsum(sizes)[:-1])
     sources = rng.integers(0, docs, size=queries)
     query_list = [unit(documents[d][rng.integers(0, len(documents[d]), size=8)].astype(np.float32)
-                       + 0.3 * rng.standard_normal((8, dim)).astype(np.float32)).astype(np.float32) for d in sources]
+                       + 0.3 / np.sqrt(dim) * rng.standard_normal((8, dim)).astype(np.float32)).astype(np.float32)
+                  for d in sources]
     return documents, query_list
 
 
@@ -333,7 +341,7 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
             row.update({"nDCG@10": metrics.ndcg_at_10, "R@100": metrics.recall_at_100})
         rows.append(row)
     if not plaid:
-        rows.append({"corpus": name, "search": "FastPlaid", "build s": plaid_failure})
+        rows.append({**dict.fromkeys(rows[0], ""), "corpus": name, "search": "FastPlaid", "build s": plaid_failure})
     return rows
 
 
@@ -407,9 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-queries", type=int, default=100)
     parser.add_argument("--centroids", type=int, default=None, help="our IVF centroids (default: the index job's)")
     pairs = lambda text: [tuple(int(x) for x in item.split(":")) for item in text.split(",")]
-    parser.add_argument("--ivf", type=pairs, default=[(4, 1024), (16, 4096)],
-                        help="our IVF settings NPROBE:CANDIDATES,... (default: 4:1024,16:4096)")
-    parser.add_argument("--plaid", type=pairs, default=[(8, 4096), (32, 8192)],
+    parser.add_argument("--ivf", type=pairs, default=[(2, 1024), (2, 2048), (2, 3072), (2, 4096)],
+                        help="our IVF settings NPROBE:CANDIDATES,... (default: 2:1024,2:2048,2:3072,2:4096; "
+                             "2:3072 is IvfSearcher's default)")
+    parser.add_argument("--plaid", type=pairs, default=[(4, 2048), (8, 4096), (32, 8192)],
                         help="FastPlaid settings N_IVF_PROBE:N_FULL_SCORES,... (its default is 8:4096)")
     args = parser.parse_args(argv)
     if load_dl20() is None:

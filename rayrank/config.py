@@ -239,8 +239,9 @@ class SearchJobConfig(StrictModel):
     columns: Columns = Columns()
     k: PositiveInt = 100
     method: Literal["exact", "ivf"] = "exact"
-    nprobe: PositiveInt = 4
-    candidates: PositiveInt = 1024
+    # IvfSearcher's defaults: Recall@100 0.977 against exact search at 100k documents (README)
+    nprobe: PositiveInt = 2
+    candidates: PositiveInt = 3072
     max_block_mb: PositiveInt = 256
     overwrite: bool = False
     storage: dict[str, Any] = {}

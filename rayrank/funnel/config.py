@@ -75,8 +75,9 @@ class LateInteractionStage(StageBase):
     index: str
     engine: EngineConfig = EngineConfig(scorer="late-interaction")
     method: Literal["exact", "ivf"] = "exact"
-    nprobe: PositiveInt = 4
-    candidates: PositiveInt = 1024
+    # IvfSearcher's defaults: Recall@100 0.977 against exact search at 100k documents (README)
+    nprobe: PositiveInt = 2
+    candidates: PositiveInt = 3072
 
     _engine = model_validator(mode="before")(_late_interaction_engine)
 

@@ -122,5 +122,10 @@ class NpyArray:
         lo, hi = int(rows.min()), int(rows.max()) + 1
         return self.rows(lo, hi)[rows - lo]
 
+    @property
+    def memmap(self) -> np.ndarray | None:
+        """The whole array memory-mapped (local files), else None."""
+        return self._mmap
+
     def __len__(self) -> int:
         return int(self.shape[0])

@@ -104,6 +104,11 @@ class IndexReader:
         codes = self._shard(number)["codes"]
         return np.asarray(codes.rows(0, len(codes)))
 
+    def token_table(self, number: int) -> np.ndarray | None:
+        """Shard `number`'s stored float16 token rows as one memory map (local uncompressed indexes), else None."""
+        table = self._shard(number)["embeddings"].memmap if self.compression == "none" else None
+        return table if table is not None and table.dtype == np.float16 else None
+
     def get(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
         """(tokens, dim) embeddings per doc_id (float16 stored, float32 decompressed); None if not indexed."""
         out: list[np.ndarray | None] = []

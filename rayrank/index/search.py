@@ -5,20 +5,24 @@ tokens, a per-document max, a per-query sum, and a running top-k per query. Memo
 `max_block_bytes` for the similarity block plus k scores per query, whatever the index size.
 
 IVF (PLAID-style): each query token probes its `nprobe` nearest centroids; every document holding
-a token assigned to one of them is a candidate; candidates are ranked by a centroid-only MaxSim
-approximation (each document token replaced by its centroid), the best `candidates` of them are
-scored exactly (decompressed vectors) and the top k returned.
+a token assigned to one of them is a candidate. Candidates are ranked in two centroid-only MaxSim
+approximations (each document token replaced by its centroid): first pruned to the probed centroids
+(computed from the postings already read), then over all of a document's centroids for the best
+`pool` of them; the best `candidates` are scored exactly (decompressed vectors), the top k returned.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from rayrank.index.reader import IndexReader, token_rows
 
 Hits = list[tuple[list[str], np.ndarray]]  # per query: doc_ids best first, float32 scores
+CHUNK_ROWS = 4096  # token rows the IVF stage widens to float32 at a time (a few MB: stays in cache)
 
 
 def _merge_top(best_s: np.ndarray, best_i: np.ndarray, scores: np.ndarray, index: np.ndarray, k: int
@@ -81,23 +85,31 @@ def _exact_group(reader: IndexReader, queries: list[np.ndarray], k: int, max_blo
 
 
 class IvfSearcher:
-    """Candidate generation from centroid postings, then exact MaxSim on the candidates.
+    """Candidate generation from centroid postings, centroid interaction, then exact MaxSim.
 
     Args:
         reader: the index (its codec's centroids and per-token codes are the inverted file).
         nprobe: centroids probed per query token.
-        candidates: documents scored exactly per query, chosen by the centroid approximation.
+        candidates: documents scored exactly per query (the cost that dominates: one read and matmul
+            of their token vectors).
+        pool: documents ranked by the full centroid interaction, chosen by the pruned one (default
+            2 × candidates).
+
+    The defaults reach Recall@100 0.97 against `exact_search` on the README's 100,000-document
+    synthetic corpus. Recall is bound by the centroid approximation, not by the probes: one or two
+    probes a token already reach nearly every true top-100 document, but the approximation must keep
+    a few thousand to hold them (the finer the centroids, the fewer).
 
     Memory: two int32 per distinct (centroid, document) pair (centroid-major postings and the same
-    pairs document-major for the approximation), built shard by shard. Each query is a few array
-    operations: probe, one gather of the postings, one centroid-interaction reduction, one gather of
-    the candidates' vectors (`IndexReader.gather`) and one matmul.
+    pairs document-major for the approximation), built shard by shard.
     """
 
-    def __init__(self, reader: IndexReader, nprobe: int = 4, candidates: int = 1024) -> None:
-        if nprobe < 1 or candidates < 1:
-            raise ValueError(f"nprobe and candidates must be positive, got {nprobe} and {candidates}.")
-        self.reader, self.nprobe, self.candidates = reader, nprobe, candidates
+    def __init__(self, reader: IndexReader, nprobe: int = 2, candidates: int = 3072, pool: int | None = None
+                 ) -> None:
+        pool = 2 * candidates if pool is None else pool
+        if nprobe < 1 or candidates < 1 or pool < 1:
+            raise ValueError(f"nprobe, candidates and pool must be positive, got {nprobe}, {candidates} and {pool}.")
+        self.reader, self.nprobe, self.candidates, self.pool = reader, nprobe, candidates, max(pool, candidates)
         self.centroids = reader.codec.centroids.astype(np.float32)
         n = max(len(reader), 1)
         posting_centroids, posting_docs = [np.empty(0, np.int32)], [np.empty(0, np.int32)]
@@ -112,38 +124,98 @@ class IvfSearcher:
             posting_docs.append((pairs % n).astype(np.int32))
         cents, docs = np.concatenate(posting_centroids), np.concatenate(posting_docs)
         order = np.argsort(cents, kind="stable")
-        self.posting_docs = docs[order]
+        self.posting_docs = docs[order]  # sorted by document within each centroid
         self.posting_starts = np.searchsorted(cents[order], np.arange(len(self.centroids) + 1))
-        # the same pairs document-major: each document's distinct centroids, for the approximation
+        # the same pairs document-major: each document's distinct centroids, for the full interaction
         by_doc = np.argsort(docs, kind="stable")
         self.doc_centroids = cents[by_doc]
         self.doc_centroid_starts = np.searchsorted(docs[by_doc], np.arange(n + 1))
         self.doc_id_array = np.asarray(reader.doc_ids, dtype=object).astype(str)
+        with warnings.catch_warnings():  # read-only memory maps: torch warns, we never write to them
+            warnings.simplefilter("ignore", UserWarning)
+            self.tables = [None if (t := reader.token_table(number)) is None else torch.from_numpy(t)
+                           for number in range(len(reader.manifest["shards"]))]
 
     def search(self, queries: Sequence[np.ndarray], k: int) -> Hits:
         if k < 1:
             raise ValueError(f"k must be a positive integer, got {k}.")
+        threads = torch.get_num_threads()
+        # One thread: each query's steps take about a millisecond, less than an OpenMP fork/join over
+        # several threads costs, and ten times less when another process holds one of the cores.
+        torch.set_num_threads(1)
+        try:
+            return self._search(queries, k)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _search(self, queries: Sequence[np.ndarray], k: int) -> Hits:
         hits: Hits = []
+        buffers = None
         for q in queries:
             q = np.asarray(q, dtype=np.float32)
-            centroid_scores = q @ self.centroids.T  # (query tokens, centroids)
-            probe = np.unique(np.argpartition(-centroid_scores, min(self.nprobe, centroid_scores.shape[1]) - 1,
-                                              axis=1)[:, :self.nprobe])
-            starts = self.posting_starts[probe]
-            cand = np.unique(self.posting_docs[token_rows(starts, self.posting_starts[probe + 1] - starts)])
-            if len(cand) > self.candidates:
-                approx = self._approximate(centroid_scores, cand)
-                cand = np.sort(cand[np.argpartition(-approx, self.candidates - 1)[:self.candidates]])
+            cand = self._candidates(q)
             if not len(cand):
                 hits.append(([], np.empty(0, np.float32)))
                 continue
-            vectors, sizes = self.reader.gather(cand)
-            scores = np.maximum.reduceat(vectors @ q.T, np.cumsum(sizes) - sizes, axis=0).sum(axis=1)
+            if buffers is None:
+                buffers = (torch.empty((CHUNK_ROWS, self.reader.dim), dtype=torch.float16),
+                           torch.empty((CHUNK_ROWS, self.reader.dim), dtype=torch.float32))
+            scores = self._exact(q, cand, *buffers)
             chosen = np.arange(len(cand)) if len(cand) <= k else np.argpartition(-scores, k - 1)[:k]
             # best first; ties by doc_id, like the exact search
             order = chosen[np.lexsort((self.doc_id_array[cand[chosen]], -scores[chosen]))]
             hits.append(([self.reader.doc_ids[cand[n]] for n in order], scores[order].astype(np.float32)))
         return hits
+
+    def _exact(self, q: np.ndarray, cand: np.ndarray, half: torch.Tensor, single: torch.Tensor) -> np.ndarray:
+        """MaxSim of q against the (sorted) candidates from their stored vectors.
+
+        Uncompressed local shards take a fast path: torch gathers float16 rows into reused chunk
+        buffers and widens them there (numpy's float16 conversion, and fresh 50 MB arrays' page faults,
+        cost more than the matmul). Otherwise `IndexReader.gather` reads or decompresses them.
+        """
+        sizes = self.reader.sizes[cand]
+        query = torch.from_numpy(q)
+        if any(table is None for table in self.tables):
+            vectors, _ = self.reader.gather(cand)
+            similarity = q @ vectors.T
+        else:
+            parts = []
+            shard_of = self.reader.shard_of[cand]
+            for number in np.unique(shard_of):  # candidates are sorted, so each shard's are contiguous
+                mine = shard_of == number
+                rows = torch.from_numpy(token_rows(self.reader.offsets[cand[mine]], sizes[mine]))
+                for start in range(0, len(rows), CHUNK_ROWS):
+                    chunk = rows[start:start + CHUNK_ROWS]
+                    torch.index_select(self.tables[number], 0, chunk, out=half[:len(chunk)])
+                    single[:len(chunk)].copy_(half[:len(chunk)])
+                    # linear, not mm: as fast alone, and far faster when another process shares the cores
+                    parts.append(torch.nn.functional.linear(query, single[:len(chunk)]))
+            similarity = torch.cat(parts, dim=1).numpy()
+        # (query tokens, candidate tokens): the per-document max runs along contiguous memory
+        return np.maximum.reduceat(similarity, np.cumsum(sizes) - sizes, axis=1).sum(axis=0)
+
+    def _candidates(self, q: np.ndarray) -> np.ndarray:
+        """The (sorted) documents to score exactly: probe, pruned interaction, full interaction."""
+        centroid_scores = q @ self.centroids.T  # (query tokens, centroids)
+        probe = np.unique(np.argpartition(-centroid_scores, min(self.nprobe, centroid_scores.shape[1]) - 1,
+                                          axis=1)[:, :self.nprobe])
+        starts = self.posting_starts[probe]
+        lengths = self.posting_starts[probe + 1] - starts
+        docs = self.posting_docs[token_rows(starts, lengths)]
+        by_doc = np.argsort(docs, kind="stable")
+        docs, cents = docs[by_doc], np.repeat(probe, lengths)[by_doc]
+        firsts = np.flatnonzero(np.diff(docs, prepend=-1))
+        docs = docs[firsts]
+        if len(docs) > self.pool:
+            # PLAID's pruned centroid interaction: only the probed centroids count (a document's other
+            # centroids score lower for the probing token), so it needs only the postings just read
+            pruned = np.maximum.reduceat(centroid_scores[:, cents], firsts, axis=1).clip(min=0).sum(axis=0)
+            docs = np.sort(docs[np.argpartition(-pruned, self.pool - 1)[:self.pool]])
+        if len(docs) > self.candidates:
+            approx = self._approximate(centroid_scores, docs)
+            docs = np.sort(docs[np.argpartition(-approx, self.candidates - 1)[:self.candidates]])
+        return docs
 
     def _approximate(self, centroid_scores: np.ndarray, docs: np.ndarray) -> np.ndarray:
         """MaxSim with every document token replaced by its centroid (PLAID's centroid interaction), over

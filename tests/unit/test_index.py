@@ -110,6 +110,28 @@ def test_ivf_recall_against_exact(tmp_path):
 
 
 @pytest.mark.parametrize("compression", ["none", "residual"])
+def test_ivf_pruning_keeps_the_best_document(tmp_path, compression):
+    """Both centroid interactions prune here (probed documents > pool > candidates), and each query's
+    exact best document (the one it is a noisy copy of) survives them with its exact score."""
+    rng = np.random.default_rng(5)
+    topics = rng.standard_normal((64, 16))  # many topics: documents differ in their centroids too
+    docs = [unit(topics[rng.integers(0, 64, size=m)] + 0.3 * rng.standard_normal((m, 16)))
+            for m in rng.integers(6, 12, size=400)]
+    reader = write_index(tmp_path / "ix", docs, compression, nbits=8, centroids=32)
+    queries = [docs[i].astype(np.float32) + 0.05 * rng.standard_normal(docs[i].shape).astype(np.float32)
+               for i in rng.integers(0, 400, size=20)]
+    ivf = IvfSearcher(reader, nprobe=1, candidates=8, pool=24)
+    for q in queries:
+        probed = np.unique((q @ ivf.centroids.T).argmax(axis=1))
+        reached = np.unique(np.concatenate([ivf.posting_docs[ivf.posting_starts[c]:ivf.posting_starts[c + 1]]
+                                            for c in probed]))
+        assert len(reached) > ivf.pool and len(ivf._candidates(q)) == ivf.candidates
+    for (ids, scores), (best, best_score) in zip(ivf.search(queries, k=3), exact_search(reader, queries, k=1)):
+        assert ids[0] == best[0]
+        np.testing.assert_allclose(scores[0], best_score[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("compression", ["none", "residual"])
 def test_gather_equals_per_document_reads(tmp_path, compression):
     reader = write_index(tmp_path / "ix", random_docs(40), compression, nbits=4)
     positions = np.array([7, 0, 39, 12, 13, 3])  # across shards, out of order
