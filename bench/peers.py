@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = lambda text: [tuple(int(x) for x in item.split(":")) for item in text.split(",")]
     parser.add_argument("--ivf", type=pairs, default=[(2, 1024), (2, 2048), (2, 3072), (2, 4096)],
                         help="our IVF settings NPROBE:CANDIDATES,... (default: 2:1024,2:2048,2:3072,2:4096; "
-                             "2:3072 is IvfSearcher's default)")
+                             "2:3072 is IvfSearcher's default from 15,360 documents up)")
     parser.add_argument("--plaid", type=pairs, default=[(4, 2048), (8, 4096), (32, 8192)],
                         help="FastPlaid settings N_IVF_PROBE:N_FULL_SCORES,... (its default is 8:4096)")
     args = parser.parse_args(argv)

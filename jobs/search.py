@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None) -> SearchJobConfig:
     parser.add_argument("--k", type=int, help="documents per query (default 100)")
     parser.add_argument("--method", choices=["exact", "ivf"])
     parser.add_argument("--nprobe", type=int, help="ivf: centroids probed per query token")
-    parser.add_argument("--candidates", type=int, help="ivf: documents scored exactly per query")
+    parser.add_argument("--candidates", type=int,
+                        help="ivf: documents scored exactly per query (default: a fifth of the index, at most 3,072)")
     parser.add_argument("--model", help="defaults to the index's model")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)

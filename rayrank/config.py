@@ -239,9 +239,10 @@ class SearchJobConfig(StrictModel):
     columns: Columns = Columns()
     k: PositiveInt = 100
     method: Literal["exact", "ivf"] = "exact"
-    # IvfSearcher's defaults: Recall@100 0.977 against exact search at 100k documents (README)
+    # IvfSearcher's defaults (README: Recall@100 0.977 against exact search at 100k documents);
+    # candidates: None is a fifth of the index, at most 3,072 (index.search.default_candidates)
     nprobe: PositiveInt = 2
-    candidates: PositiveInt = 3072
+    candidates: PositiveInt | None = None
     max_block_mb: PositiveInt = 256
     overwrite: bool = False
     storage: dict[str, Any] = {}

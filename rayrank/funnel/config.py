@@ -75,9 +75,10 @@ class LateInteractionStage(StageBase):
     index: str
     engine: EngineConfig = EngineConfig(scorer="late-interaction")
     method: Literal["exact", "ivf"] = "exact"
-    # IvfSearcher's defaults: Recall@100 0.977 against exact search at 100k documents (README)
+    # IvfSearcher's defaults (README: Recall@100 0.977 against exact search at 100k documents);
+    # candidates: None is a fifth of the index, at most 3,072 (index.search.default_candidates)
     nprobe: PositiveInt = 2
-    candidates: PositiveInt = 3072
+    candidates: PositiveInt | None = None
 
     _engine = model_validator(mode="before")(_late_interaction_engine)
 

@@ -84,6 +84,16 @@ def _exact_group(reader: IndexReader, queries: list[np.ndarray], k: int, max_blo
     return _sorted_hits(reader, best_s, best_i)
 
 
+def default_candidates(documents: int) -> int:
+    """A fifth of the index, at most 3,072: scoring more than that exactly costs more than the exact scan.
+
+    Measured (README): at 5,183 SciFact abstracts, 3,072 candidates ran at 2.3 queries/s against the
+    exact scan's 4.0, and 1,024 at 6.7 (Recall@100 0.988); at 100,000 documents 3,072 reach 0.977
+    at 15x the exact scan.
+    """
+    return min(3072, max(100, documents // 5))
+
+
 class IvfSearcher:
     """Candidate generation from centroid postings, centroid interaction, then exact MaxSim.
 
@@ -91,12 +101,12 @@ class IvfSearcher:
         reader: the index (its codec's centroids and per-token codes are the inverted file).
         nprobe: centroids probed per query token.
         candidates: documents scored exactly per query (the cost that dominates: one read and matmul
-            of their token vectors).
+            of their token vectors); default `default_candidates(len(reader))`.
         pool: documents ranked by the full centroid interaction, chosen by the pruned one (default
             2 × candidates).
 
-    The defaults reach Recall@100 0.97 against `exact_search` on the README's 100,000-document
-    synthetic corpus. Recall is bound by the centroid approximation, not by the probes: one or two
+    The defaults reach Recall@100 0.977 against `exact_search` on the README's 100,000-document
+    synthetic corpus (3,072 candidates), and 0.988 on SciFact's 5,183 abstracts (1,036). Recall is bound by the centroid approximation, not by the probes: one or two
     probes a token already reach nearly every true top-100 document, but the approximation must keep
     a few thousand to hold them (the finer the centroids, the fewer).
 
@@ -104,8 +114,9 @@ class IvfSearcher:
     pairs document-major for the approximation), built shard by shard.
     """
 
-    def __init__(self, reader: IndexReader, nprobe: int = 2, candidates: int = 3072, pool: int | None = None
-                 ) -> None:
+    def __init__(self, reader: IndexReader, nprobe: int = 2, candidates: int | None = None,
+                 pool: int | None = None) -> None:
+        candidates = default_candidates(len(reader)) if candidates is None else candidates
         pool = 2 * candidates if pool is None else pool
         if nprobe < 1 or candidates < 1 or pool < 1:
             raise ValueError(f"nprobe, candidates and pool must be positive, got {nprobe}, {candidates} and {pool}.")

@@ -109,6 +109,16 @@ def test_ivf_recall_against_exact(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+def test_ivf_default_candidates_scale_with_the_index(tmp_path):
+    """Exact scoring of most of a small index is slower than the exact scan: the default is a fifth of
+    the index, between 100 and 3,072 documents."""
+    from rayrank.index.search import default_candidates
+
+    assert [default_candidates(n) for n in (60, 5_183, 100_000)] == [100, 1_036, 3_072]
+    reader = write_index(tmp_path / "ix", random_docs(60), "none", nbits=4)
+    assert IvfSearcher(reader).candidates == 100 and IvfSearcher(reader, candidates=7).candidates == 7
+
+
 @pytest.mark.parametrize("compression", ["none", "residual"])
 def test_ivf_pruning_keeps_the_best_document(tmp_path, compression):
     """Both centroid interactions prune here (probed documents > pool > candidates), and each query's
