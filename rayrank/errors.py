@@ -22,3 +22,8 @@ class BatchTooLargeError(InvalidInputError):
 
 class ConfigError(RayrankError, ValueError):
     """A configuration file or option is invalid; the message names the key."""
+
+
+class UnsupportedModelError(RayrankError, ValueError):
+    """A checkpoint rayrank cannot score right (unknown head, template or family); the message says what it
+    supports and how to make the checkpoint fit, because a model must never score silently wrong."""
