@@ -14,11 +14,8 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
+from rayrank.errors import OutputConflictError
 from rayrank.io.storage import join, read_json, write_json_atomic
-
-
-class OutputConflictError(RuntimeError):
-    """OUTPUT holds something other than this job's (partial) results and --overwrite was not given."""
 
 
 def job_identity(parts: dict[str, Any]) -> str:

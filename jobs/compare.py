@@ -15,10 +15,9 @@ import sys
 import tempfile
 from typing import Any
 
-from rayrank.config import ClusterConfig, ConfigError, EngineConfig, RerankJobConfig, parse_config
-from rayrank.errors import ModelUnavailableError
+from rayrank.cli import command
+from rayrank.config import ClusterConfig, EngineConfig, RerankJobConfig, parse_config
 from rayrank.evaluate import Run, evaluate, load_qrels, read_run
-from rayrank.io.tables import InputSchemaError
 from rayrank.lab.agreement import agreement
 from rayrank.lab.config import ModelSpec
 
@@ -27,6 +26,7 @@ def score_with_job(candidates: str, engine: EngineConfig, output: str, cluster: 
                    index: str | None = None) -> tuple[Run, dict]:
     """Score every pair of `candidates` with the batch rerank job (a late-interaction engine reads documents
     from `index` when given); return (query → doc → score, manifest)."""
+
     from rayrank.jobs.rerank import run
 
     config = parse_config(RerankJobConfig, {"input": candidates, "output": output, "engine": engine.model_dump(),
@@ -94,6 +94,7 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command("compare")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrank compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("candidates", help="long query-candidate Parquet (query_id, query, doc_id, text)")
@@ -112,14 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     engine = {"backend": args.backend}
     if args.max_tokens_per_batch:
         engine["max_tokens_per_batch"] = args.max_tokens_per_batch
-    try:
-        cluster = parse_config(ClusterConfig, {"address": args.address, "actors": args.actors}, "command-line flags")
-        with tempfile.TemporaryDirectory(prefix="rayrank-compare-") as scratch:
-            result = compare(args.candidates, args.qrels, [ModelSpec.parse(m) for m in args.model], engine,
-                             cluster, args.keep or scratch, args.baseline_column)
-    except (ConfigError, InputSchemaError, FileNotFoundError, ModelUnavailableError, ValueError) as exc:
-        print(f"rayrank compare: error: {exc}", file=sys.stderr)
-        return 2
+    cluster = parse_config(ClusterConfig, {"address": args.address, "actors": args.actors}, "command-line flags")
+    with tempfile.TemporaryDirectory(prefix="rayrank-compare-") as scratch:
+        result = compare(args.candidates, args.qrels, [ModelSpec.parse(m) for m in args.model], engine,
+                         cluster, args.keep or scratch, args.baseline_column)
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0
 

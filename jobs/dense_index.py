@@ -28,12 +28,13 @@ import pyarrow.parquet as pq
 from pydantic import PositiveInt
 
 import rayrank
-from rayrank.config import ClusterConfig, Columns, ConfigError, StrictModel, load_yaml, merge_flags, parse_config
+from rayrank.cli import command
+from rayrank.config import ClusterConfig, Columns, StrictModel, load_yaml, merge_flags, parse_config
 from rayrank.funnel.dense import DENSE_FORMAT, shard_files
 from rayrank.index.format import npy_bytes, parquet_bytes, write_bytes_atomic
 from rayrank.io.storage import filesystem, list_parquet, storage_options, write_parquet_atomic
-from rayrank.io.tables import DOC_KEYS, InputSchemaError, Shard, error_rows, plan_shards, read_footers
-from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
+from rayrank.io.tables import DOC_KEYS, Shard, error_rows, plan_shards, read_footers
+from rayrank.jobs._output import JobOutput, job_identity, steady_rate
 from rayrank.jobs._shards import as_columns, map_units, publish_errors, resume
 from rayrank.jobs.index import _valid_docs
 
@@ -77,8 +78,9 @@ class ShardEncoder:
     """Ray Data actor: loads the bi-encoder once, then encodes and writes whole shards."""
 
     def __init__(self, config: dict, in_options: dict, out_options: dict, layouts: dict[str, str]) -> None:
-        from rayrank.funnel.dense import DenseEncoder
         from rayrank.jobs._ray import quiet_worker
+
+        from rayrank.funnel.dense import DenseEncoder
 
         quiet_worker()
         self.config = DenseIndexConfig.model_validate(config)
@@ -192,13 +194,9 @@ def run(config: DenseIndexConfig) -> dict[str, Any]:
     return manifest
 
 
+@command("dense-index")
 def main(argv: list[str] | None = None) -> int:
-    try:
-        manifest = run(parse_args(argv))
-    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError,
-            rayrank.ModelUnavailableError) as exc:
-        print(f"rayrank dense-index: error: {exc}", file=sys.stderr)
-        return 2
+    manifest = run(parse_args(argv))
     c, t = manifest["counts"], manifest["timings"]
     print(f"rayrank dense-index: {manifest['output']}\n  {c['docs_indexed']:,} documents indexed (dim "
           f"{manifest['dim']}, {manifest['model']['name']}); {c['rows_rejected']:,} rows rejected; "

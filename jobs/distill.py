@@ -22,11 +22,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rayrank.cli import command
 from rayrank.config import ConfigError, load_yaml, parse_config
-from rayrank.errors import InvalidInputError, ModelUnavailableError
 from rayrank.evaluate import load_qrels
 from rayrank.funnel.bm25 import BM25
-from rayrank.io.tables import InputSchemaError
 from rayrank.jobs.compare import score_with_job
 from rayrank.jobs.finetune import SUMMARY, add_training_flags, merge_training_flags, prepare_output, report
 from rayrank.jobs.finetune import run as finetune
@@ -164,13 +163,9 @@ def run(config: DistillConfig) -> dict[str, Any]:
         return summary
 
 
+@command("distill")
 def main(argv: list[str] | None = None) -> int:
-    try:
-        summary = run(parse_args(argv))
-    except (ConfigError, InvalidInputError, InputSchemaError, FileExistsError, FileNotFoundError,
-            ModelUnavailableError) as exc:
-        print(f"rayrank distill: error: {exc}", file=sys.stderr)
-        return 2
+    summary = run(parse_args(argv))
     print(f"teacher        {summary['teacher']} ({summary['teacher_scorer']}) labelled "
           f"{summary['pairs_labelled']:,} pairs with the rerank job")
     text = report(summary, f"rayrank distill ({summary['student_kind']} student)", summary["student_kind"])

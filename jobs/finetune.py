@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rayrank.config import ConfigError, load_yaml, merge_flags, parse_config
-from rayrank.errors import InvalidInputError, ModelUnavailableError
+from rayrank.cli import command
+from rayrank.config import load_yaml, merge_flags, parse_config
+from rayrank.errors import OutputConflictError
 from rayrank.lab.config import FinetuneConfig
 from rayrank.lab.train import train, training_columns
 
@@ -95,7 +96,7 @@ def prepare_output(output: str, overwrite: bool) -> Path:
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty; choose another OUTPUT or pass --overwrite.")
+            raise OutputConflictError(f"{out} is not empty; choose another OUTPUT or pass --overwrite.")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -162,13 +163,9 @@ def report(summary: dict[str, Any], command: str = "rayrank finetune", scorer: s
     ])
 
 
+@command("finetune")
 def main(argv: list[str] | None = None) -> int:
-    try:
-        summary = run(parse_args(argv))
-    except (ConfigError, InvalidInputError, FileExistsError, FileNotFoundError, ModelUnavailableError) as exc:
-        print(f"rayrank finetune: error: {exc}", file=sys.stderr)
-        return 2
-    print(report(summary))
+    print(report(run(parse_args(argv))))
     return 0
 
 

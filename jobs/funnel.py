@@ -29,12 +29,12 @@ import numpy as np
 import pyarrow as pa
 
 import rayrank
-from rayrank.config import Columns, ConfigError, IndexJobConfig
+from rayrank.cli import command
+from rayrank.config import Columns, IndexJobConfig
 from rayrank.funnel.config import DenseStage, FunnelConfig, LateInteractionStage, RerankStage, load_funnel_config
-from rayrank.index.format import IndexFormatError
 from rayrank.io.storage import filesystem, join, list_parquet, read_json, storage_options, write_parquet_atomic
-from rayrank.io.tables import QUERY_KEYS, InputSchemaError, read_unique
-from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
+from rayrank.io.tables import QUERY_KEYS, read_unique
+from rayrank.jobs._output import JobOutput, job_identity, steady_rate
 from rayrank.jobs._shards import as_columns, map_units, resume
 
 RESULT_FIELDS = [("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32()), ("rank", pa.int32())]
@@ -90,8 +90,9 @@ class ShardFunnel:
     """
 
     def __init__(self, config: dict, output: str, out_options: dict) -> None:
-        from rayrank.funnel.stages import Funnel
         from rayrank.jobs._ray import quiet_worker
+
+        from rayrank.funnel.stages import Funnel
 
         quiet_worker()
         self.funnel = Funnel(FunnelConfig.model_validate(config))
@@ -133,8 +134,9 @@ def plan_query_shards(query_ids: list[str], queries: list[str], size: int) -> li
 
 def build_missing_indexes(config: FunnelConfig, out: JobOutput) -> dict[str, str]:
     """Build every index a stage names that has no finished manifest; returns stage name → what was done."""
-    from rayrank.funnel.corpus import load_corpus
     from rayrank.jobs import dense_index, index
+
+    from rayrank.funnel.corpus import load_corpus
 
     built: dict[str, str] = {}
     corpus_path = out.stage("corpus.parquet")
@@ -180,8 +182,10 @@ def run(config: FunnelConfig, queries_path: str, output: str) -> dict[str, Any]:
     if errors.num_rows:
         write_parquet_atomic(errors, out.fs, out.path("_errors", "invalid-queries.parquet"))
 
+    from rayrank.funnel.stages import check_indexes
     from rayrank.jobs._ray import connect
 
+    check_indexes(config)  # here, not in every actor that builds the stages
     connect(config.cluster.address)
     indexes = build_missing_indexes(config, out)
     shards = plan_query_shards(queries["query_id"].to_pylist(), queries["query"].to_pylist(), state["shard_queries"])
@@ -236,15 +240,9 @@ def summary(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command("funnel")
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config, queries, output = parse_args(argv)
-        manifest = run(config, queries, output)
-    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError, IndexFormatError,
-            rayrank.ModelUnavailableError) as exc:
-        print(f"rayrank funnel: error: {exc}", file=sys.stderr)
-        return 2
-    print(summary(manifest))
+    print(summary(run(*parse_args(argv))))
     return 0
 
 

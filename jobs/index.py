@@ -32,16 +32,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import rayrank
-from rayrank.config import ConfigError, IndexJobConfig, load_yaml, merge_flags, parse_config
+from rayrank.cli import command
+from rayrank.config import IndexJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index import build
 from rayrank.index.compress import ResidualCodec
-from rayrank.index.format import (CODEC, FORMAT_VERSION, IndexFormatError, parquet_bytes, sha256, shard_files,
-                                  write_bytes_atomic)
-from rayrank.io.storage import (StorageError, filesystem, join, list_parquet, retrying, storage_cause, storage_options,
-                                write_parquet_atomic)
-from rayrank.io.tables import (DOC_KEYS, InputSchemaError, Shard, error_rows, plan_shards, read_footers, read_shard,
-                               split_duplicates, split_valid)
-from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
+from rayrank.index.format import CODEC, FORMAT_VERSION, parquet_bytes, sha256, shard_files, write_bytes_atomic
+from rayrank.io.storage import filesystem, join, list_parquet, retrying, storage_options, write_parquet_atomic
+from rayrank.io.tables import (DOC_KEYS, Shard, error_rows, plan_shards, read_footers, read_shard, split_duplicates,
+                               split_valid)
+from rayrank.jobs._output import JobOutput, job_identity, steady_rate
 from rayrank.jobs._phases import ModelGate, Phases, phase_line, split_cpus, summarize
 from rayrank.jobs._shards import map_units
 from rayrank.models import resolve_model
@@ -343,20 +342,9 @@ def summary(manifest: dict[str, Any]) -> str:
     ])
 
 
+@command("index")
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-        manifest = run(config)
-    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError, IndexFormatError, StorageError,
-            rayrank.ModelUnavailableError) as exc:
-        print(f"rayrank index: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a StorageError raised in an actor reaches the driver wrapped by Ray
-        if (cause := storage_cause(exc)) is None:
-            raise
-        print(f"rayrank index: error: {cause} (rerun the same command to resume)", file=sys.stderr)
-        return 2
-    print(summary(manifest))
+    print(summary(run(parse_args(argv))))
     return 0
 
 

@@ -28,16 +28,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import rayrank
-from rayrank.config import ConfigError, RerankJobConfig, load_yaml, merge_flags, parse_config
+from rayrank.cli import command
+from rayrank.config import RerankJobConfig, load_yaml, merge_flags, parse_config
+from rayrank.index.format import check_model, read_manifest
 from rayrank.io.staging import pack_buckets, read_piece
-from rayrank.io.storage import (StorageError, count_requests, filesystem, join, list_parquet, put_atomic, retrying,
-                                storage_cause, storage_options, write_json_atomic, write_parquet_atomic)
-from rayrank.io.tables import (InputSchemaError, Shard, bucket_of, plan_shards, rank_queries, read_footers, read_shard,
-                               split_valid)
-from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity, steady_rate
+from rayrank.io.storage import (count_requests, filesystem, join, list_parquet, put_atomic, retrying, storage_options,
+                                write_json_atomic, write_parquet_atomic)
+from rayrank.io.tables import Shard, bucket_of, plan_shards, rank_queries, read_footers, read_shard, split_valid
+from rayrank.jobs._output import JobOutput, job_identity, steady_rate
 from rayrank.jobs._phases import ModelGate, Phases, phase_line, split_cpus, summarize
 from rayrank.jobs._shards import map_units
 from rayrank.models import resolve_model
@@ -233,6 +233,9 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     groups, layouts = read_footers(fs_in, files, config.columns)
     total_rows = sum(sum(counts) for counts in groups.values())
     resolved = resolve_model(config.engine.model_name)
+    if config.index:  # here, not in every actor that opens the index
+        fs_index, index_root = filesystem(config.index, storage_options(config.storage, config.index))
+        check_model(read_manifest(fs_index, index_root), config.index, resolved.name)
 
     identity = {"inputs": [(f, fs_in.size(f)) for f in files], "engine": config.engine.model_dump(),
                 "columns": config.columns.model_dump(), "top_n": config.top_n, "keep_text": config.keep_text,
@@ -394,20 +397,9 @@ def summary(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command("rerank")
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-        manifest = run(config)
-    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError, StorageError,
-            rayrank.ModelUnavailableError) as exc:
-        print(f"rayrank rerank: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a StorageError raised in an actor or task reaches the driver wrapped by Ray
-        if (cause := storage_cause(exc)) is None:
-            raise
-        print(f"rayrank rerank: error: {cause} (rerun the same command to resume)", file=sys.stderr)
-        return 2
-    print(summary(manifest))
+    print(summary(run(parse_args(argv))))
     return 0
 
 

@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 
 import rayrank
-from rayrank.config import ConfigError, SearchJobConfig, load_yaml, merge_flags, parse_config
+from rayrank.cli import command
+from rayrank.config import SearchJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index import IndexReader, IvfSearcher, exact_search
-from rayrank.index.format import IndexFormatError
 from rayrank.io.storage import filesystem, list_parquet, storage_options, write_parquet_atomic
-from rayrank.io.tables import QUERY_KEYS, InputSchemaError, read_unique
-from rayrank.jobs._output import JobOutput, OutputConflictError, job_identity
+from rayrank.io.tables import QUERY_KEYS, read_unique
+from rayrank.jobs._output import JobOutput, job_identity
 
 RESULT_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32()),
                            ("rank", pa.int32())])
@@ -120,13 +120,9 @@ def run(config: SearchJobConfig) -> dict[str, Any]:
     return manifest
 
 
+@command("search")
 def main(argv: list[str] | None = None) -> int:
-    try:
-        manifest = run(parse_args(argv))
-    except (ConfigError, InputSchemaError, OutputConflictError, FileNotFoundError, IndexFormatError,
-            rayrank.ModelUnavailableError) as exc:
-        print(f"rayrank search: error: {exc}", file=sys.stderr)
-        return 2
+    manifest = run(parse_args(argv))
     c, t = manifest["counts"], manifest["timings"]
     print(f"rayrank search: {manifest['output']}\n  {c['queries']:,} queries x {c['index_docs']:,} documents "
           f"({manifest['method']}), top {manifest['k']}; {c['rows_rejected']:,} rows rejected\n"

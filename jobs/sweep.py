@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from rayrank.errors import InvalidInputError, ModelUnavailableError
+from rayrank.cli import command
 from rayrank.lab.data import read_table
 from rayrank.lab.sweep import BATCH_SIZES, TOKEN_BUDGETS, best, plot, sweep
 
@@ -27,6 +27,7 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+@command("sweep")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrank sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("candidates", help="long query-candidate Parquet (query, text)")
@@ -41,13 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    try:
-        table = read_table(args.candidates, ["query", "text"], "candidates").slice(0, args.rows)
-        rows = sweep(args.model, args.scorer, table["query"].to_pylist(), table["text"].to_pylist(),
-                     args.batch_sizes, args.token_budgets, args.repeats, backend=args.backend)
-    except (InvalidInputError, FileNotFoundError, ModelUnavailableError) as exc:
-        print(f"rayrank sweep: error: {exc}", file=sys.stderr)
-        return 2
+    table = read_table(args.candidates, ["query", "text"], "candidates").slice(0, args.rows)
+    rows = sweep(args.model, args.scorer, table["query"].to_pylist(), table["text"].to_pylist(),
+                 args.batch_sizes, args.token_budgets, args.repeats, backend=args.backend)
     top = best(rows)
     path = plot(rows, args.plot, f"{args.model} ({args.scorer}, {args.backend}), {table.num_rows} pairs")
     if args.json:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rayrank.cli import command
 from rayrank.config import format_validation_error, load_yaml, parse_config
 from rayrank.errors import ConfigError
 from rayrank.ray_app.config import ServeArgs
@@ -84,6 +84,7 @@ def run(plan: ServePlan, address: str | None) -> list[str]:
     return urls
 
 
+@command("serve")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrank serve", description=__doc__.split("\n\n")[1])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
@@ -96,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.show_config:
         print(DEFAULT_CONFIG.read_text(), end="")
         return 0
-    try:
-        plan = load_plan(opts.config, opts.host, opts.port)
-    except ConfigError as exc:
-        print(f"rayrank serve: {exc}", file=sys.stderr)
-        return 2
+    plan = load_plan(opts.config, opts.host, opts.port)
     for url in run(plan, opts.address):
         print(f"rayrank serving at {url} (POST v1/rerank, v2/rerank, rerank; GET health, docs); Ctrl-C stops",
               flush=True)

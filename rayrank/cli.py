@@ -1,12 +1,17 @@
 """`rayrank` console script: one subcommand per job; each lives in its own module with `main(argv) -> int`.
 
-Subcommands are imported only when called, so `rayrank eval` never pays for importing Ray.
+Subcommands are imported only when called, so `rayrank eval` never pays for importing Ray. Every
+subcommand's `main` is wrapped by `command`, the one place where rayrank's errors meet the terminal.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
+from collections.abc import Callable
+
+from rayrank.errors import RayrankError, StorageError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "rerank": ("rayrank.jobs.rerank", "rerank a Parquet query-candidate table on Ray Data"),
@@ -23,6 +28,59 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("rayrank.ray_app.cli", "run the online reranking API (Ray Serve) from a Serve config file"),
     "loadtest": ("rayrank.loadtest", "open-loop HTTP load test of a rerank endpoint: latency percentiles per QPS"),
 }
+
+
+Main = Callable[[list[str] | None], int]
+
+
+def command(name: str) -> Callable[[Main], Main]:
+    """Decorate a subcommand's `main(argv) -> int`: any RayrankError, raised here or in a Ray actor or task,
+    prints as `rayrank NAME: error: MESSAGE` and exits 2; so does a path the user named that does not exist."""
+
+    def decorate(main: Main) -> Main:
+        @functools.wraps(main)
+        def wrapped(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except FileNotFoundError as exc:  # ours are RayrankErrors; the OS's name the path too
+                print(f"rayrank {name}: error: {exc}", file=sys.stderr)
+                return 2
+            except Exception as exc:
+                if (cause := rayrank_cause(exc)) is None:
+                    raise
+                # A storage fault in a worker left committed work behind: the same command resumes.
+                remote_storage = cause is not exc and isinstance(cause, StorageError)
+                hint = " (rerun the same command to resume)" if remote_storage else ""
+                print(f"rayrank {name}: error: {cause}{hint}", file=sys.stderr)
+                return 2
+
+        return wrapped
+
+    return decorate
+
+
+def rayrank_cause(exc: BaseException) -> RayrankError | None:
+    """`exc` if it is one of ours, else the RayrankError behind it: Ray wraps errors raised in actors and
+    tasks, passing the cause on as an attribute, a chained exception, or only as traceback text."""
+    kinds = {k.__name__: k for k in _subclasses(RayrankError)}
+    pending, seen = [exc], set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        if isinstance(exc, RayrankError) and type(exc).__module__.startswith("rayrank."):
+            return exc
+        seen.add(id(exc))
+        pending += [exc.__cause__, exc.__context__, getattr(exc, "cause", None)]  # RayTaskError.cause
+        for line in reversed(str(exc).splitlines()):
+            for kind_name, kind in kinds.items():
+                if (at := line.find(f"{kind_name}: ")) >= 0 and (at == 0 or not line[at - 1].isalnum()):
+                    return kind(line[at + len(kind_name) + 2:].strip())
+    return None
+
+
+def _subclasses(kind: type) -> list[type]:
+    return [kind] + [s for sub in kind.__subclasses__() for s in _subclasses(sub)]
 
 
 def usage() -> str:

@@ -63,6 +63,14 @@ class EngineConfig(StrictModel):
                              f"({self.chunk_tokens})")
         return self
 
+    @model_validator(mode="after")
+    def _int8_needs_an_int8_backend(self) -> EngineConfig:
+        """Refused here, so a job says so before Ray starts rather than from every actor that loads the model."""
+        if self.backend == "torch" and self.quantize != "none":
+            raise ValueError(f"quantize={self.quantize!r} needs backend='onnx' or 'openvino' (or 'auto', which then "
+                             "runs onnx); the torch backend runs fp32/fp16/bf16: drop quantize or change backend")
+        return self
+
     @property
     def model_name(self) -> str:
         if self.model:
@@ -163,6 +171,26 @@ class ClusterConfig(StrictModel):
         return self
 
 
+def _index_needs_late_interaction(config: Any) -> Any:
+    """A reranker that reads documents from an `index` (the rerank job, a funnel rerank stage) must score
+    by late interaction: the index holds token embeddings."""
+    if config.index and config.engine.scorer != "late-interaction":
+        raise ValueError(f"index: reading documents from an index needs engine.scorer: late-interaction, "
+                         f"got {config.engine.scorer!r}")
+    return config
+
+
+class IvfSettings(StrictModel):
+    """IVF search over a late-interaction index (`rayrank search`, a funnel late-interaction stage).
+
+    IvfSearcher's defaults (README: Recall@100 0.977 against exact search at 100k documents);
+    candidates: None is a fifth of the index, at most 3,072 (index.search.default_candidates).
+    """
+
+    nprobe: PositiveInt = 2
+    candidates: PositiveInt | None = None
+
+
 class RerankJobConfig(StrictModel):
     """The nightly rerank job: every key can come from YAML, and CLI flags override the file."""
 
@@ -179,12 +207,7 @@ class RerankJobConfig(StrictModel):
     storage: dict[str, Any] = {}
     index: str | None = None  # late-interaction: read document embeddings from this index (rayrank index)
 
-    @model_validator(mode="after")
-    def _index_needs_late_interaction(self) -> RerankJobConfig:
-        if self.index and self.engine.scorer != "late-interaction":
-            raise ValueError(f"index: reading documents from an index needs engine.scorer: late-interaction, "
-                             f"got {self.engine.scorer!r}")
-        return self
+    _index = model_validator(mode="after")(_index_needs_late_interaction)
 
 
 def _late_interaction_engine(data: Any) -> Any:
@@ -229,7 +252,7 @@ class IndexJobConfig(StrictModel):
         return self
 
 
-class SearchJobConfig(StrictModel):
+class SearchJobConfig(IvfSettings):
     """`rayrank search`: top-k documents of the whole index per query (exact, or IVF + exact)."""
 
     index: str | None = None
@@ -239,10 +262,6 @@ class SearchJobConfig(StrictModel):
     columns: Columns = Columns()
     k: PositiveInt = 100
     method: Literal["exact", "ivf"] = "exact"
-    # IvfSearcher's defaults (README: Recall@100 0.977 against exact search at 100k documents);
-    # candidates: None is a fifth of the index, at most 3,072 (index.search.default_candidates)
-    nprobe: PositiveInt = 2
-    candidates: PositiveInt | None = None
     max_block_mb: PositiveInt = 256
     overwrite: bool = False
     storage: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rayrank.cli import command
 from rayrank.errors import InvalidInputError
 
 Run = Mapping[str, Mapping[str, float]]  # query_id -> doc_id -> score (higher is better)
@@ -29,8 +30,9 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 4:
-            raise ValueError(f"{path}:{number}: expected 'query_id 0 doc_id grade', got {line!r}")
+        if len(parts) != 4 or not parts[3].lstrip("-").isdigit():
+            raise InvalidInputError(f"{path}:{number}: expected 'query_id 0 doc_id grade' (an integer grade), "
+                                    f"got {line!r}")
         qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
     return qrels
 
@@ -114,6 +116,7 @@ def read_run(path: str, column: str = "score", storage_options: dict | None = No
     return run
 
 
+@command("eval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrank eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="rerank output: a Parquet file or directory (local or s3://)")
@@ -123,15 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 
-    try:
-        qrels = load_qrels(args.qrels)
-        rows = {"run (score)": evaluate(read_run(args.run), qrels, args.min_relevance)}
-        if args.baseline_column:
-            rows[f"baseline ({args.baseline_column})"] = evaluate(
-                read_run(args.run, args.baseline_column), qrels, args.min_relevance)
-    except (OSError, ValueError) as exc:  # InvalidInputError is a ValueError; a missing qrels file an OSError
-        print(f"rayrank eval: error: {exc}", file=sys.stderr)
-        return 2
+    qrels = load_qrels(args.qrels)
+    rows = {"run (score)": evaluate(read_run(args.run), qrels, args.min_relevance)}
+    if args.baseline_column:
+        rows[f"baseline ({args.baseline_column})"] = evaluate(
+            read_run(args.run, args.baseline_column), qrels, args.min_relevance)
     if args.json:
         print(json.dumps({name: {k: v for k, v in asdict(m).items() if k != "per_query"}
                           for name, m in rows.items()}, indent=2))

@@ -28,7 +28,6 @@ import asyncio
 import csv
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -37,6 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from rayrank.cli import command
+from rayrank.errors import ServiceUnavailableError
 
 PERCENTILES = (50, 95, 99, 99.9)
 REPLICA_HEADER = "X-Rayrank-Replica"
@@ -198,7 +200,8 @@ async def measure_service_times(url: str, payloads: Sequence[bytes], count: int,
         if sample.status == 200:
             out.append(sample.latency)
     if not out:
-        raise RuntimeError(f"no request to {url} succeeded while measuring service times.")
+        raise ServiceUnavailableError(f"no request to {url} succeeded while measuring service times; check that "
+                                      "the service is up at that URL (and --api-key, if it asks for one).")
     return np.array(out)
 
 
@@ -316,13 +319,10 @@ async def _run(opts: argparse.Namespace) -> list[dict]:
     return rows
 
 
+@command("loadtest")
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    try:
-        rows = asyncio.run(_run(opts))
-    except RuntimeError as exc:
-        print(f"rayrank loadtest: {exc}", file=sys.stderr)
-        return 1
+    rows = asyncio.run(_run(opts))
     opts.out.mkdir(parents=True, exist_ok=True)
     with open(opts.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from rayrank.index.format import IndexFormatError
+from rayrank.index.format import IndexFormatError, check_model
 from rayrank.io.storage import filesystem, join, read_json
 
 DENSE_FORMAT = "rayrank-dense-1"
@@ -103,9 +103,7 @@ class DenseIndex:
         return len(self.doc_ids)
 
     def check_model(self, name: str) -> None:
-        if self.manifest["model"]["name"] != name:
-            raise IndexFormatError(f"{self.url} was built with {self.manifest['model']['name']!r}, not {name!r}; "
-                                   "queries must be encoded by the index's model")
+        check_model(self.manifest, self.url, name)
 
     def search(self, queries: np.ndarray, k: int, block_docs: int = 65536) -> list[tuple[list[str], np.ndarray]]:
         """Exact top-k by inner product, streaming `block_docs` documents at a time (bounded memory)."""

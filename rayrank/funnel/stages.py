@@ -16,7 +16,8 @@ The interface (the batch job and the Serve deployments both use it; nothing here
   `funnel.final` is the last stage's name.
 
 Indexes must exist when a dense or late-interaction stage is built (IndexFormatError otherwise); the
-batch job (`rayrank funnel`) builds missing ones first.
+batch job (`rayrank funnel`) builds missing ones first. `check_indexes(config)` refuses, before any stage
+loads, an existing index that another model built.
 """
 
 from __future__ import annotations
@@ -94,8 +95,7 @@ class LateInteractionRetriever(_Stage):
 
         super().__init__(config)
         self.reader = IndexReader(config.index, storage)
-        engine = config.engine.model_copy(update={"model": config.engine.model or
-                                                  self.reader.manifest["model"]["name"]})
+        engine = config.engine.model_copy(update={"model": stage_model(config, self.reader.manifest)})
         self.scorer = rayrank.Reranker.from_config(engine).scorer
         self.reader.check_model(rayrank.resolve_model(engine.model_name).name)
         self.ivf = IvfSearcher(self.reader, config.nprobe, config.candidates) if config.method == "ivf" else None
@@ -194,6 +194,32 @@ class LlmReranker(_Stage):
             rankings.append(Ranking(order, np.arange(len(outcome.order), len(outcome.order) - len(order), -1,
                                                      dtype=np.float32)))
         return rankings
+
+
+def stage_model(stage: DenseStage | LateInteractionStage | RerankStage, manifest: dict[str, Any]) -> str:
+    """The model a stage encodes queries with, given its index's manifest (a late-interaction stage without
+    `engine.model` takes the index's)."""
+    if isinstance(stage, DenseStage):
+        return stage.model
+    if isinstance(stage, LateInteractionStage):
+        return stage.engine.model or manifest["model"]["name"]
+    return stage.engine.model_name
+
+
+def check_indexes(config: FunnelConfig) -> None:
+    """Refuse (IndexFormatError) a stage whose existing index another model built, reading manifests only;
+    a missing index is left to whoever builds it (the batch job does, with the stage's own model)."""
+    from rayrank.index.format import check_model
+    from rayrank.io.storage import filesystem, join, read_json, storage_options
+    from rayrank.models import resolve_model
+
+    for stage in config.stages:
+        url = getattr(stage, "index", None)
+        if not url:
+            continue
+        fs, root = filesystem(url, storage_options(config.storage, url))
+        if (manifest := read_json(fs, join(root, "_manifest.json"))) is not None:
+            check_model(manifest, url, resolve_model(stage_model(stage, manifest)).name)
 
 
 def build_stage(config: FunnelConfig, name: str, corpus: Corpus) -> _Stage:

@@ -27,16 +27,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
+from rayrank.errors import IndexFormatError
 from rayrank.io.storage import join, put_atomic, read_json
 
 FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"
 CODEC = "codec.npz"
 DOCS_SCHEMA = pa.schema([("doc_id", pa.string()), ("offset", pa.int64()), ("tokens", pa.int32())])
-
-
-class IndexFormatError(ValueError):
-    """INDEX_DIR is not a finished rayrank index, or one of its files does not match the manifest."""
 
 
 def shard_files(shard_id: str, compression: str) -> dict[str, str]:
@@ -80,6 +77,15 @@ def read_manifest(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
         raise IndexFormatError(f"{root}: index format {manifest.get('format_version')!r} is not supported "
                                f"(this rayrank reads format {FORMAT_VERSION}); rebuild the index.")
     return manifest
+
+
+def check_model(manifest: dict[str, Any], url: str, model_name: str) -> None:
+    """Refuse to encode queries with another model than the one that built the index at `url` (dense or
+    late interaction): their vectors would not be comparable, and every score silently wrong."""
+    indexed = manifest["model"]["name"]
+    if indexed != model_name:
+        raise IndexFormatError(f"{url} was built with model {indexed!r}, but the engine uses {model_name!r}; "
+                               "pass --model with the index's model (or rebuild the index).")
 
 
 class NpyArray:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from rayrank.index.compress import ResidualCodec, pool_tokens
-from rayrank.index.format import CODEC, IndexFormatError, NpyArray, read_manifest
+from rayrank.index.format import CODEC, IndexFormatError, NpyArray, check_model, read_manifest
 from rayrank.io.storage import filesystem, join
 from rayrank.scoring.late_interaction import maxsim
 
@@ -80,11 +80,7 @@ class IndexReader:
         return doc_id in self.position
 
     def check_model(self, model_name: str) -> None:
-        """Raise when queries would be encoded by another model than the index's documents."""
-        indexed = self.manifest["model"]["name"]
-        if indexed != model_name:
-            raise IndexFormatError(f"{self.url} was built with model {indexed!r}, but the engine uses {model_name!r}; "
-                                   "pass --model with the index's model (or rebuild the index).")
+        check_model(self.manifest, self.url, model_name)
 
     def _shard(self, number: int) -> dict[str, NpyArray]:
         if number not in self._arrays:

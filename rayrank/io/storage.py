@@ -18,11 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
+from rayrank.errors import InputNotFoundError, StorageError
+
 T = TypeVar("T")
-
-
-class StorageError(RuntimeError):
-    """A storage operation still failed after retries; the message names the operation and the path."""
 
 
 def storage_options(configured: dict[str, Any] | None, url: str) -> dict[str, Any]:
@@ -65,11 +63,12 @@ def list_parquet(fs: AbstractFileSystem, path: str) -> list[str]:
     elif fs.exists(path):
         found = [path]
     else:
-        raise FileNotFoundError(f"input {path} does not exist")
+        raise InputNotFoundError(f"input {path} does not exist; check the path (local, or s3://BUCKET/...)")
     files = sorted(p for p in found if p.endswith(".parquet")
                    and not any(part.startswith(("_", ".")) for part in p[len(path.split("*")[0]):].split("/")))
     if not files:
-        raise FileNotFoundError(f"input {path} holds no .parquet files")
+        raise InputNotFoundError(f"input {path} holds no .parquet files; name a Parquet file, a directory of them "
+                                 "or a glob")
     return files
 
 
@@ -131,24 +130,6 @@ def retrying(what: str, call: Callable[[], T], attempts: int = 4, first_wait_s: 
                                    f"{type(exc).__name__}: {exc}") from exc
             time.sleep(first_wait_s * 2 ** attempt)
     raise AssertionError("unreachable")
-
-
-def storage_cause(exc: BaseException) -> StorageError | None:
-    """The StorageError behind `exc` (Ray wraps errors raised in actors and tasks), if any."""
-    pending, seen = [exc], set()
-    while pending:
-        exc = pending.pop()
-        if exc is None or id(exc) in seen:
-            continue
-        if isinstance(exc, StorageError):
-            return exc
-        seen.add(id(exc))
-        pending += [exc.__cause__, exc.__context__, getattr(exc, "cause", None)]  # RayTaskError.cause
-        # Ray passes a remote error's chain on as traceback text only: find the StorageError's line.
-        for line in reversed(str(exc).splitlines()):
-            if (at := line.find(f"{StorageError.__name__}: ")) >= 0:
-                return StorageError(line[at + len(StorageError.__name__) + 2:].strip())
-    return None
 
 
 def count_requests(*filesystems: AbstractFileSystem) -> Callable[[], int]:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from rayrank.config import Columns
+from rayrank.errors import InputSchemaError
 from rayrank.validate import text_problem
 
 Layout = Literal["long", "nested"]
@@ -26,10 +27,6 @@ DOC_KEYS = ("doc_id", "text")  # a corpus to index
 QUERY_KEYS = ("query_id", "query")  # queries to search
 ERRORS_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("reason", pa.string()),
                            ("source", pa.string()), ("source_row", pa.int64()), ("row", pa.string())])
-
-
-class InputSchemaError(ValueError):
-    """An input file cannot be read or lacks a required column; raised before any scoring."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from rayrank.errors import InvalidInputError, ModelUnavailableError
+from rayrank.cli import command
+from rayrank.errors import InvalidInputError
 from rayrank.evaluate import load_qrels
 from rayrank.lab import data
 from rayrank.lab.config import ModelSpec
@@ -78,6 +79,7 @@ def _model_arg(text: str) -> tuple[str, str, str]:
     return (name if sep else spec.model), spec.model, spec.scorer
 
 
+@command("distractors")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrank distractors", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", required=True, help="Parquet doc_id, [title,] text")
@@ -95,30 +97,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from rayrank import Reranker
 
-    try:
-        corpus = data.read_corpus(args.corpus)
-        ranked: dict[str, list[str]] = {}
-        for path in args.candidates:
-            ranked.update(data.ranked_from_candidates(path))
-        cases = []
-        for split, files in (("seen", args.seen), ("unseen", args.unseen)):
-            if files:
-                qrels = load_qrels(files[1])
-                queries = {q: t for q, t in data.read_queries(files[0]).items() if q in qrels}
-                queries = dict(list(queries.items())[:args.limit])
-                lists = {q: ranked[q] for q in queries if q in ranked}
-                missing = {q: t for q, t in queries.items() if q not in lists}
-                if missing:
-                    lists.update(data.ranked_from_bm25(missing, corpus, 30))
-                cases += build_cases(queries, corpus, qrels, lists, split)
-        if not cases:
-            raise InvalidInputError("no cases: no query has both a relevant document and a distractor.")
-        rows = {}
-        for name, model, scorer in map(_model_arg, args.model):
-            rows[name] = summarize(score_cases(Reranker(model, scorer=scorer), cases), cases)
-    except (InvalidInputError, FileNotFoundError, ModelUnavailableError, ValueError) as exc:
-        print(f"rayrank distractors: error: {exc}", file=sys.stderr)
-        return 2
+    corpus = data.read_corpus(args.corpus)
+    ranked: dict[str, list[str]] = {}
+    for path in args.candidates:
+        ranked.update(data.ranked_from_candidates(path))
+    cases = []
+    for split, files in (("seen", args.seen), ("unseen", args.unseen)):
+        if files:
+            qrels = load_qrels(files[1])
+            queries = {q: t for q, t in data.read_queries(files[0]).items() if q in qrels}
+            queries = dict(list(queries.items())[:args.limit])
+            lists = {q: ranked[q] for q in queries if q in ranked}
+            missing = {q: t for q, t in queries.items() if q not in lists}
+            if missing:
+                lists.update(data.ranked_from_bm25(missing, corpus, 30))
+            cases += build_cases(queries, corpus, qrels, lists, split)
+    if not cases:
+        raise InvalidInputError("no cases: no query has both a relevant document and a distractor; check that "
+                                "the qrels' ids match the queries and the corpus.")
+    rows = {}
+    for name, model, scorer in map(_model_arg, args.model):
+        rows[name] = summarize(score_cases(Reranker(model, scorer=scorer), cases), cases)
     print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
     return 0
 

@@ -1,0 +1,132 @@
+"""Every deliberate error is a RayrankError; the commands print it as `rayrank CMD: error: ...` (exit 2), and a
+configuration that cannot run is refused in the driver, before Ray starts, not by every actor."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import rayrank.jobs._ray
+from rayrank import errors
+from rayrank.cli import command, rayrank_cause
+from rayrank.config import EngineConfig, parse_config
+from rayrank.errors import ConfigError, IndexFormatError, RayrankError, StorageError
+from rayrank.funnel.config import FunnelConfig
+from rayrank.funnel.stages import check_indexes
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if a job gets as far as starting (or joining) Ray."""
+
+    def connect(address):
+        raise AssertionError("the job reached Ray before refusing its configuration")
+
+    monkeypatch.setattr(rayrank.jobs._ray, "connect", connect)
+
+
+def _index(path, model: str):
+    """An index directory with a manifest only: all the driver reads before refusing."""
+    path.mkdir()
+    (path / "_manifest.json").write_text(json.dumps({"format_version": 1, "format": "rayrank-dense-v1",
+                                                     "model": {"name": model}, "shards": []}))
+    return path
+
+
+def _pairs(path):
+    pq.write_table(pa.table({"query_id": ["q"], "query": ["what is ray"], "doc_id": ["d"], "text": ["ray"]}), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", [getattr(errors, n) for n in dir(errors)
+                                  if isinstance(getattr(errors, n), type) and issubclass(getattr(errors, n), Exception)])
+def test_every_error_is_a_rayrank_error(kind):
+    assert issubclass(kind, RayrankError)
+
+
+def test_the_old_homes_raise_the_tree():
+    from rayrank.index.format import IndexFormatError as from_format
+    from rayrank.io.storage import StorageError as from_storage
+    from rayrank.io.tables import InputSchemaError
+    from rayrank.jobs._output import OutputConflictError
+
+    for kind in (from_format, from_storage, InputSchemaError, OutputConflictError):
+        assert issubclass(kind, RayrankError)
+
+
+def test_command_prints_an_error_and_exits_2(capsys):
+    @command("demo")
+    def main(argv=None):
+        raise ConfigError("engine.max_batch_size: must be positive, got 0")
+
+    assert main([]) == 2
+    assert capsys.readouterr().err == "rayrank demo: error: engine.max_batch_size: must be positive, got 0\n"
+
+
+def test_command_finds_a_storage_error_inside_a_ray_error(capsys):
+    @command("demo")
+    def main(argv=None):  # how Ray Data hands on an actor's error: only its traceback text survives
+        raise RuntimeError("Traceback (most recent call last):\n  ...\nrayrank.errors.StorageError: storage operation "
+                           "failed after 4 attempts: staging shard 3")
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rayrank demo: error: storage operation failed after 4 attempts: staging shard 3")
+    assert "(rerun the same command to resume)" in err
+
+
+def test_rayrank_cause_leaves_other_errors_alone():
+    assert rayrank_cause(RuntimeError("boom")) is None
+    error = StorageError("x")
+    assert rayrank_cause(error) is error
+
+
+def test_torch_backend_with_int8_is_refused_at_parse():
+    with pytest.raises(ConfigError, match=r"quantize='int8' needs backend='onnx' or 'openvino'"):
+        parse_config(EngineConfig, {"backend": "torch", "quantize": "int8"}, "flags")
+    assert EngineConfig(backend="auto", quantize="int8").quantize == "int8"
+
+
+def test_rerank_torch_int8_is_refused_before_ray(tmp_path, no_ray, capsys):
+    from rayrank.jobs.rerank import main
+
+    args = [str(_pairs(tmp_path / "in.parquet")), str(tmp_path / "out"), "--backend", "torch", "--quantize", "int8"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rayrank rerank: error: ") and "quantize='int8' needs backend='onnx'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_rerank_with_another_models_index_is_refused_before_ray(tmp_path, tiny_encoder, no_ray, capsys):
+    from rayrank.jobs.rerank import main
+
+    index = _index(tmp_path / "ix", "someone/else")
+    args = [str(_pairs(tmp_path / "in.parquet")), str(tmp_path / "out"), "--scorer", "late-interaction",
+            "--model", str(tiny_encoder), "--index", str(index)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rayrank rerank: error: ") and "was built with model 'someone/else'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_rerank_with_a_missing_index_is_refused_before_ray(tmp_path, tiny_encoder, no_ray, capsys):
+    from rayrank.jobs.rerank import main
+
+    args = [str(_pairs(tmp_path / "in.parquet")), str(tmp_path / "out"), "--scorer", "late-interaction",
+            "--model", str(tiny_encoder), "--index", str(tmp_path / "nowhere")]
+    assert main(args) == 2
+    assert "has no _manifest.json" in capsys.readouterr().err
+
+
+def test_funnel_stage_with_another_models_index_is_refused(tmp_path, tiny_encoder):
+    corpus = _pairs(tmp_path / "corpus.parquet")
+    stages = [{"kind": "bm25", "name": "bm25", "k": 10},
+              {"kind": "dense", "name": "dense", "k": 10, "model": str(tiny_encoder),
+               "index": str(_index(tmp_path / "dense", "someone/else"))}]
+    config = FunnelConfig.model_validate({"corpus": {"path": str(corpus)}, "stages": stages})
+    with pytest.raises(IndexFormatError, match="was built with model 'someone/else'"):
+        check_indexes(config)
+    missing = FunnelConfig.model_validate({"corpus": {"path": str(corpus)},
+                                           "stages": [stages[0], {**stages[1], "index": str(tmp_path / "later")}]})
+    check_indexes(missing)  # not built yet: the batch job builds it with the stage's own model
