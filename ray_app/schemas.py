@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from rayrank.ray_app.config import RequestLimits
-from rayrank.validate import text_problem
+from rayrank.validate import NON_BLANK_PATTERN, text_problem
 
 
 def _whole(value: Any) -> Any:
@@ -51,6 +51,10 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+# What every text field takes (rayrank.validate): white space is what Python's str.isspace says it is.
+_EXPECTED = "expected a string with a character that is not white space"
+
+
 @dataclass(frozen=True)
 class DocumentId:
     """A document given as `{"id": ...}`: its token embeddings are read from the service's index."""
@@ -72,19 +76,21 @@ def _documents_of(values: list[Any]) -> list[str | DocumentId]:
                 raise ValueError(f"document at index {i} must be a string, {{'text': string}} or {{'id': string}}, "
                                  f"got an object with keys {sorted(value)}")
             value = value["text"]
-        problem = text_problem(value)
-        if problem is not None:
-            raise ValueError(f"document at index {i} {problem}; expected a non-empty string")
+        _check_document(i, value)
         out.append(value)
     return out
 
 
+def _check_document(i: int, value: Any) -> None:
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(f"document at index {i} {problem}; {_EXPECTED}")
+
+
 def _strings_of(values: list[Any]) -> list[str]:
-    """Non-blank strings only (Cohere v2, TEI); name the first bad position."""
+    """Strings with a character that is not white space only (Cohere v2, TEI); name the first bad position."""
     for i, value in enumerate(values):
-        problem = text_problem(value)
-        if problem is not None:
-            raise ValueError(f"document at index {i} {problem}; expected a non-empty string")
+        _check_document(i, value)
     return values
 
 
@@ -92,13 +98,15 @@ class _Request(BaseModel):
     # strict: JSON types as the schema states them (no "3" or true for an integer, as lax mode allows)
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: StrictStr
+    query: StrictStr = Field(json_schema_extra={"minLength": 1, "pattern": NON_BLANK_PATTERN},
+                             description="a string with a character that is not white space")
 
     @field_validator("query")
     @classmethod
     def _query_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query is empty; expected a non-empty string")
+        problem = text_problem(value)
+        if problem is not None:
+            raise ValueError(f"query {problem}; {_EXPECTED}")
         return value
 
 
@@ -163,11 +171,8 @@ def check_limits(query: str, documents: list[str | DocumentId], limits: RequestL
                                f"{limits.max_document_chars} per document", kind="document_too_long")
 
 
-NON_BLANK = r"\S"  # the JSON Schema form of text_problem's rule: some character that is not white space
-
-
 def _text(max_chars: int) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": NON_BLANK}
+    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": NON_BLANK_PATTERN}
 
 
 def constrain_openapi(schema: dict[str, Any], limits: RequestLimits, model_name: str, by_id: bool) -> None:

@@ -65,7 +65,9 @@ def test_bad_rows_go_to_errors_and_nothing_vanishes(tmp_path, job_config):
     rows = candidates(3, 4)
     bad = [
         {**rows[0], "doc_id": "bad-null-text", "text": None},
-        {**rows[0], "doc_id": "bad-empty-query", "query": "  "},
+        {**rows[0], "doc_id": "bad-empty-query", "query": " \t\n"},
+        *({**rows[0], "doc_id": f"bad-blank-{i}", "text": blank} for i, blank in enumerate("\u001e\u00a0\u2028")),
+        {**rows[0], "doc_id": "control-character-is-text", "text": "\u0001"},
         {**rows[0], "doc_id": None},
         dict(rows[1]),  # duplicate of rows[1] within the file
     ]
@@ -76,13 +78,15 @@ def test_bad_rows_go_to_errors_and_nothing_vanishes(tmp_path, job_config):
     errors = read_errors(out)
     reasons = sorted(errors["reason"].to_pylist())
     dup = [r for r in reasons if r.startswith("duplicate (query_id, doc_id)")]
-    assert sorted(set(reasons) - set(dup)) == ["doc_id is null", "query is empty", "text is null"]
+    assert sorted(set(reasons) - set(dup)) == ["doc_id is null", "query is only white space", "text is null",
+                                               "text is only white space"]
+    assert reasons.count("text is only white space") == 3
     assert len(dup) == 2 and all("a.parquet" in r for r in dup)  # the first occurrence is kept
     assert '"text": null' in pc.filter(errors["row"], pc.equal(errors["reason"], "text is null"))[0].as_py()
     counts = manifest(out)["counts"]
-    assert counts["rows_in"] == 17
+    assert counts["rows_in"] == 21
     assert counts["rows_in"] == counts["rows_scored"] + counts["rows_rejected"]
-    assert counts["rows_rejected"] == 5 and read_output(out).num_rows == 12
+    assert counts["rows_rejected"] == 8 and read_output(out).num_rows == 13
 
 
 def test_missing_column_and_unreadable_file_fail_before_scoring(tmp_path, job_config, capsys):

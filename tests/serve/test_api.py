@@ -14,6 +14,7 @@ import requests
 
 import rayrank
 from rayrank import loadtest
+from rayrank.validate import NON_BLANK_PATTERN
 from tests.serve.conftest import post, running, tiny_args
 
 DOCS = ["ray cluster head node", "fish in the sea", "python data model", "the sun is a big light"]
@@ -179,3 +180,41 @@ def test_loadtest_open_loop_against_the_app(url, tmp_path, capsys):
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert rows[0].startswith("qps,sent,ok,errors,achieved_qps,p50,p95,p99,p99.9,max,sim_p50")
     assert len(rows) == 3 and (tmp_path / "latency.png").stat().st_size > 0
+
+
+# --- white space: refused as empty on every route, the same rule as the engine and the OpenAPI pattern --------
+
+BLANKS = ["\u001e", " \t\n", "\u00a0", "\u2028"]
+ROUTES = [("/v1/rerank", "documents"), ("/v2/rerank", "documents"), ("/rerank", "texts")]
+
+
+@pytest.mark.parametrize("blank", BLANKS, ids=["record-separator", "space-tab-newline", "no-break-space",
+                                               "line-separator"])
+@pytest.mark.parametrize(("route", "field"), ROUTES, ids=["cohere-v1", "cohere-v2", "tei"])
+def test_white_space_only_text_is_refused_on_every_route(url, route, field, blank):
+    response = post(url, route, {"query": blank, field: ["ok"]})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "query"
+    assert "only white space" in response.json()["error"]["message"]
+    response = post(url, route, {"query": "q", field: ["ok", blank]})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and "index 1 is only white space" in error["message"], error
+
+
+@pytest.mark.parametrize(("route", "field"), ROUTES, ids=["cohere-v1", "cohere-v2", "tei"])
+def test_text_around_white_space_and_control_characters_is_scored(url, route, field):
+    response = post(url, route, {"query": "\u2028sea\u00a0fish", field: ["\u001efish\t", "\u0001"]})
+    assert response.status_code == 200, response.text
+
+
+def test_the_schema_pattern_is_the_engine_rule(url):
+    doc = requests.get(url + "/openapi.json", timeout=30).json()
+    models = doc["components"]["schemas"]
+    for name, field in [("CohereRerankRequest", "documents"), ("CohereV2RerankRequest", "documents"),
+                        ("TeiRerankRequest", "texts")]:
+        query = models[name]["properties"]["query"]
+        assert query["pattern"] == NON_BLANK_PATTERN and query["minLength"] == 1
+        items = models[name]["properties"][field]["items"]
+        texts = [items] if "anyOf" not in items else [items["anyOf"][0], items["anyOf"][1]["properties"]["text"]]
+        assert all(t["pattern"] == NON_BLANK_PATTERN for t in texts)

@@ -19,6 +19,7 @@ import requests
 from rayrank import loadtest
 from rayrank.config import ConfigError, parse_config
 from rayrank.ray_app.search_config import SearchArgs
+from rayrank.validate import NON_BLANK_PATTERN
 from tests.openai_standin import standin
 from tests.serve.conftest import API_KEYS, free_port, post
 from tests.tiny_models import WORDS
@@ -147,6 +148,10 @@ def test_a_slow_llm_past_the_budget_is_answered_from_the_reranker(url, llm):
 @pytest.mark.parametrize(("payload", "status", "field"), [
     ({"query": ""}, 422, "query"),
     ({"query": "   "}, 422, "query"),
+    ({"query": "\u001e"}, 422, "query"),
+    ({"query": " \t\n"}, 422, "query"),
+    ({"query": "\u00a0"}, 422, "query"),
+    ({"query": "\u2028"}, 422, "query"),
     ({"top_n": 3}, 422, "query"),
     ({"query": "ray", "top_n": 0}, 422, "top_n"),
     ({"query": "ray", "top_n": 4}, 422, "top_n"),
@@ -156,6 +161,12 @@ def test_a_slow_llm_past_the_budget_is_answered_from_the_reranker(url, llm):
 def test_bad_requests_name_the_field(url, payload, status, field):
     response = search(url, payload)
     assert response.status_code == status and response.json()["error"]["field"] == field, response.text
+
+
+def test_the_schema_states_the_white_space_rule(url):
+    doc = requests.get(url + "/openapi.json", timeout=30, headers={"Authorization": f"Bearer {API_KEYS[0]}"}).json()
+    query = doc["components"]["schemas"]["SearchRequest"]["properties"]["query"]
+    assert query["pattern"] == NON_BLANK_PATTERN and query["minLength"] == 1
 
 
 def test_invalid_json_is_a_400(url):

@@ -76,7 +76,8 @@ def test_empty_input(torch_ce):
     (["ok", None], "document at index 1 is null"),
     (["ok", "fine", 3], "document at index 2 is int, not a string"),
     (["", "ok"], "document at index 0 is empty"),
-    (["ok", "   "], "document at index 1 is empty"),
+    (["ok", "   "], "document at index 1 is only white space"),
+    (["ok", "\u00a0\u2028"], "document at index 1 is only white space"),
 ])
 def test_bad_documents_name_the_position(torch_ce, docs, message):
     with pytest.raises(InvalidInputError, match=message):
