@@ -52,3 +52,7 @@ class StorageError(RayrankError, RuntimeError):
 
 class ServiceUnavailableError(RayrankError, RuntimeError):
     """An HTTP service a command measures answered no request."""
+
+
+class MissingExtraError(RayrankError, ImportError):
+    """A feature needs a package of an optional extra that is not installed; the message names the pip command."""

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from rayrank.cli import command
 from rayrank.errors import ServiceUnavailableError
+from rayrank.extras import require
 
 PERCENTILES = (50, 95, 99, 99.9)
 REPLICA_HEADER = "X-Rayrank-Replica"
@@ -244,8 +245,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import sparse
 
+from rayrank.extras import require
+
 _WORD = re.compile(r"\w+")
 # The most frequent English function words; BM25's idf already damps the rest.
 STOPWORDS = frozenset("a an and are as at be by for from has have in is it its of on or that the this to was "
@@ -31,9 +33,7 @@ def _stemmer(name: str):
         return None
     if name != "english":
         raise ValueError(f"stemmer must be 'english' or 'none', got {name!r}.")
-    import Stemmer
-
-    return Stemmer.Stemmer("english").stemWords
+    return require("Stemmer").Stemmer("english").stemWords
 
 
 class BM25:

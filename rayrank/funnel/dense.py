@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from rayrank.extras import require
 from rayrank.index.format import IndexFormatError, check_model
 from rayrank.io.storage import filesystem, join, read_json
 
@@ -123,8 +124,7 @@ class DenseIndex:
     def search_hnsw(self, queries: np.ndarray, k: int, m: int = 32, ef_search: int = 128
                     ) -> list[tuple[list[str], np.ndarray]]:
         """Approximate top-k from faiss' HNSW graph (inner product), built on first use."""
-        import faiss
-
+        faiss = require("faiss")
         if self._hnsw is None:
             index = faiss.IndexHNSWFlat(self.vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = max(40, 2 * m)

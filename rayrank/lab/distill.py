@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rayrank.extras import require
 from rayrank.lab.config import TrainConfig
 from rayrank.models import resolve_model
 
@@ -120,7 +121,8 @@ def train_late_interaction(model: str, columns: dict[str, list], save_to: str | 
 def _train_bi_encoder(model: str, columns: dict[str, list], save_to: str | Path, train: TrainConfig, make_loss
                       ) -> dict[str, Any]:
     """sentence-transformers' trainer on `columns` with the loss `make_loss(student)`; saves the student."""
-    from datasets import Dataset
+    Dataset = require("datasets").Dataset
+    require("accelerate")  # the trainer's; without it transformers fails deep inside with its own message
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rayrank.extras import require
+
 BATCH_SIZES = (8, 16, 32, 64)
 TOKEN_BUDGETS = (4096, 8192, 16384)
 
@@ -45,8 +47,7 @@ def best(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plot(rows: list[dict[str, Any]], path: str | Path, title: str) -> Path:
     """Pairs/s against batch size, one line per token budget, written as a PNG."""
-    import matplotlib
-
+    matplotlib = require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from rayrank.errors import InvalidInputError
 from rayrank.evaluate import load_qrels
+from rayrank.extras import require
 from rayrank.lab import data
 from rayrank.lab.config import FinetuneConfig, MiningConfig
 from rayrank.models import resolve_model
@@ -150,7 +151,8 @@ def train(config: FinetuneConfig, columns: dict[str, list], save_to: str | Path 
     Returns:
         {"examples", "steps", "seconds", "losses" (the logged training losses, in order), "train_loss"}.
     """
-    from datasets import Dataset
+    Dataset = require("datasets").Dataset
+    require("accelerate")  # the trainer's; without it transformers fails deep inside with its own message
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 
     t = config.train
