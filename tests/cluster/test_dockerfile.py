@@ -34,7 +34,8 @@ def test_base_is_the_pinned_ray_with_cuda_and_a_supported_python():
 def test_installs_torch_the_project_and_onnxruntime_gpu_last():
     script = " && ".join(DOCKER.runs)
     assert f"torch=={DOCKER.args['TORCH_VERSION']}" in script
-    project, uninstall, gpu = (script.find(s) for s in (" . ", "pip uninstall -y onnxruntime", "onnxruntime-gpu"))
+    # the project with every extra: a cluster runs the funnel (faiss, PyStemmer) and OpenVINO too
+    project, uninstall, gpu = (script.find(s) for s in (' ".[all]" ', "pip uninstall -y onnxruntime", "onnxruntime-gpu"))
     assert -1 < project < uninstall < gpu, "install the project, then swap onnxruntime for onnxruntime-gpu"
     assert "CUDAExecutionProvider" in script, "the build should prove the CUDA provider is in the wheel"
 
