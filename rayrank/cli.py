@@ -27,6 +27,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distractors": ("rayrank.lab.distractors", "relevant vs hardest distractor: pass rate and margin per model"),
     "serve": ("rayrank.ray_app.cli", "run the online reranking API (Ray Serve) from a Serve config file"),
     "loadtest": ("rayrank.loadtest", "open-loop HTTP load test of a rerank endpoint: latency percentiles per QPS"),
+    "check": ("rayrank.check", "load a model as the job and server would; its family, prompt and each backend's |Δ|"),
+}
+
+# How `rayrank --help` lists the commands: the product first, then the lab.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "batch jobs (Ray Data)": ("rerank", "index", "search", "dense-index", "funnel"),
+    "serving (Ray Serve)": ("serve", "loadtest"),
+    "tools": ("check", "eval"),
+    "model lab": ("compare", "sweep", "finetune", "distill", "distractors"),
 }
 
 
@@ -84,9 +93,10 @@ def _subclasses(kind: type) -> list[type]:
 
 
 def usage() -> str:
-    lines = ["usage: rayrank COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "rayrank COMMAND --help shows a command's options."]
+    lines = ["usage: rayrank COMMAND [ARGS...]"]
+    for group, names in GROUPS.items():
+        lines += ["", f"{group}:"] + [f"  {name:<12} {COMMANDS[name][1]}" for name in names]
+    lines += ["", "rayrank COMMAND --help shows a command's options and their defaults."]
     return "\n".join(lines)
 
 
