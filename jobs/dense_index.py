@@ -1,8 +1,8 @@
 """Dense (single-vector) index build on Ray Data: a corpus (Parquet `doc_id`, `text`) into INDEX_DIR.
 
 The late-interaction index job's machinery, with a bi-encoder in the actors: the same shard plan, row
-validation and errors table (`rayrank.jobs.index._valid_docs`), per-shard commit markers and manifest
-last (`rayrank.jobs._output.JobOutput`), the same actor pool. An actor encodes a shard's documents
+validation and errors table (`rayrank.jobs._docs`), per-shard commit markers and manifest last, the
+same actor pool (`rayrank.jobs._shards`). An actor encodes a shard's documents
 (the model's own pooling, L2-normalised) and writes `shards/SHARD.npy` and `shards/SHARD.parquet`
 before the shard's marker; the driver then drops doc_ids already indexed by an earlier shard (to
 `_errors/`) and writes the manifest. A rerun of a killed build skips committed shards.
@@ -13,18 +13,12 @@ Usage: `rayrank dense-index DOCS INDEX_DIR --model MODEL` or `python -m rayrank.
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import math
 import sys
-import time
-from dataclasses import asdict
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import PositiveInt
 
 import rayrank
@@ -32,11 +26,12 @@ from rayrank.cli import command
 from rayrank.config import ClusterConfig, Columns, StrictModel, load_yaml, merge_flags, parse_config
 from rayrank.funnel.dense import DENSE_FORMAT, shard_files
 from rayrank.index.format import npy_bytes, parquet_bytes, write_bytes_atomic
-from rayrank.io.storage import filesystem, list_parquet, storage_options, write_parquet_atomic
-from rayrank.io.tables import DOC_KEYS, Shard, error_rows, plan_shards, read_footers
-from rayrank.jobs._output import JobOutput, job_identity, steady_rate
-from rayrank.jobs._shards import as_columns, map_units, publish_errors, resume
-from rayrank.jobs.index import _valid_docs
+from rayrank.io.storage import filesystem, write_parquet_atomic
+from rayrank.io.tables import DOC_KEYS, Shard
+from rayrank.jobs._docs import deduplicate, valid_docs
+from rayrank.jobs._output import steady_rate
+from rayrank.jobs._phases import Phases
+from rayrank.jobs._shards import ParquetInput, UnitActor, claim, finish, model_record, run_units
 
 
 class DenseIndexConfig(StrictModel):
@@ -74,133 +69,82 @@ def parse_args(argv: list[str] | None) -> DenseIndexConfig:
     return config
 
 
-class ShardEncoder:
+class ShardEncoder(UnitActor):
     """Ray Data actor: loads the bi-encoder once, then encodes and writes whole shards."""
 
     def __init__(self, config: dict, in_options: dict, out_options: dict, layouts: dict[str, str]) -> None:
-        from rayrank.jobs._ray import quiet_worker
-
         from rayrank.funnel.dense import DenseEncoder
 
-        quiet_worker()
         self.config = DenseIndexConfig.model_validate(config)
+        super().__init__(self.config.output, out_options)
         self.encoder = DenseEncoder(self.config.model, self.config.max_length, self.config.batch_size)
         self.fs_in, _ = filesystem(self.config.input, in_options)
-        self.out = JobOutput(*filesystem(self.config.output, out_options))
         self.layouts = layouts
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return as_columns([self._encode_shard(Shard(**json.loads(s))) for s in batch["shard"]])
-
-    def _encode_shard(self, shard: Shard) -> dict[str, Any]:
-        started, started_at = time.perf_counter(), time.time()
-        out = self.out
-        kept, errors, rows_in = _valid_docs(self.fs_in, shard, self.layouts[shard.path], self.config)
-        vectors = self.encoder.encode(kept["text"].to_pylist())
-        files = shard_files(shard.shard_id)
-        docs = pa.table({"doc_id": kept["doc_id"], "row": pa.array(np.arange(kept.num_rows), pa.int64()),
-                         "_row": kept["_row"]})
-        write_bytes_atomic(out.fs, out.path(files["vectors"]), npy_bytes(vectors))
-        write_bytes_atomic(out.fs, out.path(files["docs"]), parquet_bytes(docs))
-        if errors.num_rows:
-            write_parquet_atomic(errors, out.fs, out.stage("errors", f"{shard.shard_id}.parquet"))
-        stats = {"shard": shard.shard_id, "ordinal": shard.ordinal, "source": shard.path, "rows_in": rows_in,
-                 "docs": kept.num_rows, "dim": self.encoder.dim, "invalid": errors.num_rows, "files": json.dumps(files),
-                 "seconds": time.perf_counter() - started, "started_at": started_at, "finished_at": time.time()}
-        out.commit_unit("shards", shard.shard_id, stats)
-        return stats
-
-
-def deduplicate(out: JobOutput, done: dict[str, dict]) -> list[dict[str, Any]]:
-    """Keep each doc_id in its first shard (plan order); idempotent, so a rerun after a kill agrees."""
-    seen: set[str] = set()
-    entries = []
-    for sid, stats in sorted(done.items(), key=lambda kv: int(kv[1]["ordinal"])):
-        files = json.loads(stats["files"])
-        with out.fs.open(out.path(files["docs"]), "rb") as handle:
-            docs = pq.read_table(io.BytesIO(handle.read()))
-        dup = np.array([d in seen for d in docs["doc_id"].to_pylist()], dtype=bool)
-        if dup.any():
-            dups = docs.filter(pa.array(dup))
-            errors = error_rows(dups.select(["doc_id"]), ["duplicate doc_id: indexed from an earlier shard"] * len(dups),
-                                [stats["source"]] * len(dups), dups["_row"])
-            write_parquet_atomic(errors, out.fs, out.path("_errors", f"duplicates-{sid}.parquet"))
-            docs = docs.filter(pa.array(~dup))
+    def work(self, unit: dict[str, Any], phases: Phases) -> dict[str, Any]:
+        shard, out = Shard(**unit), self.out
+        kept, errors, rows_in = valid_docs(self.fs_in, shard, self.layouts[shard.path], self.config.columns, phases)
+        with phases.timed("model_s"):
+            vectors = self.encoder.encode(kept["text"].to_pylist())
+        with phases.timed("write_s"):
+            files = shard_files(shard.shard_id)
+            docs = pa.table({"doc_id": kept["doc_id"], "row": pa.array(np.arange(kept.num_rows), pa.int64()),
+                             "_row": kept["_row"]})
+            write_bytes_atomic(out.fs, out.path(files["vectors"]), npy_bytes(vectors))
             write_bytes_atomic(out.fs, out.path(files["docs"]), parquet_bytes(docs))
-        seen.update(docs["doc_id"].to_pylist())
-        entries.append({"id": sid, "docs": docs.num_rows, "duplicates": int(dup.sum()), "files": files})
-    return entries
+            if errors.num_rows:
+                write_parquet_atomic(errors, out.fs, out.stage("errors", f"{shard.shard_id}.parquet"))
+        return {"shard": shard.shard_id, "ordinal": shard.ordinal, "source": shard.path, "rows_in": rows_in,
+                "docs": kept.num_rows, "dim": self.encoder.dim, "invalid": errors.num_rows, "files": json.dumps(files)}
 
 
 def run(config: DenseIndexConfig) -> dict[str, Any]:
     """Run (or resume) the build and return its manifest."""
-    started_at, started = datetime.now(timezone.utc), time.perf_counter()
-    in_options = storage_options(config.storage, config.input)
-    out_options = storage_options(config.storage, config.output)
-    fs_in, in_root = filesystem(config.input, in_options)
-    fs_out, out_root = filesystem(config.output, out_options)
-    files = list_parquet(fs_in, in_root)
-    groups, layouts = read_footers(fs_in, files, config.columns, DOC_KEYS)
-    total_rows = sum(sum(counts) for counts in groups.values())
+    source = ParquetInput.open(config, DOC_KEYS)
     resolved = rayrank.resolve_model(config.model)
-    identity = {"kind": "dense-index", "inputs": [(f, fs_in.size(f)) for f in files],
+    identity = {"kind": "dense-index", "inputs": source.sizes,
                 **config.model_dump(include={"model", "max_length", "columns", "shard_rows"})}
-    job_id = job_identity(identity)
-    out = JobOutput(fs_out, out_root)
-    target = min(config.shard_rows, max(1, math.ceil(total_rows / (4 * config.cluster.actors[1]))))
-    state = out.prepare(job_id, {"shard_rows": target, "started": started_at.isoformat()}, config.overwrite)
-    if (manifest := out.manifest()) is not None:
-        out.cleanup()
-        return manifest
-
-    shards = plan_shards(fs_in, groups, state["shard_rows"])
-    done, reused = resume(out, [s.shard_id for s in shards], "rows_in", "dense-index", "docs")
-    todo = [s for s in shards if s.shard_id not in done]
+    job = claim("dense-index", config.output, source.out_options, identity,
+                {"shard_rows": source.shard_rows(config.shard_rows, config.cluster.actors[1])}, config.overwrite)
+    if job.finished is not None:
+        return job.finished
 
     from rayrank.jobs._ray import connect
 
     connect(config.cluster.address)
-    encode_started = time.perf_counter()
-    encoded_now = 0
-    kwargs = {"config": config.model_dump(), "in_options": in_options, "out_options": out_options,
-              "layouts": layouts}
-    for row in map_units([json.dumps(asdict(s)) for s in todo], ShardEncoder, config.cluster, kwargs) if todo else []:
-        done[row["shard"]] = row
-        encoded_now += int(row["docs"])
-        print(f"[dense-index] shards {len(done)}/{len(shards)}  docs {reused + encoded_now:,}", file=sys.stderr)
-    encode_seconds = time.perf_counter() - encode_started
-
-    entries = deduplicate(out, done)
-    publish_errors(out, list(done))
-    dim = max((int(s["dim"]) for s in done.values()), default=0)
-    invalid = sum(int(s["invalid"]) for s in done.values())
-    duplicates = sum(e["duplicates"] for e in entries)
-    docs = sum(e["docs"] for e in entries)
+    kwargs = {"config": config.model_dump(), "in_options": source.in_options, "out_options": source.out_options,
+              "layouts": source.layouts}
+    encoded = run_units(job, "dense-index", source.shards(job.state["shard_rows"]), ShardEncoder, config.cluster,
+                        kwargs)
+    shards = deduplicate(job.out, encoded.done, lambda files: files["docs"], lambda sid, dups: dups["_row"])
+    dim = max((int(s["dim"]) for s in encoded.done.values()), default=0)
+    invalid = sum(int(s["invalid"]) for s in encoded.done.values())
+    duplicates = sum(s.duplicates for s in shards)
+    docs = sum(s.docs.num_rows for s in shards)
+    encoded_now = sum(int(s["docs"]) for s in encoded.this_run)
     manifest = {
-        "format": DENSE_FORMAT, "job_id": job_id, "rayrank_version": rayrank.__version__,
-        "model": {"name": resolved.name, "source": resolved.source, "path": str(resolved.path)},
-        "dim": dim, "dtype": "float32", "normalized": True, "input": config.input, "output": config.output,
-        "counts": {"rows_in": sum(int(s["rows_in"]) for s in done.values()), "docs_indexed": docs,
+        "format": DENSE_FORMAT, "model": model_record(resolved), "dim": dim, "dtype": "float32", "normalized": True,
+        "input": config.input, "output": config.output,
+        "counts": {"rows_in": sum(int(s["rows_in"]) for s in encoded.done.values()), "docs_indexed": docs,
                    "rows_rejected": invalid + duplicates, "rows_invalid": invalid, "rows_duplicate": duplicates,
-                   "rows_reused": reused},
-        "timings": {"started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
-                    "elapsed_s": round(time.perf_counter() - started, 3), "encoding_s": round(encode_seconds, 3),
-                    "docs_per_s": round(encoded_now / encode_seconds, 2) if encoded_now else None,
-                    "steady_docs_per_s": steady_rate([done[s.shard_id] for s in todo], "docs")},
-        "config": config.model_dump(exclude={"storage"}),
-        "shards": entries,
+                   "rows_reused": encoded.reused},
+        "shards": [{"id": s.id, "docs": s.docs.num_rows, "duplicates": s.duplicates, "files": s.files} for s in shards],
     }
-    out.finish(manifest)
-    return manifest
+    return finish(job, config, manifest, encoding_s=round(encoded.seconds, 3),
+                  docs_per_s=round(encoded_now / encoded.seconds, 2) if encoded_now else None,
+                  steady_docs_per_s=steady_rate(encoded.this_run, "docs"))
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    c, t = manifest["counts"], manifest["timings"]
+    return (f"rayrank dense-index: {manifest['output']}\n  {c['docs_indexed']:,} documents indexed (dim "
+            f"{manifest['dim']}, {manifest['model']['name']}); {c['rows_rejected']:,} rows rejected; "
+            f"reused {c['rows_reused']:,}\n  elapsed {t['elapsed_s']:.1f} s")
 
 
 @command("dense-index")
 def main(argv: list[str] | None = None) -> int:
-    manifest = run(parse_args(argv))
-    c, t = manifest["counts"], manifest["timings"]
-    print(f"rayrank dense-index: {manifest['output']}\n  {c['docs_indexed']:,} documents indexed (dim "
-          f"{manifest['dim']}, {manifest['model']['name']}); {c['rows_rejected']:,} rows rejected; "
-          f"reused {c['rows_reused']:,}\n  elapsed {t['elapsed_s']:.1f} s")
+    print(summary(run(parse_args(argv))))
     return 0
 
 

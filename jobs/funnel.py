@@ -21,21 +21,19 @@ import hashlib
 import json
 import sys
 import threading
-import time
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-import rayrank
 from rayrank.cli import command
 from rayrank.config import Columns, IndexJobConfig
 from rayrank.funnel.config import DenseStage, FunnelConfig, LateInteractionStage, RerankStage, load_funnel_config
 from rayrank.io.storage import filesystem, join, list_parquet, read_json, storage_options, write_parquet_atomic
 from rayrank.io.tables import QUERY_KEYS, read_unique
-from rayrank.jobs._output import JobOutput, job_identity, steady_rate
-from rayrank.jobs._shards import as_columns, map_units, resume
+from rayrank.jobs._output import JobOutput, steady_rate
+from rayrank.jobs._phases import Phases
+from rayrank.jobs._shards import UnitActor, claim, finish, run_units
 
 RESULT_FIELDS = [("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32()), ("rank", pa.int32())]
 
@@ -82,7 +80,7 @@ def with_stage_ranks(final: pa.Table, query_ids: list[str], earlier: dict[str, l
     return final.append_column("stage_ranks", pa.StructArray.from_arrays(list(fields.values()), list(fields)))
 
 
-class ShardFunnel:
+class ShardFunnel(UnitActor):
     """Ray Data actor: builds every stage once, then runs whole shards of queries through them.
 
     Ray Data runs several shard calls at once here (jobs/_ray.py); they take turns through the stages,
@@ -90,45 +88,38 @@ class ShardFunnel:
     """
 
     def __init__(self, config: dict, output: str, out_options: dict) -> None:
-        from rayrank.jobs._ray import quiet_worker
-
         from rayrank.funnel.stages import Funnel
 
-        quiet_worker()
+        super().__init__(output, out_options)
         self.funnel = Funnel(FunnelConfig.model_validate(config))
-        self.out = JobOutput(*filesystem(output, out_options))
         self._turn = threading.Lock()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return as_columns([self._run_shard(json.loads(s)) for s in batch["shard"]])
-
-    def _run_shard(self, shard: dict[str, Any]) -> dict[str, Any]:
-        started_at = time.time()
-        out, name = self.out, f"part-{shard['ordinal']:05d}.parquet"
+    def work(self, unit: dict[str, Any], phases: Phases) -> dict[str, Any]:
+        out, name = self.out, f"part-{unit['ordinal']:05d}.parquet"
         with self._turn:
-            result = self.funnel.run(shard["queries"])
-        qids = shard["query_ids"]
-        for stage, rankings in result.rankings.items():
-            write_parquet_atomic(ranking_table(qids, rankings), out.fs, out.path("stages", stage, name))
-        final = self.funnel.final
-        earlier = {n: r for n, r in result.rankings.items() if n != final}
-        write_parquet_atomic(with_stage_ranks(ranking_table(qids, result.rankings[final]), qids, earlier),
-                             out.fs, out.path(name))
-        stats = {"shard": shard["shard_id"], "queries": len(qids), "started_at": started_at,
-                 "finished_at": time.time(),
-                 "stages": json.dumps({n: {"seconds": result.seconds[n], "rows": sum(len(r.doc_ids) for r in rs),
-                                           "counts": result.counts[n]} for n, rs in result.rankings.items()})}
-        out.commit_unit("shards", shard["shard_id"], stats)
-        return stats
+            result = self.funnel.run(unit["queries"])
+        qids = unit["query_ids"]
+        with phases.timed("write_s"):
+            for stage, rankings in result.rankings.items():
+                write_parquet_atomic(ranking_table(qids, rankings), out.fs, out.path("stages", stage, name))
+            final = self.funnel.final
+            earlier = {n: r for n, r in result.rankings.items() if n != final}
+            write_parquet_atomic(with_stage_ranks(ranking_table(qids, result.rankings[final]), qids, earlier),
+                                 out.fs, out.path(name))
+        return {"shard": unit["shard_id"], "queries": len(qids),
+                "stages": json.dumps({n: {"seconds": result.seconds[n], "rows": sum(len(r.doc_ids) for r in rs),
+                                          "counts": result.counts[n]} for n, rs in result.rankings.items()})}
 
 
-def plan_query_shards(query_ids: list[str], queries: list[str], size: int) -> list[dict[str, Any]]:
-    """Consecutive runs of `size` queries; a shard's id hashes its query ids, so a rerun finds it."""
-    shards = []
+def plan_query_shards(query_ids: list[str], queries: list[str], size: int) -> dict[str, str]:
+    """{shard id: unit} of consecutive runs of `size` queries; a shard's id hashes its query ids, so a rerun
+    finds it."""
+    shards = {}
     for ordinal, start in enumerate(range(0, len(query_ids), size)):
         ids = query_ids[start:start + size]
         shard_id = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
-        shards.append({"ordinal": ordinal, "shard_id": shard_id, "query_ids": ids, "queries": queries[start:start + size]})
+        shards[shard_id] = json.dumps({"ordinal": ordinal, "shard_id": shard_id, "query_ids": ids,
+                                       "queries": queries[start:start + size]})
     return shards
 
 
@@ -164,44 +155,43 @@ def build_missing_indexes(config: FunnelConfig, out: JobOutput) -> dict[str, str
 
 def run(config: FunnelConfig, queries_path: str, output: str) -> dict[str, Any]:
     """Run (or resume) the funnel over QUERIES into OUTPUT and return the manifest."""
-    started_at, started = datetime.now(timezone.utc), time.perf_counter()
     in_fs, in_root = filesystem(queries_path, storage_options(config.storage, queries_path))
     files = list_parquet(in_fs, in_root)
     queries, errors, rows_in = read_unique(in_fs, files, Columns(), QUERY_KEYS, "query_id")
     out_options = storage_options(config.storage, output)
-    out = JobOutput(*filesystem(output, out_options))
     identity = {"kind": "funnel", "inputs": [(f, in_fs.size(f)) for f in files],
                 **config.model_dump(include={"corpus", "stages", "shard_queries"})}
-    job_id = job_identity(identity)
-    state = out.prepare(job_id, {"shard_queries": config.shard_queries, "started": started_at.isoformat()},
-                        config.overwrite)
-    if (manifest := out.manifest()) is not None:
-        out.cleanup()
-        print(f"[funnel] {output} already holds this job's finished results; nothing to do.", file=sys.stderr)
-        return manifest
+    job = claim("funnel", output, out_options, identity, {"shard_queries": config.shard_queries}, config.overwrite)
+    if job.finished is not None:
+        return job.finished
     if errors.num_rows:
-        write_parquet_atomic(errors, out.fs, out.path("_errors", "invalid-queries.parquet"))
+        write_parquet_atomic(errors, job.out.fs, job.out.path("_errors", "invalid-queries.parquet"))
 
     from rayrank.funnel.stages import check_indexes
     from rayrank.jobs._ray import connect
 
     check_indexes(config)  # here, not in every actor that builds the stages
     connect(config.cluster.address)
-    indexes = build_missing_indexes(config, out)
-    shards = plan_query_shards(queries["query_id"].to_pylist(), queries["query"].to_pylist(), state["shard_queries"])
-    done, reused = resume(out, [s["shard_id"] for s in shards], "queries", "funnel", "queries")
-    todo = [s for s in shards if s["shard_id"] not in done]
-    run_started = time.perf_counter()
+    indexes = build_missing_indexes(config, job.out)
+    shards = plan_query_shards(queries["query_id"].to_pylist(), queries["query"].to_pylist(),
+                               job.state["shard_queries"])
     kwargs = {"config": config.model_dump(), "output": output, "out_options": out_options}
-    for row in map_units([json.dumps(s) for s in todo], ShardFunnel, config.cluster, kwargs) if todo else []:
-        done[row["shard"]] = row
-        print(f"[funnel] shards {len(done)}/{len(shards)}", file=sys.stderr)
-    run_seconds = time.perf_counter() - run_started
+    ran = run_units(job, "funnel", shards, ShardFunnel, config.cluster, kwargs, "queries", "queries")
+    manifest = {
+        "kind": "funnel", "input": queries_path, "output": output, "final_stage": config.stages[-1].name,
+        "counts": {"rows_in": rows_in, "queries": queries.num_rows, "rows_rejected": errors.num_rows,
+                   "queries_reused": ran.reused, "shards": len(shards)},
+        "stages": stage_totals(config, list(ran.done.values()), queries.num_rows, indexes),
+    }
+    return finish(job, config, manifest, funnel_s=round(ran.seconds, 3),
+                  steady_queries_per_s=steady_rate(ran.this_run, "queries"))
 
-    this_run = [done[s["shard_id"]] for s in todo]
+
+def stage_totals(config: FunnelConfig, shards: list[dict], queries: int, indexes: dict[str, str]) -> dict[str, dict]:
+    """The manifest's per-stage rows, seconds, queries/s and counts, summed over the shards' markers."""
     stages = {}
     for stage in config.stages:
-        per_shard = [json.loads(d["stages"])[stage.name] for d in done.values()]
+        per_shard = [json.loads(d["stages"])[stage.name] for d in shards]
         seconds = sum(s["seconds"] for s in per_shard)
         counts: dict[str, int] = {}
         for s in per_shard:
@@ -209,21 +199,9 @@ def run(config: FunnelConfig, queries_path: str, output: str) -> dict[str, Any]:
                 counts[key] = counts.get(key, 0) + int(value)
         stages[stage.name] = {"kind": stage.kind, "k": stage.k, "rows": sum(int(s["rows"]) for s in per_shard),
                               "seconds": round(seconds, 3),
-                              "queries_per_s": round(queries.num_rows / seconds, 2) if seconds else None,
-                              "counts": counts, **({"index": indexes[stage.name]} if stage.name in indexes else {})}
-    manifest = {
-        "job_id": job_id, "rayrank_version": rayrank.__version__, "kind": "funnel",
-        "input": queries_path, "output": output, "final_stage": config.stages[-1].name,
-        "counts": {"rows_in": rows_in, "queries": queries.num_rows, "rows_rejected": errors.num_rows,
-                   "queries_reused": reused, "shards": len(shards)},
-        "stages": stages,
-        "timings": {"started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
-                    "elapsed_s": round(time.perf_counter() - started, 3), "funnel_s": round(run_seconds, 3),
-                    "steady_queries_per_s": steady_rate(this_run, "queries")},
-        "config": config.model_dump(exclude={"storage"}),
-    }
-    out.finish(manifest)
-    return manifest
+                              "queries_per_s": round(queries / seconds, 2) if seconds else None, "counts": counts,
+                              **({"index": indexes[stage.name]} if stage.name in indexes else {})}
+    return stages
 
 
 def summary(manifest: dict[str, Any]) -> str:

@@ -17,16 +17,11 @@ Usage: `rayrank rerank INPUT OUTPUT [options]` or `python -m rayrank.jobs.rerank
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import sys
-import time
-from dataclasses import asdict
-from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 import rayrank
@@ -34,12 +29,12 @@ from rayrank.cli import command
 from rayrank.config import RerankJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index.format import check_model, read_manifest
 from rayrank.io.staging import pack_buckets, read_piece
-from rayrank.io.storage import (count_requests, filesystem, join, list_parquet, put_atomic, retrying, storage_options,
+from rayrank.io.storage import (count_requests, filesystem, join, put_atomic, retrying, storage_options,
                                 write_json_atomic, write_parquet_atomic)
-from rayrank.io.tables import Shard, bucket_of, plan_shards, rank_queries, read_footers, read_shard, split_valid
-from rayrank.jobs._output import JobOutput, job_identity, steady_rate
-from rayrank.jobs._phases import ModelGate, Phases, phase_line, split_cpus, summarize
-from rayrank.jobs._shards import map_units
+from rayrank.io.tables import Shard, bucket_of, rank_queries, read_shard, split_valid
+from rayrank.jobs._output import JobOutput, steady_rate
+from rayrank.jobs._phases import Phases, phase_line, summarize
+from rayrank.jobs._shards import Claim, ParquetInput, UnitActor, claim, finish, model_record, run_units
 from rayrank.models import resolve_model
 from rayrank.reranker import resolve_engine
 
@@ -81,52 +76,27 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     return config
 
 
-class ShardScorer:
-    """Ray Data actor: loads the model once, then validates, scores and stages whole shards.
-
-    Ray Data calls it from several threads at once (`cluster.prefetch_shards`); the model gate lets
-    one call use the model while the others read, validate, tokenize or write.
-    """
+class ShardScorer(UnitActor):
+    """Ray Data actor: loads the model once, then validates, scores and stages whole shards."""
 
     def __init__(self, config: dict, in_options: dict, out_options: dict, buckets: int,
                  layouts: dict[str, str], index_options: dict | None = None) -> None:
-        from rayrank.jobs._ray import actor_id, quiet_worker
-
-        quiet_worker()
         self.config = RerankJobConfig.model_validate(config)
-        cluster = self.config.cluster
-        split_cpus(cluster.cpus_per_actor, self.config.engine.threads, cluster.prefetch_shards)
-        self.reranker = rayrank.Reranker.from_config(self.config.engine)
-        self.gate = ModelGate(self.reranker.scorer)
+        super().__init__(self.config.output, out_options)
+        self.reranker = self.load_engine(self.config.engine, self.config.cluster)
         self.fs_in, _ = filesystem(self.config.input, in_options)
-        fs_out, root = filesystem(self.config.output, out_options)
-        self.out = JobOutput(fs_out, root)
-        self.requests = count_requests(self.fs_in, fs_out)
-        self.actor = actor_id()
+        self.requests = count_requests(self.fs_in, self.out.fs)
         self.buckets, self.layouts = buckets, layouts
         self.index = None
-        if self.config.index:  # documents come from the index; only queries (and misses) are encoded
+        if self.config.index:  # documents come from the index (its model checked by the driver); queries are encoded
             from rayrank.index import IndexReader
 
             self.index = IndexReader(self.config.index, index_options)
-            self.index.check_model(self.reranker.resolved.name)
-        # Everything loaded so far lives as long as the actor: the collector need not walk it again after
-        # each shard's ~40,000 new lists and encodings (measured: 7-15% of a tokenizer-heavy shard).
-        gc.freeze()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        stats = [self._score_shard(Shard(**json.loads(s))) for s in batch["shard"]]
-        return {key: [s[key] for s in stats] for key in stats[0]}
-
-    def _score_shard(self, shard: Shard) -> dict[str, Any]:
-        phases = Phases()
-        with self.gate.shard(phases):
-            return self._run_shard(shard, phases)
-
-    def _run_shard(self, shard: Shard, phases: Phases) -> dict[str, Any]:
+    def work(self, unit: dict[str, Any], phases: Phases) -> dict[str, Any]:
         from rayrank.jobs._ray import node_id
 
-        started, started_at = time.perf_counter(), time.time()
+        shard = Shard(**unit)
         fs, sid = self.out.fs, shard.shard_id
         # An attempt marker without a commit marker means an earlier attempt died (killed job, lost node).
         attempt = self.out.stage("attempts", f"{sid}.json")
@@ -160,14 +130,12 @@ class ShardScorer:
                 retrying(f"staging the errors of shard {sid} to {path}", lambda: write_parquet_atomic(errors, fs, path))
         stats = {"shard": sid, "rows_in": table.num_rows + layout_errors.num_rows,
                  "valid": valid.num_rows, "invalid": errors.num_rows, "truncated": result.truncated,
-                 "seconds": time.perf_counter() - started, "started_at": started_at, "finished_at": time.time(),
-                 "node": node_id(), "actor": self.actor, "retried": retried, **phases.as_stats(),
+                 "node": node_id(), "retried": retried,
                  # {bucket: [start, end]} byte ranges of the staged object; the actor's requests so far.
                  "pieces": json.dumps(pieces), "staged_objects": 1 + bool(errors.num_rows),
                  "actor_requests": self.requests()}
         if index_missing is not None:
             stats["index_missing"] = index_missing
-        retrying(f"committing shard {sid}", lambda: self.out.commit_unit("shards", sid, stats))
         return stats
 
 
@@ -213,120 +181,75 @@ def pieces_by_bucket(shards: dict[str, dict[str, Any]]) -> dict[int, list[tuple[
     return pieces
 
 
-def _progress(done: int, total: int, rows: int, started: float) -> None:
-    rate = rows / max(time.perf_counter() - started, 1e-9)
-    end = "" if sys.stderr.isatty() else "\n"  # redraw in place on a terminal, one line each in logs
-    print(f"\r[rerank] shards {done}/{total}  rows {rows:,}  {rate:,.1f} pairs/s", end=end, file=sys.stderr,
-          flush=True)
-
-
 def run(config: RerankJobConfig) -> dict[str, Any]:
     """Run (or resume) the job and return its manifest."""
-    started_at, started = datetime.now(timezone.utc), time.perf_counter()
     in_options = storage_options(config.storage, config.input)
     out_options = storage_options(config.storage, config.output)
-    fs_in, in_root = filesystem(config.input, in_options)
-    fs_out, out_root = filesystem(config.output, out_options)
-    driver_requests = count_requests(fs_in, fs_out)
+    driver_requests = count_requests(filesystem(config.input, in_options)[0], filesystem(config.output, out_options)[0])
     requests_before = driver_requests()
-    files = list_parquet(fs_in, in_root)
-    groups, layouts = read_footers(fs_in, files, config.columns)
-    total_rows = sum(sum(counts) for counts in groups.values())
+    source = ParquetInput.open(config)
     resolved = resolve_model(config.engine.model_name)
     if config.index:  # here, not in every actor that opens the index
         fs_index, index_root = filesystem(config.index, storage_options(config.storage, config.index))
         check_model(read_manifest(fs_index, index_root), config.index, resolved.name)
-
-    identity = {"inputs": [(f, fs_in.size(f)) for f in files], "engine": config.engine.model_dump(),
+    identity = {"inputs": source.sizes, "engine": config.engine.model_dump(),
                 "columns": config.columns.model_dump(), "top_n": config.top_n, "keep_text": config.keep_text,
                 "shard_rows": config.shard_rows, **({"index": config.index} if config.index else {})}
-    job_id = job_identity(identity)
-    out = JobOutput(fs_out, out_root)
-    # At least 4 shards per actor keeps the pool busy and makes resume fine-grained; the plan is
-    # stored so that a rerun with other --actors still finds the shards it committed.
-    target = min(config.shard_rows, max(1, math.ceil(total_rows / (4 * config.cluster.actors[1]))))
-    state = out.prepare(job_id, {"buckets": max(1, math.ceil(total_rows / config.rows_per_output_file)),
-                                 "shard_rows": target, "started": started_at.isoformat()}, config.overwrite)
-    if (manifest := out.manifest()) is not None:
-        out.cleanup()
-        print(f"[rerank] {config.output} already holds this job's finished results; nothing to do.", file=sys.stderr)
-        return manifest
+    job = claim("rerank", config.output, out_options, identity,
+                {"buckets": max(1, math.ceil(source.rows / config.rows_per_output_file)),
+                 "shard_rows": source.shard_rows(config.shard_rows, config.cluster.actors[1])}, config.overwrite)
+    if job.finished is not None:
+        return job.finished
     # backend: auto is measured (or read from its cache) once, here, so every actor runs the same setting;
     # the job's identity keeps "auto", so a resume on this machine finds its work.
     engine, backend_choice = resolve_engine(config.engine, resolved)
     config = config.model_copy(update={"engine": engine})
 
-    buckets = state["buckets"]
-    shards = plan_shards(fs_in, groups, state["shard_rows"])
-    planned = {s.shard_id for s in shards}
-    done = {k: v for k, v in out.committed("shards").items() if k in planned}
-    todo = [s for s in shards if s.shard_id not in done]
-    reused = sum(d["rows_in"] for d in done.values())
-    if done:
-        print(f"[rerank] resuming: {len(done)} of {len(shards)} shards already scored; reusing {reused:,} rows",
-              file=sys.stderr)
-
-    import ray
-
     from rayrank.jobs._ray import alive_nodes, connect
 
     connect(config.cluster.address)
     nodes_at_start = alive_nodes()
-    score_started = time.perf_counter()
-    scored_now = 0
-    if todo:
-        kwargs = {"config": config.model_dump(), "in_options": in_options, "out_options": out_options,
-                  "buckets": buckets, "layouts": layouts,
-                  "index_options": storage_options(config.storage, config.index or "")}
-        for row in map_units([json.dumps(asdict(s)) for s in todo], ShardScorer, config.cluster, kwargs):
-            done[row["shard"]] = row
-            scored_now += int(row["rows_in"])
-            _progress(len(done), len(shards), reused + scored_now, score_started)
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
-    score_seconds = time.perf_counter() - score_started
+    kwargs = {"config": config.model_dump(), "in_options": in_options, "out_options": out_options,
+              "buckets": job.state["buckets"], "layouts": source.layouts,
+              "index_options": storage_options(config.storage, config.index or "")}
+    scored = run_units(job, "rerank", source.shards(job.state["shard_rows"]), ShardScorer, config.cluster, kwargs)
+    ranked, rank_requests = rank_buckets(job, config, out_options, scored.done)
 
-    ranked = out.committed("buckets")
-    pieces = pieces_by_bucket(done)
-    task = ray.remote(num_cpus=0.5, max_retries=5)(rank_bucket)
-    pending = [task.remote(config.model_dump(), out_options, b, pieces.get(b, []))
-               for b in range(buckets) if f"{b:05d}" not in ranked]
-    rank_requests = 0
-    for stats in ray.get(pending):
-        ranked[f"{stats['bucket']:05d}"] = stats
-        rank_requests += int(stats["requests"])
-    for sid in sorted(done):
-        staged = out.stage("errors", f"{sid}.parquet")
-        if fs_out.exists(staged):
-            fs_out.makedirs(out.path("_errors"), exist_ok=True)
-            fs_out.mv(staged, out.path("_errors", f"invalid-{sid}.parquet"))
-
-    counts = _counts(done, ranked)
-    todo_ids = {s.shard_id for s in todo}
-    this_run = [d for sid, d in done.items() if sid in todo_ids]
+    counts, this_run = _counts(scored.done, ranked), scored.this_run
+    scored_now = sum(int(d["rows_in"]) for d in this_run)
     cluster = {"nodes_used": len({d["node"] for d in this_run}), "nodes_lost": sorted(nodes_at_start - alive_nodes()),
                "shards_retried": sum(bool(d["retried"]) for d in this_run)}
-    elapsed = time.perf_counter() - started
-    storage = _storage(this_run, rank_requests, driver_requests() - requests_before,
-                       counts["rows_in"], fs_out)
     manifest = {
-        "job_id": job_id, "rayrank_version": rayrank.__version__,
-        "model": {"name": resolved.name, "source": resolved.source, "path": str(resolved.path)},
-        "scorer": config.engine.scorer, "backend": config.engine.backend, "dtype": config.engine.dtype,
-        "quantize": config.engine.quantize, "backend_choice": backend_choice,
-        "input": config.input, "output": config.output, "input_files": len(files), "shards": len(shards),
-        "counts": {**counts, "rows_reused": reused}, "cluster": cluster,
-        "timings": {"started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
-                    "elapsed_s": round(elapsed, 3), "scoring_s": round(score_seconds, 3),
-                    "pairs_per_s": round(scored_now / score_seconds, 2) if scored_now else None,
-                    "steady_pairs_per_s": steady_rate(this_run)},
-        "phases": summarize(this_run), "storage": storage,
-        "config": config.model_dump(exclude={"storage"}),
-        "files": sorted(p.rsplit("/", 1)[-1] for p in fs_out.ls(out_root, detail=False)
+        "model": model_record(resolved), "scorer": config.engine.scorer, "backend": config.engine.backend,
+        "dtype": config.engine.dtype, "quantize": config.engine.quantize, "backend_choice": backend_choice,
+        "input": config.input, "output": config.output, "input_files": len(source.files), "shards": len(scored.done),
+        "counts": {**counts, "rows_reused": scored.reused}, "cluster": cluster, "phases": summarize(this_run),
+        "storage": _storage(this_run, rank_requests, driver_requests() - requests_before, counts["rows_in"],
+                            job.out.fs),
+        "files": sorted(p.rsplit("/", 1)[-1] for p in job.out.fs.ls(job.out.root, detail=False)
                         if p.rsplit("/", 1)[-1].startswith("part-")),
     }
-    out.finish(manifest)
-    return manifest
+    return finish(job, config, manifest, scoring_s=round(scored.seconds, 3),
+                  pairs_per_s=round(scored_now / scored.seconds, 2) if scored_now else None,
+                  steady_pairs_per_s=steady_rate(this_run))
+
+
+def rank_buckets(job: Claim, config: RerankJobConfig, out_options: dict, shards: dict[str, dict]
+                 ) -> tuple[dict[str, dict], int]:
+    """Phase 2: rank every bucket not yet committed (one Ray task each); (every bucket's marker, the tasks'
+    object-store requests)."""
+    import ray
+
+    ranked = job.out.committed("buckets")
+    pieces = pieces_by_bucket(shards)
+    task = ray.remote(num_cpus=0.5, max_retries=5)(rank_bucket)
+    pending = [task.remote(config.model_dump(), out_options, b, pieces.get(b, []))
+               for b in range(job.state["buckets"]) if f"{b:05d}" not in ranked]
+    requests = 0
+    for stats in ray.get(pending):
+        ranked[f"{stats['bucket']:05d}"] = stats
+        requests += int(stats["requests"])
+    return ranked, requests
 
 
 def _storage(this_run: list[dict], rank_requests: int, driver_requests: int, rows: int, fs) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from rayrank.config import SearchJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index import IndexReader, IvfSearcher, exact_search
 from rayrank.io.storage import filesystem, list_parquet, storage_options, write_parquet_atomic
 from rayrank.io.tables import QUERY_KEYS, read_unique
-from rayrank.jobs._output import JobOutput, job_identity
+from rayrank.jobs._shards import claim, finish
 
 RESULT_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32()),
                            ("rank", pa.int32())])
@@ -64,23 +63,17 @@ def read_queries(config: SearchJobConfig, options: dict) -> tuple[pa.Table, pa.T
 
 
 def run(config: SearchJobConfig) -> dict[str, Any]:
-    started_at, started = datetime.now(timezone.utc), time.perf_counter()
-    index_options = storage_options(config.storage, config.index)
-    reader = IndexReader(config.index, index_options)
+    """Run the search (one unit: every query) and return its manifest; a rerun of a finished one does nothing."""
+    reader = IndexReader(config.index, storage_options(config.storage, config.index))
     engine = config.engine.model_copy(update={"model": config.engine.model or reader.manifest["model"]["name"]})
     reader.check_model(rayrank.resolve_model(engine.model_name).name)
     queries, errors, rows_in = read_queries(config, storage_options(config.storage, config.input))
-
-    out_options = storage_options(config.storage, config.output)
-    fs_out, out_root = filesystem(config.output, out_options)
-    out = JobOutput(fs_out, out_root)
     identity = {"kind": "search", "index": reader.manifest["job_id"], "input": config.input,
                 **config.model_dump(include={"k", "method", "nprobe", "candidates"}), "engine": engine.model_dump()}
-    job_id = job_identity(identity)
-    out.prepare(job_id, {"started": started_at.isoformat()}, config.overwrite)
-    if (manifest := out.manifest()) is not None:
-        out.cleanup()
-        return manifest
+    job = claim("search", config.output, storage_options(config.storage, config.output), identity, {},
+                config.overwrite)
+    if job.finished is not None:
+        return job.finished
 
     scorer = rayrank.Reranker.from_config(engine).scorer
     encode_started = time.perf_counter()
@@ -99,34 +92,30 @@ def run(config: SearchJobConfig) -> dict[str, Any]:
         "rank": np.concatenate([np.arange(1, len(ids) + 1) for ids, _ in hits]).astype(np.int32)
         if hits else np.empty(0, np.int32),
     }, schema=RESULT_SCHEMA)
-    write_parquet_atomic(result, fs_out, out.path("part-00000.parquet"))
+    write_parquet_atomic(result, job.out.fs, job.out.path("part-00000.parquet"))
     if errors.num_rows:
-        write_parquet_atomic(errors, fs_out, out.path("_errors", "invalid-queries.parquet"))
+        write_parquet_atomic(errors, job.out.fs, job.out.path("_errors", "invalid-queries.parquet"))
     manifest = {
-        "job_id": job_id, "rayrank_version": rayrank.__version__, "kind": "search",
-        "index": config.index, "index_job_id": reader.manifest["job_id"], "model": reader.manifest["model"],
-        "method": config.method, "k": config.k, "input": config.input, "output": config.output,
+        "kind": "search", "index": config.index, "index_job_id": reader.manifest["job_id"],
+        "model": reader.manifest["model"], "method": config.method, "k": config.k, "input": config.input,
+        "output": config.output, "files": ["part-00000.parquet"],
         "counts": {"rows_in": rows_in, "queries": len(qids), "rows_rejected": errors.num_rows,
                    "rows_written": result.num_rows, "index_docs": len(reader)},
-        "timings": {"started": started_at.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-                    "elapsed_s": round(time.perf_counter() - started, 3),
-                    "query_encoding_s": round(search_started - encode_started, 3),
-                    "search_s": round(search_seconds, 3),
-                    "ms_per_query": round(1000 * search_seconds / max(len(qids), 1), 2)},
-        "config": config.model_dump(exclude={"storage"}),
-        "files": ["part-00000.parquet"],
     }
-    out.finish(manifest)
-    return manifest
+    return finish(job, config, manifest, query_encoding_s=round(search_started - encode_started, 3),
+                  search_s=round(search_seconds, 3), ms_per_query=round(1000 * search_seconds / max(len(qids), 1), 2))
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    c, t = manifest["counts"], manifest["timings"]
+    return (f"rayrank search: {manifest['output']}\n  {c['queries']:,} queries x {c['index_docs']:,} documents "
+            f"({manifest['method']}), top {manifest['k']}; {c['rows_rejected']:,} rows rejected\n"
+            f"  search {t['search_s']:.1f} s ({t['ms_per_query']:.1f} ms/query), elapsed {t['elapsed_s']:.1f} s")
 
 
 @command("search")
 def main(argv: list[str] | None = None) -> int:
-    manifest = run(parse_args(argv))
-    c, t = manifest["counts"], manifest["timings"]
-    print(f"rayrank search: {manifest['output']}\n  {c['queries']:,} queries x {c['index_docs']:,} documents "
-          f"({manifest['method']}), top {manifest['k']}; {c['rows_rejected']:,} rows rejected\n"
-          f"  search {t['search_s']:.1f} s ({t['ms_per_query']:.1f} ms/query), elapsed {t['elapsed_s']:.1f} s")
+    print(summary(run(parse_args(argv))))
     return 0
 
 
