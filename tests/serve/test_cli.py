@@ -101,3 +101,57 @@ def test_rayrank_serve_runs_joined_to_a_cluster_and_stops_on_sigint(ray_cluster,
         assert len(body["results"]) == 2
     finally:
         stop(proc)
+
+
+def write_search_config(tmp_path: Path, corpus: Path, reranker: Path) -> Path:
+    """A Serve config running the search funnel (BM25 -> the tiny cross-encoder) on a tiny corpus."""
+    stages = [{"kind": "bm25", "name": "bm25", "k": 20, "stemmer": "none"},
+              {"kind": "rerank", "name": "rerank", "k": 5, "engine": {"model": str(reranker), "scorer": "cross-encoder"}}]
+    config = {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": 8000},
+              "applications": [{"name": "search", "route_prefix": "/",
+                                "import_path": "rayrank.ray_app.search:build_search_app",
+                                "args": {"funnel": {"corpus": {"path": str(corpus)}, "stages": stages},
+                                         "deployments": {"bm25": {"num_cpus": 0}, "rerank": {"num_cpus": 0}},
+                                         "ingress": {"num_cpus": 0}}}]}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_app_kinds_are_validated_by_their_own_args(tmp_path, tiny_cross_encoder):
+    from tests.serve.test_search import write_corpus
+
+    search = write_search_config(tmp_path, write_corpus(tmp_path / "corpus"), tiny_cross_encoder)
+    (_, args, options), = load_plan(search, app="search").apps
+    assert [s.name for s in args.funnel.stages] == ["bm25", "rerank"] and options == {}
+    with pytest.raises(ConfigError, match=r"applications\[0\].import_path: rayrank serve --app rerank runs "):
+        load_plan(search, app="rerank")
+    with pytest.raises(ConfigError, match=r"applications\[0\].import_path: rayrank serve --app search runs "):
+        load_plan(LOCAL, app="search")
+    config = yaml.safe_load(search.read_text())
+    config["applications"][0]["deployments"] = [{"name": "Search", "num_replicas": 2}]
+    search.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"deployments: the search app takes each stage's"):
+        load_plan(search)
+
+
+def test_the_search_app_needs_a_config(capsys):
+    from rayrank.ray_app.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--app", "search"])
+    assert "--app search needs --config FILE" in capsys.readouterr().err
+
+
+def test_rayrank_serve_runs_the_search_app(ray_cluster, tiny_cross_encoder, tmp_path):
+    from tests.serve.test_search import write_corpus
+
+    config = write_search_config(tmp_path, write_corpus(tmp_path / "corpus"), tiny_cross_encoder)
+    port = free_port()
+    proc = serve(["--app", "search", "--config", str(config), "--address", ray_cluster], cwd=tmp_path, port=port)
+    try:
+        body = requests.post(f"http://127.0.0.1:{port}/v1/search", json={"query": "ray cluster data", "top_n": 3},
+                             timeout=60).json()
+        assert len(body["results"]) == 3 and [s["name"] for s in body["meta"]["stages"]] == ["bm25", "rerank"]
+    finally:
+        stop(proc)
