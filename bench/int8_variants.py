@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                                 threads=args.threads, max_tokens_per_batch=args.token_budget,
                                 cache_dir=str(work / "cache"))
     shipped = reranker.scorer.backend.path
-    fp32 = shipped.with_name("model.onnx")
-    files = {"fp32 (engine onnx)": fp32, f"engine int8 ({shipped.name})": shipped,
+    fp32 = shipped.parent.with_name("fp32") / "model.onnx"
+    files = {"fp32 (engine onnx)": fp32, f"engine int8 ({shipped.parent.name})": shipped,
              "dynamic, uint8 weights": _dynamic(fp32, work / "u8.onnx", weight_type=QuantType.QUInt8)}
     try:
         files.update({f"MatMulNBits 8-bit, block {b}": _nbits(fp32, work / f"nbits8-{b}.onnx", b) for b in (32, 128)})

@@ -17,7 +17,7 @@ from rayrank.config import EngineConfig
 from rayrank.errors import InvalidInputError
 from rayrank.models import ResolvedModel, resolve_model
 from rayrank.scoring import PairScores, Scorer, load_scorer
-from rayrank.scoring.base import sigmoid  # noqa: F401 - rayrank.sigmoid
+from rayrank.scoring.base import position_limit, sigmoid  # noqa: F401 - rayrank.sigmoid
 from rayrank.validate import check_texts
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def resolve_engine(config: EngineConfig, resolved: ResolvedModel | None = None
 
     resolved = resolved or resolve_model(config.model_name)
     hf = AutoConfig.from_pretrained(str(resolved.path), local_files_only=True)
-    longest = min(config.max_length or 512, getattr(hf, "max_position_embeddings", 512))
+    longest = min(config.max_length or 512, position_limit(hf))
     batches = lambda: auto.synthetic_batches(hf.vocab_size, longest, hf.pad_token_id or 0, config.max_tokens_per_batch,
                                             config.max_batch_size, config.batch_overhead_tokens or 32)
     load = lambda backend, dtype: load_scorer(config.model_copy(update={"backend": backend, "dtype": dtype}),

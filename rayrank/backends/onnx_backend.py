@@ -2,6 +2,10 @@
 
 The cache key covers the weights' identity, the scorer's head, the opset and the torch version, so
 a changed checkpoint is re-exported and an unchanged one is reused by every actor and every run.
+
+Each artifact is a folder (`fp32/model.onnx`, `int8/model.onnx`, ...) published by one rename, so a
+graph over protobuf's 2 GB limit travels with its external data file (`model.onnx.data`) and no
+reader ever sees one without the other.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import platform
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+# Models with more fp32 weight bytes than this keep their weights in an external data file: protobuf
+# cannot serialize a graph over 2 GB, and fusion and quantization add tensors to the graph they read.
+EXTERNAL_DATA_BYTES = 1 << 30
 Quantize = Literal["none", "int8"]
 
 
@@ -61,16 +69,19 @@ def _export(module: torch.nn.Module, path: Path, example_length: int) -> None:
                           output_names=["output"], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
 
 
-def _optimize(src: Path, dst: Path, fusion: Fusion | None) -> None:
-    """Fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer when it knows the family."""
+def _optimize(src: Path, dst: Path, fusion: Fusion | None, external: bool) -> None:
+    """Fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer when it knows the family;
+    with `external`, every weight goes to one data file beside `dst` (`model.onnx.data`)."""
+    import onnx
     from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     if fusion is None:
-        dst.write_bytes(src.read_bytes())
-        return
-    optimized = optimizer.optimize_model(str(src), model_type=fusion.model_type, num_heads=fusion.num_heads,
+        model = OnnxModel(onnx.load(str(src)))
+    else:
+        model = optimizer.optimize_model(str(src), model_type=fusion.model_type, num_heads=fusion.num_heads,
                                          hidden_size=fusion.hidden_size, opt_level=1)
-    optimized.save_model_to_file(str(dst))
+    model.save_model_to_file(str(dst), use_external_data_format=external, all_tensors_to_one_file=True)
 
 
 def int8_saturates() -> bool:
@@ -88,26 +99,48 @@ def int8_saturates() -> bool:
     return re.search(r"\b(avx512_vnni|avx_vnni)\b", flags) is None
 
 
-def _quantize(src: Path, dst: Path, reduce_range: bool) -> None:
+def _quantize(src: Path, dst: Path, reduce_range: bool, external: bool) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Per-channel int8 weights keep far more accuracy than per-tensor at the same speed. Fused
     # contrib ops defeat shape inference, hence the default tensor type.
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                     use_external_data_format=external, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def publish(target: Path, write: Callable[[Path], None]) -> Path:
+    """Make `target` exist, whole: `write(path)` fills a private folder that one rename turns into `target.parent`.
+
+    A graph and its external data (or an IR's .xml and .bin) share that folder, so a reader that sees
+    `target` sees every file beside it. Of two actors racing, the first rename wins; the second finds
+    the folder taken (the rename fails on a non-empty folder), drops its own copy and uses the winner's.
+    """
+    if target.is_file():
+        return target
+    target.parent.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent.parent, prefix=".staging-") as tmp:
+        staged = Path(tmp) / target.parent.name
+        staged.mkdir()
+        write(staged / target.name)
+        try:
+            os.rename(staged, target.parent)
+        except OSError:
+            if not target.is_file():
+                raise
+    return target
 
 
 def build_onnx(module: torch.nn.Module, *, key: str, fusion: Fusion | None, quantize: Quantize,
                cache_dir: Path | None = None) -> Path:
-    """Export (or reuse) the ONNX file for `module` and return its path.
+    """Export (or reuse) the ONNX graph for `module` and return its path (`<cache>/<key>/<variant>/model.onnx`).
 
-    Files are written to a temporary name and renamed, so concurrent actors never read half a file.
+    Every variant is published whole (see `publish`), so concurrent actors never read half an export.
     """
     folder = (cache_dir or default_cache_dir()) / f"{key}-op{OPSET}-t{torch.__version__.split('+')[0]}"
-    folder.mkdir(parents=True, exist_ok=True)
-    # 7-bit weights are chosen per CPU (see int8_saturates), so they get their own file name.
-    final = folder / {"none": "model.onnx", "int8": "model.int8-7bit.onnx" if int8_saturates() else "model.int8.onnx"}[quantize]
+    # 7-bit weights are chosen per CPU (see int8_saturates), so they get their own folder.
+    variant = {"none": "fp32", "int8": "int8-7bit" if int8_saturates() else "int8"}[quantize]
+    final = folder / variant / "model.onnx"
     if final.is_file():
         logger.info("reusing ONNX model %s", final)
         return final
@@ -117,7 +150,7 @@ def build_onnx(module: torch.nn.Module, *, key: str, fusion: Fusion | None, quan
     for q in quiet:
         q.setLevel(max(q.level, logging.WARNING))
     try:
-        _build(module, folder, final, fusion, quantize)
+        _build(module, folder / "fp32" / "model.onnx", final, fusion, quantize)
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
@@ -125,18 +158,19 @@ def build_onnx(module: torch.nn.Module, *, key: str, fusion: Fusion | None, quan
     return final
 
 
-def _build(module: torch.nn.Module, folder: Path, final: Path, fusion: Fusion | None, quantize: Quantize) -> None:
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        raw, fused = Path(tmp) / "raw.onnx", Path(tmp) / "fused.onnx"
-        _export(module, raw, example_length=16)
-        _optimize(raw, fused, fusion)
-        fp32 = folder / "model.onnx"
-        if not fp32.is_file():
-            os.replace(fused, fp32)
-        if quantize == "int8":
-            tmp_q = Path(tmp) / "int8.onnx"
-            _quantize(fp32, tmp_q, reduce_range=final.name == "model.int8-7bit.onnx")
-            os.replace(tmp_q, final)
+def _build(module: torch.nn.Module, fp32: Path, final: Path, fusion: Fusion | None, quantize: Quantize) -> None:
+    external = sum(p.numel() for p in module.parameters()) * 4 > EXTERNAL_DATA_BYTES
+
+    def export_fused(path: Path) -> None:
+        # The raw export sits apart from the published folder: over 2 GB torch writes a file per tensor.
+        with tempfile.TemporaryDirectory(dir=path.parent.parent) as tmp:
+            raw = Path(tmp) / "raw.onnx"
+            _export(module, raw, example_length=16)
+            _optimize(raw, path, fusion, external)
+
+    publish(fp32, export_fused)
+    if quantize == "int8":
+        publish(final, lambda path: _quantize(fp32, path, final.parent.name == "int8-7bit", external))
 
 
 class OnnxBackend:

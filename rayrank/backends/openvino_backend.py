@@ -14,14 +14,15 @@ shape (no user text exists at load time); quality is checked on real data in `be
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from rayrank.backends.onnx_backend import publish
+from rayrank.extras import require
 
 # EngineConfig dtype -> OpenVINO inference precision; "auto" is fp32, the near-exact choice.
 _PRECISIONS = {"auto": "f32", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
@@ -37,25 +38,20 @@ def cpu_has_bf16() -> bool:
 
 
 def quantize_static(path: Path, calibration: Callable[[], list[dict[str, np.ndarray]]]) -> Path:
-    """NNCF static int8 of the ONNX file at `path`, cached beside it as OpenVINO IR (written, then renamed)."""
-    import openvino as ov
+    """NNCF static int8 of the ONNX graph at `path` (external data and all), cached as OpenVINO IR in an
+    `ov-int8` folder beside the graph's, published whole like every export (`publish`)."""
 
-    target = path.with_name(f"{path.stem}.ov-int8.xml")
-    if target.is_file():
-        return target
-    import nncf
+    def write(target: Path) -> None:
+        nncf, ov = require("nncf"), require("openvino")
 
-    model = ov.Core().read_model(str(path))
-    names = [port.get_any_name() for port in model.inputs]
-    batches = calibration()
-    dataset = nncf.Dataset(batches, lambda batch: {name: batch[name] for name in names})
-    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        staged = Path(tmp) / target.name
-        ov.save_model(quantized, str(staged))
-        os.replace(staged.with_suffix(".bin"), target.with_suffix(".bin"))
-        os.replace(staged, target)
-    return target
+        model = ov.Core().read_model(str(path))
+        names = [port.get_any_name() for port in model.inputs]
+        batches = calibration()
+        dataset = nncf.Dataset(batches, lambda batch: {name: batch[name] for name in names})
+        quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
+        ov.save_model(quantized, str(target))
+
+    return publish(path.parent.with_name("ov-int8") / "model.xml", write)
 
 
 class OpenVinoBackend:
@@ -71,7 +67,7 @@ class OpenVinoBackend:
 
     def __init__(self, path: Path, *, dtype: str = "auto", threads: int | None = None,
                  calibration: Callable[[], list[dict[str, np.ndarray]]] | None = None) -> None:
-        import openvino as ov
+        ov = require("openvino")
 
         if dtype not in _PRECISIONS:
             raise ValueError(f"dtype must be one of {sorted(_PRECISIONS)} for backend='openvino', got {dtype!r}.")

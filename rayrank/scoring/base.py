@@ -39,6 +39,33 @@ def sigmoid(scores: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
 
 
+def attention_for(model, backend: str) -> str:
+    """The `attn_implementation` to load `model` (a transformers model class or its config) with for `backend`.
+
+    Exports (onnx, openvino) trace eager attention, the pattern onnxruntime fuses. Torch runs SDPA, PyTorch's
+    fused kernels on CPU and CUDA, where the family has it, and eager where it does not: DeBERTa-v2/v3 raises
+    on "sdpa". A config is looked up as its base model class (families share one attention module); one
+    transformers does not map (remote code) gets eager, which every model has.
+    """
+    if backend in ("onnx", "openvino"):
+        choice = "eager"
+    else:
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+        cls = model if isinstance(model, type) else MODEL_MAPPING.get(type(model), None)
+        choice = "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
+    logger.info("attention: %s for %s on %s", choice, getattr(model, "__name__", type(model).__name__), backend)
+    return choice
+
+
+def position_limit(hf_config) -> int:
+    """The most tokens the model's position embeddings hold: RoBERTa-style ids start after the padding id."""
+    positions = getattr(hf_config, "max_position_embeddings", 512)
+    if hf_config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2
+    return positions
+
+
 def make_backend(config: EngineConfig, module: torch.nn.Module, model_dir: Path, head: str, hf_config) -> Backend:
     """Wrap `module` in the configured backend; for ONNX and OpenVINO, export it (once) under a content key.
 
@@ -59,7 +86,7 @@ def make_backend(config: EngineConfig, module: torch.nn.Module, model_dir: Path,
         # OpenVINO quantizes the fp32 graph itself (static int8), calibrated on synthetic pairs.
         path = build_onnx(module, key=key, fusion=fusion, quantize="none", cache_dir=cache_dir)
         calibration = None if config.quantize == "none" else lambda: synthetic_batches(
-            hf_config.vocab_size, min(config.max_length or 512, getattr(hf_config, "max_position_embeddings", 512)),
+            hf_config.vocab_size, min(config.max_length or 512, position_limit(hf_config)),
             getattr(hf_config, "pad_token_id", None) or 0, config.max_tokens_per_batch, 32, 0,
             pairs=CALIBRATION_PAIRS)
         return OpenVinoBackend(path, dtype=config.dtype, threads=config.threads, calibration=calibration)

@@ -9,7 +9,16 @@ import numpy as np
 import torch
 
 from rayrank.config import EngineConfig
-from rayrank.scoring.base import PairScores, chunking_of, make_backend, report_truncation, run_batches, sigmoid
+from rayrank.scoring.base import (
+    PairScores,
+    attention_for,
+    chunking_of,
+    make_backend,
+    position_limit,
+    report_truncation,
+    run_batches,
+    sigmoid,
+)
 from rayrank.tokenize import TextTokenizer
 
 
@@ -33,9 +42,7 @@ def model_max_length(config, tokenizer: TextTokenizer, requested: int | None = N
     A checkpoint's tokenizer limit is a default, not a property of the weights (a student saved at
     128 tokens still has 512 positions), so it must not silently cap a length the user asked for.
     """
-    positions = getattr(config, "max_position_embeddings", 512)
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        positions -= 2  # RoBERTa reserves two positions for the padding offset
+    positions = position_limit(config)
     if requested is not None:
         return min(requested, positions)
     limit = tokenizer.model_max_length
@@ -52,12 +59,12 @@ class CrossEncoderScorer:
     kind = "cross-encoder"
 
     def __init__(self, model_dir: Path, config: EngineConfig) -> None:
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        # Eager attention exports to the pattern onnxruntime fuses; SDPA is faster in eager torch.
-        attn = "eager" if config.backend in ("onnx", "openvino") else "sdpa"
+        hf_config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), local_files_only=True, attn_implementation=attn)
+            str(model_dir), config=hf_config, local_files_only=True,
+            attn_implementation=attention_for(hf_config, config.backend))
         if model.config.num_labels != 1:
             raise ValueError(f"{model_dir} has {model.config.num_labels} labels; rayrank reranks with "
                              "single-logit cross-encoders (num_labels=1).")

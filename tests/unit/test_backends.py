@@ -1,6 +1,9 @@
-"""ONNX export: fused graph, cache reuse, and int8 closeness measured the way each scorer uses its output."""
+"""ONNX export: fused graph, cache reuse, external data, publishing races, and int8 closeness measured the way
+each scorer uses its output."""
 
 import collections
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -8,7 +11,8 @@ import onnx
 import pytest
 
 from rayrank import Reranker
-from rayrank.backends.onnx_backend import int8_saturates
+from rayrank.backends import onnx_backend
+from rayrank.backends.onnx_backend import int8_saturates, publish
 from rayrank.scoring.late_interaction import maxsim
 
 
@@ -42,7 +46,7 @@ def test_export_is_reused(tiny_cross_encoder, cache_dir):
 
 def test_int8_graph_is_quantized(tiny_cross_encoder, cache_dir):
     path = _onnx_path(Reranker(str(tiny_cross_encoder), backend="onnx", quantize="int8", cache_dir=cache_dir))
-    assert path.name == ("model.int8-7bit.onnx" if int8_saturates() else "model.int8.onnx")
+    assert path.parent.name == ("int8-7bit" if int8_saturates() else "int8")
     ops = _ops(path)
     assert ops["QAttention"] + ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] > 0
 
@@ -95,3 +99,61 @@ def test_backend_runs_from_several_threads_at_once(tiny_cross_encoder, cache_dir
         got = list(pool.map(lambda i: scorer.backend.run(batches[i % 4]), range(64)))
     for i, out in enumerate(got):
         np.testing.assert_allclose(out, expected[i % 4], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("backend", "quantize"), [("onnx", "none"), ("onnx", "int8"), ("openvino", "none"),
+                                                   ("openvino", "int8")])
+def test_external_data_travels_with_the_graph(tiny_cross_encoder, tmp_path, monkeypatch, docs, backend, quantize):
+    # A model over the threshold (2 GB models in production; every model here) keeps its weights in one data
+    # file beside the graph, in the graph's own folder, and scores as before.
+    monkeypatch.setattr(onnx_backend, "EXTERNAL_DATA_BYTES", 0)
+    pairs = (["ray cluster", "fish in the sea", "fast search"] * 2, docs)
+    fp32 = Reranker(str(tiny_cross_encoder), backend="torch", device="cpu").score_pairs(*pairs).scores
+    reranker = Reranker(str(tiny_cross_encoder), backend=backend, quantize=quantize, cache_dir=str(tmp_path))
+    path = reranker.scorer.backend.path
+    fp32_graph = path.parent.with_name("fp32") / "model.onnx"
+    assert sorted(p.name for p in fp32_graph.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    external = [t for t in onnx.load(str(fp32_graph), load_external_data=False).graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) > 10
+    if backend == "openvino" and quantize == "int8":
+        assert sorted(p.name for p in path.parent.iterdir()) == ["model.bin", "model.xml"]
+    else:
+        assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".staging-")]
+    scores = reranker.score_pairs(*pairs).scores
+    if quantize == "none":
+        np.testing.assert_allclose(scores, fp32, atol=1e-4, rtol=0)
+    else:
+        assert np.corrcoef(scores, fp32)[0, 1] > 0.9
+
+
+def test_racing_publishers_leave_one_whole_folder(tmp_path):
+    # Four actors export the same model at once while a reader polls: whenever the graph is visible its data
+    # file is complete, every actor gets the same path, and one writer's files (never a mix) remain.
+    target = tmp_path / "key" / "fp32" / "model.onnx"
+    start, torn = threading.Barrier(5), []
+
+    def write(i):
+        def fill(path):
+            (path.parent / "model.onnx.data").write_bytes(bytes([i]) * 100_000)
+            time.sleep(0.05)
+            path.write_text(str(i))
+        start.wait()
+        return publish(target, fill)
+
+    def read():
+        start.wait()
+        for _ in range(2000):
+            if target.is_file():
+                data = (target.parent / "model.onnx.data").read_bytes()
+                torn.append(len(data) != 100_000 or data[0] != int(target.read_text()))
+            time.sleep(0.0005)
+
+    with ThreadPoolExecutor(5) as pool:
+        reader = pool.submit(read)
+        paths = list(pool.map(write, range(4)))
+        reader.result()
+    assert paths == [target] * 4 and torn and not any(torn)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert [p.name for p in target.parent.parent.iterdir()] == ["fp32"]  # no staging folder left behind
