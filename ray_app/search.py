@@ -70,12 +70,7 @@ class FunnelStage:
 
     async def _run(self, jobs: list[tuple[str, dict[str, Ranking]]]) -> list[StageAnswer]:
         queries = [query for query, _ in jobs]
-        if self.kind == "fuse":
-            previous = {name: [p[name] for _, p in jobs] for name in self.stage.inputs}
-        elif self.stage.inputs:
-            previous = [p[self.stage.inputs[0]] for _, p in jobs]
-        else:
-            previous = None
+        previous = self.stage.previous({name: [p[name] for _, p in jobs] for name in self.stage.inputs})
         started = time.perf_counter()
         rankings = await asyncio.to_thread(self.stage.run, queries, previous)
         seconds = time.perf_counter() - started
@@ -143,7 +138,7 @@ class Search:
 
     async def _stage(self, stage, query: str, tasks: dict[str, asyncio.Task], reports: dict[str, StageReport],
                      deadline: float | None) -> Ranking:
-        previous = {name: await tasks[name] for name in inputs_of(self.args.funnel, stage)}
+        previous = {name: await tasks[name] for name in self.args.funnel.inputs_of(stage)}
         report = reports[stage.name] = StageReport(stage.name, stage.kind,
                                                    sum(len(r.doc_ids) for r in previous.values()))
         started = time.perf_counter()
@@ -183,15 +178,6 @@ class Search:
         report.skipped = reason
         self.metrics.fallback(stage.name, reason)
         return Ranking(source.doc_ids[:stage.k], source.scores[:stage.k])
-
-
-def inputs_of(funnel: FunnelConfig, stage) -> list[str]:
-    """The stages whose rankings `stage` reads: none (retrieval), the fused ones, or a reranker's input."""
-    if stage.kind == "fuse":
-        return list(stage.weights)
-    if stage.kind in RERANKERS:
-        return [funnel.input_of(stage)]
-    return []
 
 
 def build_search_app(args: SearchArgs) -> Application:

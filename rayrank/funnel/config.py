@@ -170,10 +170,15 @@ class FunnelConfig(StrictModel):
             seen[stage.name] = stage
         return self
 
-    def input_of(self, stage: RerankStage | LlmStage) -> str:
-        """The stage whose list a rerank or llm stage reorders."""
-        position = next(i for i, s in enumerate(self.stages) if s.name == stage.name)
-        return stage.input or self.stages[position - 1].name
+    def inputs_of(self, stage: StageBase) -> tuple[str, ...]:
+        """The earlier stages whose lists `stage` reads: none (retrieval), the fused ones, or the one list a
+        rerank or llm stage reorders (`input`, default the stage just before)."""
+        if isinstance(stage, FuseStage):
+            return tuple(stage.weights)
+        if isinstance(stage, (RerankStage, LlmStage)):
+            position = next(i for i, s in enumerate(self.stages) if s.name == stage.name)
+            return (stage.input or self.stages[position - 1].name,)
+        return ()
 
     def check_corpus(self) -> None:
         """The corpus file is readable Parquet with the id and text columns (a ConfigError naming the key)."""

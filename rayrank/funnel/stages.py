@@ -5,7 +5,10 @@ The interface (the batch job and the Serve deployments both use it; nothing here
 - `Ranking(doc_ids, scores)`: one query's list, best first; `scores` float32, same length.
 - A stage is built from its config and the corpus: `build_stage(config, name, corpus)` (or
   `Funnel(config)` builds them all). Every stage has `name`, `k`, `inputs` (names of the stages it
-  reads) and `counts` (a Counter of events, e.g. the llm stage's failures by reason, cumulative).
+  reads, `FunnelConfig.inputs_of`) and `counts` (a Counter of events, e.g. the llm stage's failures by
+  reason, cumulative).
+- `stage.previous(rankings)` picks what `run` takes from the earlier stages' rankings (by name); the
+  batch funnel and each Serve stage replica both plan a stage's input with it.
 - `stage.run(queries, previous) -> list[Ranking]`, one ranking per query, at most `k` documents:
   - retrieval stages (`bm25`, `dense`, `late-interaction`) ignore `previous` (pass None);
   - `rerank` and `llm` take `previous`: the list[Ranking] of their one input stage (`inputs[0]`),
@@ -50,11 +53,15 @@ class Ranking:
 
 
 class _Stage:
-    inputs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # set by build_stage
 
     def __init__(self, config: StageBase) -> None:
         self.config, self.name, self.k = config, config.name, config.k
         self.counts: Counter[str] = Counter()
+
+    def previous(self, rankings: Mapping[str, list[Ranking]]) -> Any:
+        """What `run` takes, from the rankings of (at least) this stage's inputs: none, or its one input's."""
+        return rankings[self.inputs[0]] if self.inputs else None
 
 
 class Bm25Retriever(_Stage):
@@ -109,9 +116,8 @@ class LateInteractionRetriever(_Stage):
 
 
 class Fuser(_Stage):
-    def __init__(self, config: FuseStage) -> None:
-        super().__init__(config)
-        self.inputs = tuple(config.weights)
+    def previous(self, rankings: Mapping[str, list[Ranking]]) -> dict[str, list[Ranking]]:
+        return {n: rankings[n] for n in self.inputs}
 
     def run(self, queries: Sequence[str], previous: Mapping[str, list[Ranking]]) -> list[Ranking]:
         from rayrank.funnel.fusion import rrf, zscore_fusion
@@ -131,12 +137,10 @@ class Fuser(_Stage):
 class PairReranker(_Stage):
     """A cross-encoder or late-interaction scorer over each query's input list (one engine call for all)."""
 
-    def __init__(self, config: RerankStage, corpus: Corpus, source: str, storage: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(self, config: RerankStage, corpus: Corpus, storage: dict[str, Any] | None = None) -> None:
         import rayrank
 
         super().__init__(config)
-        self.inputs = (source,)
         self.corpus = corpus
         self.reranker = rayrank.Reranker.from_config(config.engine)
         self.reader = None
@@ -174,11 +178,10 @@ class LlmReranker(_Stage):
     `counts`: `calls`, `repaired` answers, and `failure:KIND` per query that kept its input order.
     """
 
-    def __init__(self, config: LlmStage, corpus: Corpus, source: str) -> None:
+    def __init__(self, config: LlmStage, corpus: Corpus) -> None:
         from rayrank.funnel.llm import ListwiseReranker
 
         super().__init__(config)
-        self.inputs = (source,)
         self.corpus = corpus
         self.client = ListwiseReranker(config.settings)
 
@@ -228,16 +231,19 @@ def build_stage(config: FunnelConfig, name: str, corpus: Corpus) -> _Stage:
     if stage is None:
         raise KeyError(f"no stage named {name!r}; stages: {', '.join(s.name for s in config.stages)}")
     if isinstance(stage, Bm25Stage):
-        return Bm25Retriever(stage, corpus)
-    if isinstance(stage, DenseStage):
-        return DenseRetriever(stage, corpus, config.storage)
-    if isinstance(stage, LateInteractionStage):
-        return LateInteractionRetriever(stage, corpus, config.storage)
-    if isinstance(stage, FuseStage):
-        return Fuser(stage)
-    if isinstance(stage, LlmStage):
-        return LlmReranker(stage, corpus, config.input_of(stage))
-    return PairReranker(stage, corpus, config.input_of(stage), config.storage)
+        built: _Stage = Bm25Retriever(stage, corpus)
+    elif isinstance(stage, DenseStage):
+        built = DenseRetriever(stage, corpus, config.storage)
+    elif isinstance(stage, LateInteractionStage):
+        built = LateInteractionRetriever(stage, corpus, config.storage)
+    elif isinstance(stage, FuseStage):
+        built = Fuser(stage)
+    elif isinstance(stage, LlmStage):
+        built = LlmReranker(stage, corpus)
+    else:
+        built = PairReranker(stage, corpus, config.storage)
+    built.inputs = config.inputs_of(stage)
+    return built
 
 
 @dataclass
@@ -267,13 +273,7 @@ class Funnel:
         for name, stage in self.stages.items():
             before = Counter(stage.counts)
             started = time.perf_counter()
-            if isinstance(stage, Fuser):
-                previous: Any = {n: result.rankings[n] for n in stage.inputs}
-            elif stage.inputs:
-                previous = result.rankings[stage.inputs[0]]
-            else:
-                previous = None
-            result.rankings[name] = stage.run(queries, previous)
+            result.rankings[name] = stage.run(queries, stage.previous(result.rankings))
             result.seconds[name] = time.perf_counter() - started
             result.counts[name] = dict(stage.counts - before)
         return result
