@@ -71,6 +71,15 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, 1), np.take_along_axis(part_scores, order, 1).astype(np.float32)
 
 
+def read_dense_manifest(fs, root: str, url: str) -> dict[str, Any]:
+    """The manifest of the finished dense index at `url`; an IndexFormatError for anything else."""
+    manifest = read_json(fs, join(root, "_manifest.json"))
+    if manifest is None or manifest.get("format") != DENSE_FORMAT:
+        raise IndexFormatError(f"{url} is not a finished dense index (no {DENSE_FORMAT} _manifest.json); "
+                               "build it with `rayrank dense-index DOCS INDEX_DIR --model MODEL`")
+    return manifest
+
+
 class DenseIndex:
     """A dense index loaded into memory: `doc_ids` and their float32 unit vectors (4·dim bytes a document).
 
@@ -81,10 +90,7 @@ class DenseIndex:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         fs, root = filesystem(url, storage_options)
-        manifest = read_json(fs, join(root, "_manifest.json"))
-        if manifest is None or manifest.get("format") != DENSE_FORMAT:
-            raise IndexFormatError(f"{url} is not a finished dense index (no {DENSE_FORMAT} _manifest.json); "
-                                   "build it with `rayrank dense-index DOCS INDEX_DIR --model MODEL`")
+        manifest = read_dense_manifest(fs, root, url)
         self.url, self.manifest = url, manifest
         ids: list[str] = []
         blocks = []

@@ -210,10 +210,12 @@ def stage_model(stage: DenseStage | LateInteractionStage | RerankStage, manifest
 
 
 def check_indexes(config: FunnelConfig) -> None:
-    """Refuse (IndexFormatError) a stage whose existing index another model built, reading manifests only;
-    a missing index is left to whoever builds it (the batch job does, with the stage's own model)."""
-    from rayrank.index.format import check_model
-    from rayrank.io.storage import filesystem, join, read_json, storage_options
+    """Refuse (IndexFormatError) a stage whose existing index is of the other kind (dense, late interaction) or
+    was built by another model, reading manifests only; a missing index is left to whoever builds it (the
+    batch job does, with the stage's own model)."""
+    from rayrank.funnel.dense import read_dense_manifest
+    from rayrank.index.format import MANIFEST, check_model, read_manifest
+    from rayrank.io.storage import filesystem, join, storage_options
     from rayrank.models import resolve_model
 
     for stage in config.stages:
@@ -221,7 +223,8 @@ def check_indexes(config: FunnelConfig) -> None:
         if not url:
             continue
         fs, root = filesystem(url, storage_options(config.storage, url))
-        if (manifest := read_json(fs, join(root, "_manifest.json"))) is not None:
+        if fs.exists(join(root, MANIFEST)):
+            manifest = read_dense_manifest(fs, root, url) if isinstance(stage, DenseStage) else read_manifest(fs, root)
             check_model(manifest, url, resolve_model(stage_model(stage, manifest)).name)
 
 

@@ -26,11 +26,13 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(rayrank.jobs._ray, "connect", connect)
 
 
-def _index(path, model: str):
+def _index(path, model: str, kind: str = "late-interaction"):
     """An index directory with a manifest only: all the driver reads before refusing."""
+    from rayrank.funnel.dense import DENSE_FORMAT
+
     path.mkdir()
-    (path / "_manifest.json").write_text(json.dumps({"format_version": 1, "format": "rayrank-dense-v1",
-                                                     "model": {"name": model}, "shards": []}))
+    form = {"format": DENSE_FORMAT} if kind == "dense" else {"format_version": 1}
+    (path / "_manifest.json").write_text(json.dumps({**form, "model": {"name": model}, "shards": []}))
     return path
 
 
@@ -123,10 +125,26 @@ def test_funnel_stage_with_another_models_index_is_refused(tmp_path, tiny_encode
     corpus = _pairs(tmp_path / "corpus.parquet")
     stages = [{"kind": "bm25", "name": "bm25", "k": 10},
               {"kind": "dense", "name": "dense", "k": 10, "model": str(tiny_encoder),
-               "index": str(_index(tmp_path / "dense", "someone/else"))}]
+               "index": str(_index(tmp_path / "dense", "someone/else", "dense"))}]
     config = FunnelConfig.model_validate({"corpus": {"path": str(corpus)}, "stages": stages})
     with pytest.raises(IndexFormatError, match="was built with model 'someone/else'"):
         check_indexes(config)
     missing = FunnelConfig.model_validate({"corpus": {"path": str(corpus)},
                                            "stages": [stages[0], {**stages[1], "index": str(tmp_path / "later")}]})
     check_indexes(missing)  # not built yet: the batch job builds it with the stage's own model
+
+
+def test_funnel_stage_with_the_other_kind_of_index_is_refused(tmp_path, tiny_encoder):
+    corpus = _pairs(tmp_path / "corpus.parquet")
+    dense = str(_index(tmp_path / "dense", str(tiny_encoder), "dense"))
+    late = str(_index(tmp_path / "late", str(tiny_encoder)))
+    retrieve = {"kind": "bm25", "name": "bm25", "k": 10}
+    rerank = {"kind": "rerank", "name": "rerank", "k": 5, "index": dense,
+              "engine": {"scorer": "late-interaction", "model": str(tiny_encoder)}}
+    config = FunnelConfig.model_validate({"corpus": {"path": str(corpus)}, "stages": [retrieve, rerank]})
+    with pytest.raises(IndexFormatError, match="index format None is not supported"):
+        check_indexes(config)
+    wrong = {"kind": "dense", "name": "dense", "k": 10, "model": str(tiny_encoder), "index": late}
+    config = FunnelConfig.model_validate({"corpus": {"path": str(corpus)}, "stages": [retrieve, wrong]})
+    with pytest.raises(IndexFormatError, match="is not a finished dense index"):
+        check_indexes(config)
