@@ -97,10 +97,10 @@ def cli_markdown() -> str:
     from rayrank.cli import COMMANDS, usage
 
     out = ["# CLI reference", "",
-           "Generated from each command's argparse parser when the docs are built (`docs/gen_reference.py`); "
-           "`rayrank COMMAND --help` prints the same. A job's flags override the keys of its `--config` file; "
-           "a flag without a default here takes the config key's default (see the "
-           "[configuration reference](configuration.md)).", "",
+           ("Generated from each command's argparse parser when the docs are built (`docs/gen_reference.py`); "
+            "`rayrank COMMAND --help` prints the same. A job's flags override the keys of its `--config` file; "
+            "a flag without a default here takes the config key's default (see the "
+            "[configuration reference](configuration.md))."), "",
            "```text", usage(), "```", ""]
     for name in COMMANDS:
         parser = command_parser(name)
@@ -254,9 +254,9 @@ def _model_section(model: type[BaseModel], heading: str) -> list[str]:
 
 def configuration_markdown() -> str:
     out = ["# Configuration reference", "",
-           "Generated from the pydantic models when the docs are built (`docs/gen_reference.py`). Every key "
-           "can be given in YAML; unknown keys and wrong types are errors that name the key "
-           "(`engine.max_batch_sise: unknown key`). Command-line flags override the file.", ""]
+           ("Generated from the pydantic models when the docs are built (`docs/gen_reference.py`). Every key "
+            "can be given in YAML; unknown keys and wrong types are errors that name the key "
+            "(`engine.max_batch_sise: unknown key`). Command-line flags override the file."), ""]
     out += ["| configuration | model | given as |", "|---|---|---|"]
     roots = [(title, _load(path), given) for title, path, given in ROOTS]
     out += [f"| {title} | [{model.__name__}](#{model.__name__.lower()}) | {_cell(given)} |"

@@ -96,15 +96,17 @@ def test_marked_block_runs(needs, lang, code, tmp_path):
     else:
         raise AssertionError(f"a marked block must be bash or python, not {lang!r}")
     for command in commands:
-        done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"{command[-1]} exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
+        done = subprocess.run(command, check=False, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                              timeout=120)
+        output = done.stdout[-2000:] + done.stderr[-4000:]
+        assert done.returncode == 0, f"{command[-1]} exited {done.returncode}:\n{output}"
 
 
 def test_site_builds_strictly(tmp_path):
     """Broken links, missing pages and anchors, and a failing reference generator all fail the build."""
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
-                           "-d", str(tmp_path / "site")], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    build = [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
+             "-d", str(tmp_path / "site")]
+    done = subprocess.run(build, check=False, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
     config = (tmp_path / "site" / "reference" / "configuration" / "index.html").read_text()
