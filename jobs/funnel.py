@@ -167,10 +167,10 @@ def run(config: FunnelConfig, queries_path: str, output: str) -> dict[str, Any]:
     if errors.num_rows:
         write_parquet_atomic(errors, job.out.fs, job.out.path("_errors", "invalid-queries.parquet"))
 
-    from rayrank.funnel.stages import check_indexes
+    from rayrank.funnel.stages import check_stages
     from rayrank.jobs._ray import connect
 
-    check_indexes(config)  # here, not in every actor that builds the stages
+    check_stages(config)  # here, not in every actor that builds the stages
     connect(config.cluster.address)
     indexes = build_missing_indexes(config, job.out)
     shards = plan_query_shards(queries["query_id"].to_pylist(), queries["query"].to_pylist(),

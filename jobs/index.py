@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import rayrank
 from rayrank.cli import command
 from rayrank.config import IndexJobConfig, load_yaml, merge_flags, parse_config
+from rayrank.extras import engine_needs, need
 from rayrank.index import build
 from rayrank.index.compress import ResidualCodec
 from rayrank.index.format import CODEC, FORMAT_VERSION, sha256, shard_files, write_bytes_atomic
@@ -142,6 +143,7 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
     """Run (or resume) the build and return its manifest."""
     source = ParquetInput.open(config, DOC_KEYS)
     resolved = resolve_model(config.engine.model_name)
+    need(*engine_needs(config.engine))  # here, not in every actor that loads the model
     identity = {"kind": "index", "inputs": source.sizes, "engine": config.engine.model_dump(),
                 "columns": config.columns.model_dump(),
                 **config.model_dump(include={"compression", "nbits", "pool_factor", "centroids", "sample_docs",

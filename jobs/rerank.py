@@ -27,6 +27,7 @@ import pyarrow as pa
 import rayrank
 from rayrank.cli import command
 from rayrank.config import RerankJobConfig, load_yaml, merge_flags, parse_config
+from rayrank.extras import engine_needs, need
 from rayrank.index.format import check_model, read_manifest
 from rayrank.io.staging import pack_buckets, read_piece
 from rayrank.io.storage import (count_requests, filesystem, join, put_atomic, retrying, storage_options,
@@ -189,6 +190,7 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     requests_before = driver_requests()
     source = ParquetInput.open(config)
     resolved = resolve_model(config.engine.model_name)
+    need(*engine_needs(config.engine))  # here, not in every actor that loads the model
     if config.index:  # here, not in every actor that opens the index
         fs_index, index_root = filesystem(config.index, storage_options(config.storage, config.index))
         check_model(read_manifest(fs_index, index_root), config.index, resolved.name)

@@ -32,7 +32,7 @@ from ray.serve.handle import DeploymentHandle
 from rayrank.funnel.config import FunnelConfig
 from rayrank.funnel.corpus import load_corpus
 from rayrank.funnel.deadline import StageClock
-from rayrank.funnel.stages import Ranking, build_stage, check_indexes
+from rayrank.funnel.stages import Ranking, build_stage, check_stages
 from rayrank.ray_app.search_config import RERANKERS, SearchArgs, StageDeployment
 from rayrank.ray_app.search_http import build_search_http
 from rayrank.ray_app.search_metrics import SearchMetrics, StageEvents
@@ -182,7 +182,7 @@ class Search:
 
 def build_search_app(args: SearchArgs) -> Application:
     """Serve's typed application builder (`import_path: rayrank.ray_app.search:build_search_app`)."""
-    check_indexes(args.funnel)  # before deploying, not in every stage replica
+    check_stages(args.funnel)  # before deploying, not in every stage replica
     stages = {}
     for stage in args.funnel.stages:
         deployment = args.deployment(stage.name)

@@ -42,3 +42,18 @@ def require(module: str) -> ModuleType:
         extra, feature = EXTRAS[module]
         raise MissingExtraError(f"{feature} needs the {module!r} package, which is not installed: "
                                 f'pip install "rayrank[{extra}]"') from exc
+
+
+def need(*modules: str) -> None:
+    """Raise MissingExtraError for the first of `modules` that is not installed, importing none: a job checks,
+    before Ray starts, what each of its actors would otherwise fail to import."""
+    for module in modules:
+        if not installed(module):
+            require(module)
+
+
+def engine_needs(engine) -> tuple[str, ...]:
+    """The optional packages an EngineConfig's backend imports."""
+    if engine.backend != "openvino":
+        return ()
+    return ("openvino", "nncf") if engine.quantize != "none" else ("openvino",)

@@ -19,8 +19,9 @@ The interface (the batch job and the Serve deployments both use it; nothing here
   `funnel.final` is the last stage's name.
 
 Indexes must exist when a dense or late-interaction stage is built (IndexFormatError otherwise); the
-batch job (`rayrank funnel`) builds missing ones first. `check_indexes(config)` refuses, before any stage
-loads, an existing index that another model built.
+batch job (`rayrank funnel`) builds missing ones first. `check_stages(config)` refuses, before any stage
+loads, what every worker building the stages would fail on: a missing optional package, or an existing
+index of the other kind or built by another model.
 """
 
 from __future__ import annotations
@@ -209,16 +210,23 @@ def stage_model(stage: DenseStage | LateInteractionStage | RerankStage, manifest
     return stage.engine.model_name
 
 
-def check_indexes(config: FunnelConfig) -> None:
-    """Refuse (IndexFormatError) a stage whose existing index is of the other kind (dense, late interaction) or
-    was built by another model, reading manifests only; a missing index is left to whoever builds it (the
-    batch job does, with the stage's own model)."""
+def check_stages(config: FunnelConfig) -> None:
+    """Refuse a stage that needs a package not installed (MissingExtraError), or whose existing index is of the
+    other kind (dense, late interaction) or was built by another model (IndexFormatError), reading manifests
+    only; a missing index is left to whoever builds it (the batch job does, with the stage's own model)."""
+    from rayrank.extras import engine_needs, need
     from rayrank.funnel.dense import read_dense_manifest
     from rayrank.index.format import MANIFEST, check_model, read_manifest
     from rayrank.io.storage import filesystem, join, storage_options
     from rayrank.models import resolve_model
 
     for stage in config.stages:
+        if isinstance(stage, Bm25Stage) and stage.stemmer == "english":
+            need("Stemmer")
+        if isinstance(stage, DenseStage) and stage.method == "hnsw":
+            need("faiss")
+        if isinstance(stage, (LateInteractionStage, RerankStage)):
+            need(*engine_needs(stage.engine))
         url = getattr(stage, "index", None)
         if not url:
             continue

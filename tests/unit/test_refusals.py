@@ -13,7 +13,28 @@ from rayrank.cli import command, rayrank_cause
 from rayrank.config import EngineConfig, parse_config
 from rayrank.errors import ConfigError, IndexFormatError, RayrankError, StorageError
 from rayrank.funnel.config import FunnelConfig
-from rayrank.funnel.stages import check_indexes
+from rayrank.funnel.stages import check_stages
+
+
+@pytest.fixture
+def missing(monkeypatch):
+    """Make optional packages look uninstalled: `missing("faiss")`."""
+    import rayrank.extras
+
+    gone: set[str] = set()
+    installed = rayrank.extras.installed
+    monkeypatch.setattr(rayrank.extras, "installed", lambda module: module not in gone and installed(module))
+    monkeypatch.setattr(rayrank.extras, "require", _refuse(rayrank.extras.require, gone))
+    return gone.add
+
+
+def _refuse(require, gone):
+    def patched(module):
+        if module in gone:
+            raise errors.MissingExtraError(f"{module} is missing (test)")
+        return require(module)
+
+    return patched
 
 
 @pytest.fixture
@@ -41,8 +62,7 @@ def _pairs(path):
     return path
 
 
-@pytest.mark.parametrize("kind", [getattr(errors, n) for n in dir(errors)
-                                  if isinstance(getattr(errors, n), type) and issubclass(getattr(errors, n), Exception)])
+@pytest.mark.parametrize("kind", [k for k in vars(errors).values() if isinstance(k, type) and issubclass(k, Exception)])
 def test_every_error_is_a_rayrank_error(kind):
     assert issubclass(kind, RayrankError)
 
@@ -128,10 +148,10 @@ def test_funnel_stage_with_another_models_index_is_refused(tmp_path, tiny_encode
                "index": str(_index(tmp_path / "dense", "someone/else", "dense"))}]
     config = FunnelConfig.model_validate({"corpus": {"path": str(corpus)}, "stages": stages})
     with pytest.raises(IndexFormatError, match="was built with model 'someone/else'"):
-        check_indexes(config)
+        check_stages(config)
     missing = FunnelConfig.model_validate({"corpus": {"path": str(corpus)},
                                            "stages": [stages[0], {**stages[1], "index": str(tmp_path / "later")}]})
-    check_indexes(missing)  # not built yet: the batch job builds it with the stage's own model
+    check_stages(missing)  # not built yet: the batch job builds it with the stage's own model
 
 
 def test_funnel_stage_with_the_other_kind_of_index_is_refused(tmp_path, tiny_encoder):
@@ -143,8 +163,29 @@ def test_funnel_stage_with_the_other_kind_of_index_is_refused(tmp_path, tiny_enc
               "engine": {"scorer": "late-interaction", "model": str(tiny_encoder)}}
     config = FunnelConfig.model_validate({"corpus": {"path": str(corpus)}, "stages": [retrieve, rerank]})
     with pytest.raises(IndexFormatError, match="index format None is not supported"):
-        check_indexes(config)
+        check_stages(config)
     wrong = {"kind": "dense", "name": "dense", "k": 10, "model": str(tiny_encoder), "index": late}
     config = FunnelConfig.model_validate({"corpus": {"path": str(corpus)}, "stages": [retrieve, wrong]})
     with pytest.raises(IndexFormatError, match="is not a finished dense index"):
-        check_indexes(config)
+        check_stages(config)
+
+
+def test_rerank_on_openvino_without_it_is_refused_before_ray(tmp_path, tiny_cross_encoder, missing, no_ray, capsys):
+    from rayrank.jobs.rerank import main
+
+    missing("openvino")
+    args = [str(_pairs(tmp_path / "in.parquet")), str(tmp_path / "out"), "--model", str(tiny_cross_encoder),
+            "--backend", "openvino"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("rayrank rerank: error: openvino is missing")
+
+
+def test_funnel_stage_needing_a_missing_package_is_refused(tmp_path, tiny_encoder, missing):
+    corpus = _pairs(tmp_path / "corpus.parquet")
+    stages = [{"kind": "bm25", "name": "bm25", "k": 10, "stemmer": "none"},
+              {"kind": "dense", "name": "dense", "k": 10, "model": str(tiny_encoder), "method": "hnsw",
+               "index": str(tmp_path / "later")}]
+    config = FunnelConfig.model_validate({"corpus": {"path": str(corpus)}, "stages": stages})
+    missing("faiss")
+    with pytest.raises(errors.MissingExtraError, match="faiss is missing"):
+        check_stages(config)
