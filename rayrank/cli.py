@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dense-index": ("rayrank.jobs.dense_index", "build a dense (single-vector bi-encoder) index of a corpus on Ray Data"),
     "funnel": ("rayrank.jobs.funnel", "retrieval funnel (BM25, dense, late interaction, fusion, rerank, LLM) on Ray Data"),
     "eval": ("rayrank.evaluate", "nDCG@10, MRR@10, Recall@10/100 of a run against TREC qrels"),
+    "export": ("rayrank.jobs.export", "write a rerank OUTPUT as a TREC run file (--top-n, --tag)"),
     "compare": ("rayrank.jobs.compare", "several rerankers on the same candidates: quality, pairs/s, agreement"),
     "sweep": ("rayrank.jobs.sweep", "pairs/s of one model over batch sizes × token budgets, with a PNG plot"),
     "finetune": ("rayrank.jobs.finetune", "train a cross-encoder (BCE, MSE on teacher scores, pairwise margin)"),
@@ -34,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 GROUPS: dict[str, tuple[str, ...]] = {
     "batch jobs (Ray Data)": ("rerank", "index", "search", "dense-index", "funnel"),
     "serving (Ray Serve)": ("serve", "loadtest"),
-    "tools": ("check", "eval"),
+    "tools": ("check", "eval", "export"),
     "model lab": ("compare", "sweep", "finetune", "distill", "distractors"),
 }
 

@@ -3,7 +3,7 @@
 Conventions: nDCG uses the grade as gain (trec_eval `ndcg_cut`); MRR and recall count a document
 as relevant when its grade ≥ `min_relevance` (1 by default, `--min-relevance 2` for TREC-DL
 passage conventions); run queries with no judgments are skipped and counted; judged queries
-missing from the run are counted too.
+missing from the run are counted too. The run is a rerank output (Parquet) or a TREC run file.
 """
 
 from __future__ import annotations
@@ -85,29 +85,35 @@ def evaluate(run: Run, qrels: Qrels, min_relevance: int = 1) -> Metrics:
 
 
 def read_run(path: str, column: str = "score", storage_options: dict | None = None) -> dict[str, dict[str, float]]:
-    """Read a rerank output (Parquet file or dataset) into query → doc → score.
+    """Read a run into query → doc → score: a rerank output (Parquet file or dataset) or a TREC run file.
 
-    A column whose name contains "rank" (e.g. `bm25_rank`) is read as a rank: lower is better.
+    Parquet is a directory or a file starting with Parquet's magic bytes; any other file is read as a
+    TREC run (`qid Q0 docid rank score tag`, its score column; a malformed line is refused with its
+    number). A Parquet column whose name contains "rank" (e.g. `bm25_rank`) is read as a rank: lower is better.
     """
-    import pyarrow.dataset as ds
+    import pyarrow.compute as pc
 
     from rayrank.io.storage import filesystem
+    from rayrank.io.trec import is_parquet
+    from rayrank.io.trec import read_run as read_trec_run
 
     fs, root = filesystem(path, storage_options)
     if not fs.exists(root):
         raise InvalidInputError(f"run {path} does not exist.")
-    # A job output's ranking is its top-level part files: subfolders (a funnel's stages/NAME/) are runs
-    # of their own. Any other dataset is read whole; _errors/, _staging/ and _manifest.json are skipped.
-    parts = sorted(fs.glob(f"{root}/part-*.parquet")) if fs.isdir(root) else []
-    dataset = ds.dataset(parts or root, filesystem=fs, format="parquet")
-    if not dataset.files:
-        raise InvalidInputError(f"run {path} holds no result files (part-*.parquet): the job has not finished "
-                                "(rerun the same `rayrank rerank` command to resume it).")
-    missing = [c for c in ("query_id", "doc_id", column) if c not in dataset.schema.names]
-    if missing:
-        raise InvalidInputError(f"run {path} has no column {', '.join(map(repr, missing))}; "
-                                f"it has {', '.join(dataset.schema.names)}.")
-    table = dataset.to_table(columns=["query_id", "doc_id", column])
+    if not is_parquet(path, storage_options):
+        if column != "score":
+            raise InvalidInputError(f"run {path} is a TREC run file, which has no column {column!r}; "
+                                    "--baseline-column needs a Parquet run")
+        table = read_trec_run(path, storage_options)
+        pairs = table.group_by(["query_id", "doc_id"]).aggregate([("_line", "min"), ("_line", "count")])
+        if (twice := pairs.filter(pc.greater(pairs["_line_count"], 1))).num_rows:
+            first = twice.sort_by("_line_min").slice(0, 1).to_pylist()[0]
+            raise InvalidInputError(f"run {path} ranks document {first['doc_id']!r} more than once for query "
+                                    f"{first['query_id']!r} (first at line {first['_line_min']}); a run holds each "
+                                    "(query, document) once, as trec_eval requires")
+        column = "first_score"
+    else:
+        table = read_output_table(path, ["query_id", "doc_id", column], storage_options)
     sign = -1.0 if "rank" in column else 1.0
     run: dict[str, dict[str, float]] = {}
     for qid, did, value in zip(*(table[c].to_pylist() for c in ("query_id", "doc_id", column))):
@@ -116,10 +122,33 @@ def read_run(path: str, column: str = "score", storage_options: dict | None = No
     return run
 
 
+def read_output_table(path: str, columns: list[str], storage_options: dict | None = None):
+    """`columns` of a rerank output: its top-level part files (a funnel's stages/NAME/ are runs of their own),
+    or any other Parquet file or dataset read whole; _errors/, _staging/ and _manifest.json are skipped."""
+    import pyarrow.dataset as ds
+
+    from rayrank.io.storage import filesystem
+
+    fs, root = filesystem(path, storage_options)
+    if not fs.exists(root):
+        raise InvalidInputError(f"run {path} does not exist.")
+    parts = sorted(fs.glob(f"{root}/part-*.parquet")) if fs.isdir(root) else []
+    dataset = ds.dataset(parts or root, filesystem=fs, format="parquet")
+    if not dataset.files:
+        raise InvalidInputError(f"run {path} holds no result files (part-*.parquet): the job has not finished "
+                                "(rerun the same `rayrank rerank` command to resume it).")
+    missing = [c for c in columns if c not in dataset.schema.names]
+    if missing:
+        raise InvalidInputError(f"run {path} has no column {', '.join(map(repr, missing))}; "
+                                f"it has {', '.join(dataset.schema.names)}.")
+    return dataset.to_table(columns=columns)
+
+
 @command("eval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrank eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="rerank output: a Parquet file or directory (local or s3://)")
+    parser.add_argument("run", help="rerank output: a Parquet file or directory (local or s3://), or a TREC run "
+                        "file (qid Q0 docid rank score tag; any file that is not Parquet)")
     parser.add_argument("--qrels", required=True, help="TREC qrels file: query_id 0 doc_id grade")
     parser.add_argument("--baseline-column", help="also evaluate this column, e.g. bm25_rank (lower is better)")
     parser.add_argument("--min-relevance", type=int, default=1, help="grade that counts as relevant for MRR/recall")
