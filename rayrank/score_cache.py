@@ -15,7 +15,11 @@ quantize, lengths, long-document settings, instruction, prompt template, the dev
 rayrank version); a pair's key is blake2b-128 of its query and document text, stored as two uint64
 columns (`k0`, `k1`) beside `score` (float32) and `written_at`. The key's top 6 bits pick its bucket,
 so a lookup reads only the buckets its keys fall in, one at a time, and keeps at most
-`max_memory_bytes` of decoded buckets (least recently used go first).
+`max_memory_bytes` of decoded buckets (least recently used go first). Keys are uniform, so a shard
+of thousands of pairs touches every bucket: an actor reads its setting's cache once a run when it
+fits `max_memory_bytes` (28 bytes an entry; about 20 on disk), and again at each lookup otherwise,
+so size that to the pruned cache. Each lookup lists the buckets it touches, which is how an actor
+sees what other actors published earlier in the same run.
 
 Corruption: a segment is published whole (a rename on disk, one PUT on S3) under a name holding
 the first 16 hex digits of its bytes' sha256. A reader recomputes it; a mismatch, an unreadable file,
@@ -183,12 +187,28 @@ class _Entries:
     def nbytes(self) -> int:
         return 28 * len(self.k0)
 
-    def merged(self, other: _Entries) -> _Entries:
-        if not len(other.k0):
+    def merged(self, *others: _Entries) -> _Entries:
+        """One entry per key of self and `others` (the newest), sorted.
+
+        A stable sort of k0 merges already sorted parts in about linear time (timsort finds the runs);
+        only keys sharing a k0 (a key in two parts, or a rare k0 collision) are settled by a full sort.
+        """
+        parts = [p for p in (self, *others) if len(p.k0)]
+        if len(parts) <= 1 and (not parts or parts[0] is self):
             return self
-        k0, k1 = np.concatenate([self.k0, other.k0]), np.concatenate([self.k1, other.k1])
-        score, written = np.concatenate([self.score, other.score]), np.concatenate([self.written, other.written])
-        keep = _newest_first_unique(k0, k1, written)
+        k0, k1 = np.concatenate([p.k0 for p in parts]), np.concatenate([p.k1 for p in parts])
+        score, written = np.concatenate([p.score for p in parts]), np.concatenate([p.written for p in parts])
+        order = np.argsort(k0, kind="stable")
+        shared = np.zeros(len(order), dtype=bool)
+        equal = k0[order][1:] == k0[order][:-1]
+        shared[1:] |= equal
+        shared[:-1] |= equal
+        keep = order
+        if shared.any():
+            sub = order[shared]
+            sub = sub[_newest_first_unique(k0[sub], k1[sub], written[sub])]
+            keep = np.concatenate([order[~shared], sub])
+            keep = keep[np.argsort(k0[keep], kind="stable")]
         return _Entries(k0[keep], k1[keep], score[keep], written[keep])
 
     def since(self, cutoff_ms: int) -> _Entries:
@@ -414,6 +434,7 @@ class ScoreCache:
         """The bucket's entries, after reading the segments not read yet."""
         loaded = self._buckets.pop(bucket, None) or _Bucket(_Entries(), set())
         self._buckets[bucket] = loaded  # most recently used last
+        new = []
         for entry in _listing(self.fs, self._bucket_dir(bucket)):
             name = _name(entry)
             if name in loaded.seen or not SEGMENT.match(name):
@@ -427,7 +448,8 @@ class ScoreCache:
             if entries is None:
                 self.corrupt.append(entry["name"])
                 continue
-            loaded.entries = loaded.entries.merged(entries)
+            new.append(entries)
+        loaded.entries = loaded.entries.merged(*new)
         return loaded.entries
 
     def _evict(self, keep: int) -> None:
@@ -540,7 +562,7 @@ def _compact(fs: Any, fp_dir: str, bucket_dir: str, cutoff_ms: int, now_ms: int,
     """Rewrite one bucket as a single segment of its entries written at or after `cutoff_ms`."""
     fingerprint = _name({"name": fp_dir})
     listing = _listing(fs, bucket_dir)
-    entries, inputs, removable = _Entries(), [], []
+    segments, inputs, removable = [], [], []
     for entry in listing:
         name, path = _name(entry), entry["name"]
         if (temporary := TEMPORARY.match(name)) is not None:
@@ -559,8 +581,9 @@ def _compact(fs: Any, fp_dir: str, bucket_dir: str, cutoff_ms: int, now_ms: int,
             removable.append(path)
             report.corrupt_removed += 1
             continue
-        entries = entries.merged(segment)
+        segments.append(segment)
         inputs.append((path, len(segment.k0)))
+    entries = _Entries().merged(*segments)
     kept = entries.since(cutoff_ms)
     report.entries_dropped += len(entries.k0) - len(kept.k0)
     if first_pass:

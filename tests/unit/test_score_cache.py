@@ -366,3 +366,15 @@ def test_a_writer_killed_mid_run_leaves_only_whole_segments(tmp_path):
     assert np.all(looked.scores == 1.0)
     stored = sum(pq.read_metadata(p).num_rows for p in published)
     assert prune(str(tmp_path), now=T0 * 2).entries_kept == stored and cache.corrupt == []
+
+
+def test_a_pair_two_actors_scored_at_once_keeps_the_newest_score(tmp_path):
+    queries, documents = pairs(30, 10)
+    a = ScoreCache(str(tmp_path), FP, clock=lambda: T0)
+    b = ScoreCache(str(tmp_path), FP, clock=lambda: T0 + 1)
+    looked_a, looked_b = a.lookup(queries, documents), b.lookup(queries, documents)  # both miss everything
+    b.add(looked_b, np.full(300, 2.0, np.float32))
+    a.add(looked_a, np.full(300, 1.0, np.float32))  # published later, but scored earlier
+    assert np.all(ScoreCache(str(tmp_path), FP).lookup(queries, documents).scores == 2.0)
+    assert prune(str(tmp_path)).entries_kept == 300
+    assert np.all(ScoreCache(str(tmp_path), FP).lookup(queries, documents).scores == 2.0)
