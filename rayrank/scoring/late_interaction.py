@@ -1,78 +1,29 @@
 """Late-interaction (ColBERT-style) scorer: per-token embeddings and MaxSim.
 
-Works with any BERT-family encoder. ColBERT conventions apply when the checkpoint defines them
-(PyLate writes them to `config_sentence_transformers.json`): `[Q]`/`[D]` markers, queries padded
-with `[MASK]` to `query_length`, a linear projection (`Dense` module), and a punctuation skiplist
-applied to documents. A plain encoder (e.g. all-MiniLM-L6-v2) scores its real tokens only.
+Works with any BERT-family or ModernBERT encoder. The checkpoint's layout (`colbert_formats`: PyLate,
+Stanford ColBERT, or a plain encoder) sets the projection and the ColBERT conventions: a marker token
+after `[CLS]`, queries padded with `[MASK]` to `query_length`, and a punctuation skiplist applied to
+documents. A plain encoder (e.g. all-MiniLM-L6-v2) scores its real tokens only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rayrank.config import EngineConfig
+from rayrank.errors import UnsupportedModelError
 from rayrank.scoring.base import PairScores, chunking_of, make_backend, report_truncation, run_batches
+from rayrank.scoring.colbert_formats import marker_id, read_checkpoint, with_marker
 from rayrank.scoring.cross_encoder import model_max_length
 from rayrank.tokenize import Encoded, TextTokenizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ColbertConventions:
-    """How queries and documents are marked, padded and filtered; recorded in index manifests."""
-
-    query_prefix: str = ""
-    document_prefix: str = ""
-    query_length: int | None = None  # set: pad queries with [MASK] to this length (query augmentation)
-    document_length: int | None = None
-    attend_to_expansion_tokens: bool = False
-    skiplist_words: tuple[str, ...] = field(default_factory=lambda: tuple(string.punctuation))
-
-    @classmethod
-    def read(cls, model_dir: Path) -> ColbertConventions:
-        """Read PyLate's keys when present; a plain sentence-transformers folder gets the defaults."""
-        path = model_dir / "config_sentence_transformers.json"
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        if "query_prefix" not in data and "query_length" not in data:
-            return cls()
-        return cls(
-            query_prefix=data.get("query_prefix") or "",
-            document_prefix=data.get("document_prefix") or "",
-            query_length=data.get("query_length") if data.get("do_query_expansion", True) else None,
-            document_length=data.get("document_length"),
-            attend_to_expansion_tokens=bool(data.get("attend_to_expansion_tokens", False)),
-            skiplist_words=tuple(data.get("skiplist_words") or string.punctuation),
-        )
-
-
-def _projection(model_dir: Path) -> torch.nn.Linear | None:
-    """The Dense module a ColBERT checkpoint lists in modules.json (e.g. 384 → 128), if any."""
-    modules = model_dir / "modules.json"
-    if not modules.is_file():
-        return None
-    for module in json.loads(modules.read_text()):
-        if module.get("type", "").endswith("Dense"):
-            folder = model_dir / module["path"]
-            cfg = json.loads((folder / "config.json").read_text())
-            linear = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
-            weights = folder / "model.safetensors"
-            if weights.is_file():
-                from safetensors.torch import load_file
-                state = load_file(str(weights))
-            else:
-                state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-            linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
-            return linear
-    return None
 
 
 def _max_seq_length(model_dir: Path) -> int | None:
@@ -83,7 +34,7 @@ def _max_seq_length(model_dir: Path) -> int | None:
 class _TokenEmbeddings(torch.nn.Module):
     """Encoder → optional projection → L2-normalised token embeddings (rows, tokens, dim)."""
 
-    def __init__(self, encoder: torch.nn.Module, projection: torch.nn.Linear | None, uses_token_types: bool) -> None:
+    def __init__(self, encoder: torch.nn.Module, projection: torch.nn.Module | None, uses_token_types: bool) -> None:
         super().__init__()
         self.encoder = encoder
         self.projection = projection
@@ -134,23 +85,41 @@ class LateInteractionScorer:
         attn = "eager" if config.backend in ("onnx", "openvino") else "sdpa"
         encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation=attn)
         self.tokenizer = TextTokenizer(model_dir)
-        self.conventions = ColbertConventions.read(model_dir)
-        self.tokenizer.add_markers([self.conventions.query_prefix, self.conventions.document_prefix])
-        limit = model_max_length(encoder.config, self.tokenizer)
-        conv = self.conventions
-        if config.max_length is not None:  # the user's length wins over the checkpoint's saved limits
-            self.document_max_length = model_max_length(encoder.config, self.tokenizer, config.max_length)
+        checkpoint = read_checkpoint(model_dir, encoder)
+        self.conventions = conv = checkpoint.conventions
+        self.query_marker = marker_id(self.tokenizer.vocab, conv.query_prefix, model_dir)
+        self.document_marker = marker_id(self.tokenizer.vocab, conv.document_prefix, model_dir)
+        if conv.do_query_expansion and self.tokenizer.mask_id is None:
+            raise UnsupportedModelError(f"{model_dir}: query augmentation pads with [MASK], and this tokenizer has "
+                                        "no mask token; set do_query_expansion false in "
+                                        "config_sentence_transformers.json if the model was trained without it.")
+        # A marker written in a text stays one token, as PyLate's add_tokens makes it; never a new id.
+        self.tokenizer.add_markers([m for m in (conv.query_prefix, conv.document_prefix)
+                                    if m.strip() in self.tokenizer.vocab])
+        # The user's length wins, then ColBERT's document length (PyLate saves the tokenizer one token shorter).
+        if config.max_length is not None or conv.document_length:
+            self.document_max_length = model_max_length(encoder.config, self.tokenizer,
+                                                        config.max_length or conv.document_length)
         else:
-            self.document_max_length = min(conv.document_length or _max_seq_length(model_dir) or limit, limit)
+            limit = model_max_length(encoder.config, self.tokenizer)
+            self.document_max_length = min(_max_seq_length(model_dir) or limit, limit)
         self.query_max_length = model_max_length(encoder.config, self.tokenizer, config.query_max_length
                                                  or conv.query_length or self.document_max_length)
         self.skip_ids = np.array(sorted(self.tokenizer.token_ids(conv.skiplist_words)), dtype=np.int64)
-        projection = _projection(model_dir)
-        self.dim = projection.out_features if projection is not None else encoder.config.hidden_size
+        projection = checkpoint.projection
+        self.dim = projection[-1].out_features if projection is not None else encoder.config.hidden_size
         self.config = config
         uses_types = self.tokenizer.uses_token_types and getattr(encoder.config, "type_vocab_size", 0) > 1
+        # The layout is in the export key: an ONNX file from before a layout was read right is not reused.
         self.backend = make_backend(config, _TokenEmbeddings(encoder, projection, uses_types), model_dir,
-                                    "tokens", encoder.config)
+                                    f"tokens-{conv.layout}", encoder.config)
+
+    def _texts(self, texts: Sequence[str]) -> list[str]:
+        """Texts as PyLate's sentence-transformers hands them to the tokenizer: stripped (a leading space is a
+        token of its own to byte-level BPE, e.g. ModernBERT), lowercased under do_lower_case."""
+        if self.conventions.layout != "plain":
+            texts = [t.strip() for t in texts]
+        return [t.lower() for t in texts] if self.conventions.lowercase else list(texts)
 
     def _embed(self, encoded: Encoded, keep: list[np.ndarray], dtype: np.dtype) -> list[np.ndarray]:
         """Run the encoder and slice each row's kept token positions, in input order."""
@@ -161,12 +130,16 @@ class LateInteractionScorer:
         return out
 
     def _tokenize_queries(self, queries: Sequence[str]) -> tuple[Encoded, list[np.ndarray]]:
-        """Queries' tokens and the positions that score; with query augmentation every padded slot does."""
-        conv = self.conventions
-        encoded = self.tokenizer.encode_texts(
-            queries, self.query_max_length, prefix=conv.query_prefix, pad_to=conv.query_length,
-            attend_to_padding=conv.attend_to_expansion_tokens)
-        if conv.query_length is not None:
+        """Queries' tokens and the positions that score; with query augmentation every padded slot does.
+
+        As PyLate and Stanford ColBERT: cut one token short of the length, pad with [MASK], insert the marker.
+        """
+        conv, marked = self.conventions, self.query_marker is not None
+        pad_to = conv.query_length - marked if conv.do_query_expansion else None
+        encoded = with_marker(self.tokenizer.encode_texts(
+            self._texts(queries), self.query_max_length - marked, pad_to=pad_to,
+            attend_to_padding=conv.attend_to_expansion_tokens), self.query_marker)
+        if conv.do_query_expansion:
             return encoded, [np.arange(n) for n in encoded.lengths]
         return encoded, [np.flatnonzero(mask) for mask in encoded.attention_mask]
 
@@ -188,23 +161,29 @@ class LateInteractionScorer:
         tokens = np.fromiter((counts[q] for q in queries), dtype=np.float64, count=len(queries))
         return np.clip((1.0 + np.asarray(scores, dtype=np.float64) / tokens) / 2.0, 0.0, 1.0).astype(np.float32)
 
-    def encode_documents(self, documents: Sequence[str]) -> list[np.ndarray]:
-        """Per-document float16 (tokens, dim) matrices with skiplisted tokens removed, ready to index."""
-        return self._encode_documents(documents)[0]
+    def encode_documents(self, documents: Sequence[str], dtype: np.dtype = np.float16) -> list[np.ndarray]:
+        """Per-document (tokens, dim) matrices with skiplisted tokens removed.
 
-    def _encode_documents(self, documents: Sequence[str]) -> tuple[list[np.ndarray], int]:
+        float16 (the default) is what indexes store and `score_pairs` scores with; float32 is the encoder's
+        output unrounded, for comparing with other implementations.
+        """
+        return self._encode_documents(documents, dtype)[0]
+
+    def _encode_documents(self, documents: Sequence[str], dtype: np.dtype = np.float16
+                          ) -> tuple[list[np.ndarray], int]:
         """Documents' token embeddings; with chunking, each document's the union of its windows' tokens."""
         chunking = chunking_of(self.config)
-        prefix = self.conventions.document_prefix
+        texts, room = self._texts(documents), self.document_max_length - (self.document_marker is not None)
         if chunking is None:
-            encoded = self.tokenizer.encode_texts(documents, self.document_max_length, prefix=prefix)
+            encoded = self.tokenizer.encode_texts(texts, room)
             truncated = encoded.truncated
         else:
-            chunked = self.tokenizer.encode_texts_chunked(documents, self.document_max_length, chunking, prefix=prefix)
+            chunked = self.tokenizer.encode_texts_chunked(texts, room, chunking)
             encoded, truncated = chunked.encoded, chunked.truncated
+        encoded = with_marker(encoded, self.document_marker)
         report_truncation(truncated, len(documents), "documents", self.document_max_length)
         keep = [np.flatnonzero(~np.isin(ids, self.skip_ids)) for ids in encoded.input_ids]
-        embeddings = self._embed(encoded, keep, np.float16)
+        embeddings = self._embed(encoded, keep, dtype)
         if chunking is not None:
             windows: list[list[np.ndarray]] = [[] for _ in documents]
             for owner, window in zip(chunked.owners, embeddings):

@@ -77,7 +77,7 @@ def test_colbert_conventions(tiny_colbert):
 
 def test_onnx_embeddings_match_torch(tiny_colbert, cache_dir):
     docs = ["ray cluster python data", "the sea", " ".join(["model"] * 30)]
-    torch_docs = Reranker(str(tiny_colbert), scorer="late-interaction").scorer.encode_documents(docs)
+    torch_docs = Reranker(str(tiny_colbert), scorer="late-interaction", backend="torch").scorer.encode_documents(docs)
     onnx_docs = Reranker(str(tiny_colbert), scorer="late-interaction", backend="onnx",
                          cache_dir=cache_dir).scorer.encode_documents(docs)
     for a, b in zip(torch_docs, onnx_docs):
