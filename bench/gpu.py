@@ -9,6 +9,9 @@ and 512 tokens:
   - the engine: torch fp16 and bf16, onnxruntime CUDA (with onnxruntime-gpu);
 then the rerank job with one GPU actor vs the in-process engine on the same short synthetic pairs
 (job efficiency) with the model's busy fraction, and the late-interaction index job's docs/s.
+With `--decoder`, the same length table for a decoder reranker (Qwen3-Reranker-0.6B's shape, random
+weights, `bench/decoder.py`): `CrossEncoder.predict` (LogitScore) against the engine, both in bf16 on
+CUDA (fp16 overflows some decoders), the engine at a 16k-token budget.
 Writes `--json` and prints the README table. `--device cpu --quick` runs the same code in seconds
 (fp32/bf16, tiny sizes, no vLLM) to check it before a GPU is lent. Example:
 
@@ -49,11 +52,12 @@ def exact_length_pairs(pairs: int, seed: int = 0) -> tuple[list[str], list[str]]
     return queries, docs
 
 
-def _st_predict(model_dir: Path, device: str, length: int, queries, docs, batch: int):
+def _st_predict(model_dir: Path, device: str, length: int, queries, docs, batch: int, decoder: bool = False):
     import torch
     from sentence_transformers import CrossEncoder
 
-    half = {"model_kwargs": {"dtype": torch.float16}} if device == "cuda" else {}
+    dtype = torch.bfloat16 if decoder else torch.float16
+    half = {"model_kwargs": {"dtype": dtype}} if device == "cuda" else {}
     model = CrossEncoder(str(model_dir), device=device, max_length=length, activation_fn=torch.nn.Identity(), **half)
     pairs = list(zip(queries, docs))
     model.predict(pairs[:batch], batch_size=batch, show_progress_bar=False)  # warm-up
@@ -77,7 +81,9 @@ def _vllm_score(model_dir: Path, length: int, queries, docs):
     return lambda: llm.score(queries, docs, use_tqdm=False, **truncate)
 
 
-def engine_variants(device: str) -> list[tuple[str, dict]]:
+def engine_variants(device: str, decoder: bool = False) -> list[tuple[str, dict]]:
+    if decoder and device == "cuda":  # bf16: a decoder's activations can pass fp16's range
+        return [("engine torch bf16", {"backend": "torch", "dtype": "bfloat16"})]
     if device == "cpu":
         # named, not auto: a CPU without native bf16 has no auto setting for it, and the rows say torch
         return [("engine torch fp32", {"backend": "torch", "dtype": "float32"}),
@@ -91,27 +97,34 @@ def engine_variants(device: str) -> list[tuple[str, dict]]:
     return variants
 
 
-def engine_rows(model_dir: Path, args, work: Path) -> list[dict[str, Any]]:
+def decoder_engine(device: str) -> dict[str, int]:
+    """The decoder's engine settings: on CUDA a 16k-token budget (a 0.6B model saturates an H100 there; the
+    encoders' 64k holds 4x the activations for no gain), on CPU the engine's decoder default."""
+    return {"max_tokens_per_batch": 16_384, "max_batch_size": 1024} if device == "cuda" else {}
+
+
+def engine_rows(model_dir: Path, args, work: Path, decoder: bool = False) -> list[dict[str, Any]]:
     """Pairs/s of every contender at every length; each length's contenders run round-robin."""
     import rayrank
 
     queries, docs = exact_length_pairs(args.pairs)
     rows = []
-    for length in args.lengths:
+    for length in args.decoder_lengths if decoder else args.lengths:
         contenders: dict[str, Any] = {}
         notes: dict[str, str] = {}
         for batch in args.st_batches:
-            contenders[f"sentence-transformers fp16 predict, batch {batch}"] = _st_predict(
-                model_dir, args.device, length, queries, docs, batch)
-        if args.device == "cuda":
+            contenders[f"sentence-transformers {'bf16' if decoder else 'fp16'} predict, batch {batch}"] = _st_predict(
+                model_dir, args.device, length, queries, docs, batch, decoder)
+        if args.device == "cuda" and not decoder:
             vllm = _vllm_score(model_dir, length, queries, docs)
             if isinstance(vllm, str):
                 notes["vLLM LLM.score fp16"] = vllm
             else:
                 contenders["vLLM LLM.score fp16"] = vllm
-        for label, settings in engine_variants(args.device):
+        for label, settings in engine_variants(args.device, decoder):
+            engine = decoder_engine(args.device) if decoder else args.engine
             reranker = rayrank.Reranker(str(model_dir), device=args.device, max_length=length,
-                                        cache_dir=str(work / "onnx"), **settings, **args.engine)
+                                        cache_dir=str(work / "onnx"), **settings, **engine)
             reranker.score_pairs(queries[:64], docs[:64])  # warm-up: allocator, CUDA context, kernels
             contenders[label] = lambda r=reranker: r.score_pairs(queries, docs).scores
         timed = interleaved(contenders, args.repeats)
@@ -180,20 +193,27 @@ def job_rows(model_dir: Path, args, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def report(result: dict[str, Any]) -> str:
-    """The README's tables from a result JSON: engines by length, then jobs."""
-    env = result["environment"]
-    lines = [f"{env['gpu']} — torch {env['torch']}, {env['cpus']} CPUs, load {env['load']}; "
-             f"{result['settings']['pairs']:,} pairs per length, best of {result['settings']['repeats']}", ""]
-    notes = any(row.get("note") for row in result["engines"])
+def _engine_table(rows: list[dict[str, Any]]) -> str:
+    notes = any(row.get("note") for row in rows)
     engines = []
-    for row in result["engines"]:
+    for row in rows:
         rate, ratio = row["pairs/s"], row["x sentence-transformers"]
         engines.append({"tokens": row["tokens"], "contender": row["contender"],
                         "pairs/s": "n/a" if rate is None else f"{rate:,.0f}",
                         "x sentence-transformers": "n/a" if ratio is None else f"{ratio:.2f}",
                         **({"note": row.get("note", "")} if notes else {})})
-    lines.append(table(engines))
+    return table(engines)
+
+
+def report(result: dict[str, Any]) -> str:
+    """The README's tables from a result JSON: engines by length, the decoder (if timed), then jobs."""
+    env = result["environment"]
+    lines = [f"{env['gpu']} — torch {env['torch']}, {env['cpus']} CPUs, load {env['load']}; "
+             f"{result['settings']['pairs']:,} pairs per length, best of {result['settings']['repeats']}", ""]
+    lines.append(_engine_table(result["engines"]))
+    if result.get("decoder"):
+        lines += ["", f"decoder reranker ({result['settings']['decoder_model']}):", "",
+                  _engine_table(result["decoder"])]
     if result.get("jobs"):
         jobs = [{"job": r["job"], "rate": f"{r['rate']:,.0f} {r['unit']}",
                  "x in-process": "n/a" if r["x in-process"] is None else f"{r['x in-process']:.2f}",
@@ -227,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-rows", type=int, help="rerank job input rows (default 400,000; quick 2,000)")
     parser.add_argument("--index-docs", type=int, help="index job documents (default 100,000; quick 400)")
     parser.add_argument("--skip-jobs", action="store_true", help="engine table only (no Ray)")
+    parser.add_argument("--decoder", action="store_true",
+                        help="also time a decoder reranker (Qwen3-Reranker-0.6B-shaped, random weights)")
+    parser.add_argument("--decoder-model", type=Path, help="the decoder to time instead (implies --decoder)")
     parser.add_argument("--json", type=Path, default=Path("gpu-bench.json"), help="where to write the results")
     args = parser.parse_args(argv)
     if args.device == "cuda":
@@ -242,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args.job_rows = args.job_rows or (2_000 if quick else 400_000)
     args.index_docs = args.index_docs or (400 if quick else 100_000)
     args.lengths = (32, 64) if quick and args.model else LENGTHS  # a tiny model reads 64 tokens at most
+    args.decoder_lengths = (160, 200) if quick and args.decoder_model else LENGTHS  # over a tiny one's prompt
     args.st_batches = (32, 64) if quick else ST_BATCHES
     # GPU batches: a 64k-token budget keeps the device busy (configs/rerank.nightly.yaml).
     args.engine = {"max_tokens_per_batch": 65536, "max_batch_size": 1024} if args.device == "cuda" else {}
@@ -252,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"device": args.device, "pairs": args.pairs, "repeats": args.repeats,
                            "lengths": list(args.lengths), "engine": args.engine, "model": str(model_dir)},
               "engines": engine_rows(model_dir, args, work)}
+    if args.decoder or args.decoder_model:
+        from bench.decoder import QWEN3_RERANKER_0_6B, qwen3_reranker_shaped
+
+        decoder_dir = args.decoder_model or qwen3_reranker_shaped(work / "qwen3-reranker-0.6b-shaped",
+                                                                  [" ".join(WORDS)] * 100, QWEN3_RERANKER_0_6B)
+        result["settings"]["decoder_model"] = str(decoder_dir)
+        result["decoder"] = engine_rows(decoder_dir, args, work, decoder=True)
     if not args.skip_jobs:
         result["jobs"] = job_rows(model_dir, args, work)
     result["seconds"] = round(time.perf_counter() - started, 1)

@@ -13,6 +13,9 @@ round counts. Prints pairs/s, × plain predict, max |Δ logit| and Kendall τ ag
     python bench/peers.py --peer-python PATH/bin/python --pairs 300 --rounds 3
     python bench/peers.py --systems "st openvino,rayrank openvino bf16"
 
+Decoder rerankers (`--part decoder`, in our own environment: sentence-transformers ≥ 5.4 scores them):
+a Qwen3-Reranker-shaped model scaled to 2 cores against `CrossEncoder.predict`, see bench/decoder.py.
+
 Late interaction (`--part late`, PyLate and fast-plaid in a third venv, `--li-python`): SciFact
 document encoding docs/s, PyLate `models.ColBERT` over the bundled all-MiniLM-L6-v2 against our
 `encode_documents`; then search on the same (our) token embeddings: index build seconds from
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", type=lambda s: s.split(","), default=None,
                         help="comma-separated subset of systems (plain predict always runs: it is the reference)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep exports and logs here (reused)")
-    parser.add_argument("--part", choices=["all", "cross-encoder", "late"], default="all")
+    parser.add_argument("--part", choices=["all", "cross-encoder", "decoder", "late"], default="all")
     parser.add_argument("--li-python", type=Path, default=Path("/work/venvs/peers-li/bin/python"),
                         help="interpreter with pylate and fast-plaid (they pin their own torch and transformers)")
     parser.add_argument("--li-docs", type=int, default=300, help="SciFact abstracts for the encoding timing")
@@ -424,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if load_dl20() is None:
         print(skip_message(DL20))
         return 0
-    if args.part != "late":
+    if args.part in ("all", "cross-encoder"):
         args.peer_python = ensure_peer_venv(args.peer_python, args.create_peer_venv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="rayrank-bench-peers-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -436,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(summary(rows)))
         print(f"near-exact: max |Δ| ≤ {NEAR_EXACT_DELTA} and τ ≥ {NEAR_EXACT_TAU} against plain fp32 predict; "
               f"load={load_average()}", flush=True)
+    if args.part in ("all", "decoder"):
+        import decoder
+
+        rows = decoder.decoder_rows(args.pairs, args.rounds, args.threads, [16, 32, 64], [2048, 4096], work)
+        print(table(rows))
+        print(decoder.summary(rows) + f"; load={load_average()}", flush=True)
     if args.part in ("all", "late"):
         late_interaction(args, work)
     print(f"load at end={load_average()}")

@@ -55,6 +55,14 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     parser.add_argument("--max-length", type=int, help="tokens per input (wins over a checkpoint's saved limit)")
     parser.add_argument("--long-documents", choices=["truncate", "chunk"],
                         help="documents over --max-length: truncate (default) or score their best chunk")
+    parser.add_argument("--instruction", help="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-"
+                        "gemma): the task instruction in their prompt, e.g. 'Given a question, retrieve passages that "
+                        "answer it' (default: the prompt's own)")
+    parser.add_argument("--prompt-template", choices=["qwen3-reranker", "mxbai-rerank-v2", "bge-reranker-v2-gemma"],
+                        help="a decoder reranker's built-in prompt, for a checkpoint without a chat template that "
+                        "renders query/document messages (default: its chat template, or the family its name states)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a checkpoint with custom code (config.json auto_map) run it; off by default")
     parser.add_argument("--top-n", type=int, help="keep the N best candidates per query")
     parser.add_argument("--actors", help="MIN,MAX actors (autoscaling pool), e.g. 1,4")
     parser.add_argument("--gpus-per-actor", type=float)
@@ -68,7 +76,8 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
              "overwrite": True if args.overwrite else None}
     engine = {"model": args.model, "scorer": args.scorer, "backend": args.backend, "quantize": args.quantize,
               "max_tokens_per_batch": args.max_tokens_per_batch, "max_length": args.max_length,
-              "long_documents": args.long_documents}
+              "long_documents": args.long_documents, "instruction": args.instruction,
+              "prompt_template": args.prompt_template, "trust_remote_code": True if args.trust_remote_code else None}
     cluster = {"address": args.address, "actors": args.actors, "gpus_per_actor": args.gpus_per_actor}
     data = merge_flags(data, flags, {"engine": engine, "cluster": cluster}, args.config)
     config = parse_config(RerankJobConfig, data, args.config or "command-line flags")

@@ -131,13 +131,14 @@ class Reranker:
                                    f"({len(self.index):,} documents)", kind="unknown_document")
         return ids if any(doc_id is not None for doc_id in ids) else None
 
-    async def score(self, query: str, documents: list[str], doc_ids: tuple[str | None, ...] | None = None) -> Scored:
+    async def score(self, query: str, documents: list[str], doc_ids: tuple[str | None, ...] | None = None,
+                    instruction: str | None = None) -> Scored:
         """Admit the request's pairs or refuse at once with 429 + Retry-After; then wait for its batch."""
         if (refusal := self.overload(len(documents))) is not None:
             raise refusal
         self.pending_pairs += len(documents)
         try:
-            return await self.score_batch(Job(query, documents, doc_ids))
+            return await self.score_batch(Job(query, documents, doc_ids, instruction))
         finally:
             self.pending_pairs -= len(documents)
 
@@ -189,7 +190,9 @@ class Reranker:
         found: list[dict[str, float] | None] = [None] * len(jobs)
         if self.cache is not None:
             vectors = mean_pooled(self._query_encoder.encode_queries([job.query for job in jobs]))
-            keys = [documents_key(job.keys()) for job in jobs]
+            # An instruction changes every score: it is part of what a cached answer was computed for.
+            keys = [documents_key(job.keys() + ([f"\0instruction:{job.instruction}"] if job.instruction else []))
+                    for job in jobs]
             found = [self.cache.lookup(key, vector) for key, vector in zip(keys, vectors)]
             hits = sum(f is not None for f in found)
             self.metrics.cache(hits, len(jobs) - hits)
@@ -202,8 +205,13 @@ class Reranker:
             if self.index is not None:  # one rule for every request: documents encoded like the index's
                 doc_ids = [d for i in todo for d in (jobs[i].doc_ids or (None,) * len(jobs[i].documents))]
                 scores, _ = score_from_index(self.engine.scorer, self.index, queries, doc_ids, documents)
-            else:
-                scores = self.engine.score_pairs(queries, documents).scores
+            else:  # one engine call per instruction in the batch (a decoder's prompt holds it)
+                scores = np.empty(len(documents), dtype=np.float32)
+                instructions = [jobs[i].instruction for i in todo for _ in jobs[i].documents]
+                for instruction in dict.fromkeys(instructions):
+                    rows = [k for k, given in enumerate(instructions) if given == instruction]
+                    scores[rows] = self.engine.score_pairs([queries[k] for k in rows], [documents[k] for k in rows],
+                                                           instruction).scores
         finally:
             self._call = None
         self._measured(len(documents), time.perf_counter() - start)

@@ -24,8 +24,8 @@ from rayrank.ray_app.auth import protect
 from rayrank.ray_app.metrics import ServeMetrics
 from rayrank.ray_app.schemas import (CohereRerankRequest, CohereRerankResponse, CohereResult, CohereV2RerankRequest,
                                      CohereV2RerankResponse, CohereV2Result, ErrorResponse, Health, ModelCard,
-                                     ModelList, RequestError, TeiRerankRequest, TeiResult, check_limits,
-                                     constrain_openapi)
+                                     ModelList, RequestError, TeiRerankRequest, TeiResult, check_instruction,
+                                     check_limits, constrain_openapi)
 from rayrank.ray_app.service import RerankService
 
 
@@ -180,11 +180,15 @@ def build_http_app(service: RerankService) -> FastAPI:
             raise RequestError(422, "model", f"{model!r} is not served here; this service runs "
                                f"{args.model_name!r} (GET /v1/models)", kind="unknown_model")
 
-    async def relevance(query: str, documents: list[str], ids, max_tokens: int | None) -> tuple[np.ndarray, bool]:
+    takes_instruction = getattr(service.engine.scorer, "takes_instruction", False)
+
+    async def relevance(query: str, documents: list[str], ids, max_tokens: int | None,
+                        instruction: str | None) -> tuple[np.ndarray, bool]:
         """Scores in [0, 1] for the request's documents (cut to `max_tokens` tokens first, if given)."""
+        check_instruction(instruction, args.limits, takes_instruction)
         if max_tokens is not None:
             documents = service.engine.cut_documents(documents, max_tokens)
-        scored = await service.score(query, documents, ids)
+        scored = await service.score(query, documents, ids, instruction)
         return service.engine.relevance([query] * len(documents), scored.scores), scored.cached
 
     def meta(cached: bool) -> dict[str, Any]:
@@ -199,7 +203,7 @@ def build_http_app(service: RerankService) -> FastAPI:
         check_limits(request.query, request.documents, args.limits, "documents")
         ids = service.document_ids(request.documents, "documents")
         texts = [d if isinstance(d, str) else "" for d in request.documents]
-        scores, cached = await relevance(request.query, texts, ids, request.max_tokens_per_doc)
+        scores, cached = await relevance(request.query, texts, ids, request.max_tokens_per_doc, request.instruction)
 
         def document(i: int) -> dict[str, str] | None:
             if not request.return_documents:
@@ -215,7 +219,8 @@ def build_http_app(service: RerankService) -> FastAPI:
         """Cohere v2 rerank (`cohere.ClientV2.rerank`, LangChain's `CohereRerank`): documents as strings."""
         check_model(request.model)
         check_limits(request.query, request.documents, args.limits, "documents")
-        scores, cached = await relevance(request.query, request.documents, None, request.max_tokens_per_doc)
+        scores, cached = await relevance(request.query, request.documents, None, request.max_tokens_per_doc,
+                                         request.instruction)
         results = [CohereV2Result(index=int(i), relevance_score=float(scores[i]))
                    for i in ranking(scores, request.top_n)]
         return CohereV2RerankResponse(id=str(uuid.uuid4()), results=results, meta=meta(cached))
@@ -227,7 +232,8 @@ def build_http_app(service: RerankService) -> FastAPI:
             raise RequestError(422, "truncate", "false is not supported; texts longer than the model's limit "
                                "are truncated (send truncate: true)", kind="unsupported")
         check_limits(request.query, request.texts, args.limits, "texts")
-        scored = await service.score(request.query, request.texts)
+        check_instruction(request.instruction, args.limits, takes_instruction)
+        scored = await service.score(request.query, request.texts, instruction=request.instruction)
         scores = scored.scores if request.raw_scores else service.engine.relevance(
             [request.query] * len(request.texts), scored.scores)
         return [TeiResult(index=int(i), score=float(scores[i]),
@@ -261,7 +267,8 @@ def build_http_app(service: RerankService) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build_openapi()
-            constrain_openapi(schema, args.limits, args.model_name, by_id=service.index is not None)
+            constrain_openapi(schema, args.limits, args.model_name, by_id=service.index is not None,
+                              takes_instruction=takes_instruction)
             app.openapi_schema = schema
         return app.openapi_schema
 

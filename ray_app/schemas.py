@@ -101,12 +101,22 @@ class _Request(BaseModel):
     query: StrictStr = Field(json_schema_extra={"minLength": 1, "pattern": NON_BLANK_PATTERN},
                              description="a string with a character that is not white space")
 
+    instruction: StrictStr | None = Field(None, description="decoder rerankers only (Qwen3-Reranker, ...): the "
+                                          "task instruction for this request, in place of the service's")
+
     @field_validator("query")
     @classmethod
     def _query_not_blank(cls, value: str) -> str:
         problem = text_problem(value)
         if problem is not None:
             raise ValueError(f"query {problem}; {_EXPECTED}")
+        return value
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and (problem := text_problem(value)) is not None:
+            raise ValueError(f"instruction {problem}; {_EXPECTED}")
         return value
 
 
@@ -157,6 +167,18 @@ class TeiRerankRequest(_Request):
         return _strings_of(value)
 
 
+def check_instruction(instruction: str | None, limits: RequestLimits, takes_instruction: bool) -> None:
+    """An instruction only where the served model reads one (a decoder reranker), at most a query's length."""
+    if instruction is None:
+        return
+    if not takes_instruction:
+        raise RequestError(422, "instruction", "the served model is not a decoder reranker and reads no instruction; "
+                           "omit the field", kind="unsupported")
+    if len(instruction) > limits.max_query_chars:
+        raise RequestError(422, "instruction", f"{len(instruction)} characters; at most {limits.max_query_chars}",
+                           kind="query_too_long")
+
+
 def check_limits(query: str, documents: list[str | DocumentId], limits: RequestLimits, documents_field: str) -> None:
     """The configurable limits, each failure a 422 naming the field."""
     if len(documents) > limits.max_documents:
@@ -175,8 +197,10 @@ def _text(max_chars: int) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": NON_BLANK_PATTERN}
 
 
-def constrain_openapi(schema: dict[str, Any], limits: RequestLimits, model_name: str, by_id: bool) -> None:
-    """Write what the validators and `check_limits` enforce into the generated request schemas."""
+def constrain_openapi(schema: dict[str, Any], limits: RequestLimits, model_name: str, by_id: bool,
+                      takes_instruction: bool = False) -> None:
+    """Write what the validators and `check_limits` enforce into the generated request schemas (`instruction`
+    only where the served model reads one)."""
     models = schema["components"]["schemas"]
     text = _text(limits.max_document_chars)
     item = {"anyOf": [text, {"type": "object", "properties": {"text": text}, "required": ["text"],
@@ -190,6 +214,11 @@ def constrain_openapi(schema: dict[str, Any], limits: RequestLimits, model_name:
         properties = models[name]["properties"]
         properties["query"].update(_text(limits.max_query_chars))
         properties[field].update(items=items, maxItems=limits.max_documents)
+        if takes_instruction:
+            properties["instruction"] = {"anyOf": [_text(limits.max_query_chars), {"type": "null"}],
+                                         "description": properties["instruction"]["description"]}
+        else:
+            del properties["instruction"]
         if "model" in properties:
             properties["model"] = {"anyOf": [{"type": "string", "enum": [model_name]}, {"type": "null"}],
                                    "description": "the served model (GET /v1/models); omit it or send this name"}

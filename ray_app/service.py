@@ -26,6 +26,7 @@ class Job:
     query: str
     documents: list[str]
     doc_ids: tuple[str | None, ...] | None = None
+    instruction: str | None = None  # a decoder reranker's instruction for this request (None: the service's)
 
     def keys(self) -> list[str]:
         """What identifies each document for the cache: its text, or its id."""
@@ -61,5 +62,5 @@ class RerankService(Protocol):
 
     def document_ids(self, documents: list[str | DocumentId], field: str) -> tuple[str | None, ...] | None: ...
 
-    async def score(self, query: str, documents: list[str],
-                    doc_ids: tuple[str | None, ...] | None = None) -> Scored: ...
+    async def score(self, query: str, documents: list[str], doc_ids: tuple[str | None, ...] | None = None,
+                    instruction: str | None = None) -> Scored: ...

@@ -36,6 +36,12 @@ class EngineConfig(StrictModel):
     by `chunk_overlap_tokens`, at most `max_chunks_per_doc` per document: a cross-encoder scores every
     (query, window) pair in the same token-budget batches and keeps the best window's score; late
     interaction encodes the windows and scores MaxSim over the union of their tokens.
+
+    Decoder rerankers (a ForCausalLM or LogitScore checkpoint, see `rayrank.scoring.decoder`) read
+    `instruction` (default: the prompt's own; a request may give another) and take their prompt
+    from the checkpoint's chat template, or from `prompt_template`, a built-in family recipe
+    (`rayrank.prompts.FAMILIES`). Left unset, their `max_tokens_per_batch` is 4096 and `dtype` bf16 on
+    CUDA. `trust_remote_code` lets a checkpoint with custom code (an `auto_map`) run its code.
     """
 
     model: str | None = None
@@ -55,6 +61,9 @@ class EngineConfig(StrictModel):
     batch_overhead_tokens: NonNegativeInt | None = None
     threads: PositiveInt | None = None
     cache_dir: str | None = None
+    instruction: str | None = Field(None, min_length=1)
+    prompt_template: Literal["qwen3-reranker", "mxbai-rerank-v2", "bge-reranker-v2-gemma"] | None = None
+    trust_remote_code: bool = False
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> EngineConfig:

@@ -83,10 +83,11 @@ class Reranker:
 
     Args:
         model: a Hugging Face id or local directory; defaults to the scorer's default model.
-        scorer: "cross-encoder" or "late-interaction".
+        scorer: "cross-encoder" (decoder rerankers such as Qwen3-Reranker included) or "late-interaction".
         backend: "auto" (the fastest near-exact setting on this machine, measured once and cached),
             "torch", "onnx" or "openvino".
-        **settings: any other `EngineConfig` field (device, dtype, quantize, threads, max_length, ...).
+        **settings: any other `EngineConfig` field (device, dtype, quantize, threads, max_length, ...), e.g.
+            `instruction="Find code that answers the question"` for a decoder reranker.
 
     Example:
         >>> reranker = Reranker("sentence-transformers/all-MiniLM-L6-v2", scorer="late-interaction")  # doctest: +SKIP
@@ -103,16 +104,27 @@ class Reranker:
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> Reranker:
-        return cls(**config.model_dump())
+        # Only the keys that were set: defaults that depend on the model (a decoder's budget) stay open.
+        return cls(**config.model_dump(exclude_unset=True))
 
-    def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> PairScores:
-        """Score aligned (query, document) lists; the batch form the jobs and the server use."""
+    def score_pairs(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None = None
+                    ) -> PairScores:
+        """Score aligned (query, document) lists; the batch form the jobs and the server use.
+
+        `instruction` replaces the configured one for this call (decoder rerankers only).
+        """
         if len(queries) != len(documents):
             raise InvalidInputError(f"got {len(queries)} queries and {len(documents)} documents; "
                                     "score_pairs takes one query per document.")
         check_texts(queries, "query")
         check_texts(documents, "document")
-        return self.scorer.score_pairs(list(queries), list(documents))
+        if instruction is None:
+            return self.scorer.score_pairs(list(queries), list(documents))
+        if not getattr(self.scorer, "takes_instruction", False) or not instruction.strip():
+            raise InvalidInputError(f"instruction={instruction!r}: only decoder rerankers (Qwen3-Reranker, "
+                                    f"mxbai-rerank-v2, bge-reranker-v2-gemma, ...) take a non-blank instruction; "
+                                    f"{self.config.model_name} does not.")
+        return self.scorer.score_pairs(list(queries), list(documents), instruction=instruction)
 
     def relevance(self, queries: Sequence[str], scores: np.ndarray) -> np.ndarray:
         """`score_pairs` scores mapped into [0, 1], monotone per query (see each scorer's `relevance`)."""
@@ -122,20 +134,21 @@ class Reranker:
         """Each document cut after its first `max_tokens` tokens (a per-request limit, e.g. Cohere's)."""
         return self.scorer.tokenizer.cut_texts(documents, max_tokens)
 
-    def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+    def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> np.ndarray:
         """One float32 score per document, in input order (logits for cross-encoders)."""
         check_texts([query], "query")
-        return self.score_pairs([query] * len(documents), documents).scores
+        return self.score_pairs([query] * len(documents), documents, instruction).scores
 
     def rank(self, query: str, documents: Sequence[str], doc_ids: Sequence[Any] | None = None,
-             top_n: int | None = None, return_documents: bool = False) -> RankedResults:
+             top_n: int | None = None, return_documents: bool = False, instruction: str | None = None
+             ) -> RankedResults:
         """Documents sorted best first; ties keep input order. `top_n` keeps the best N."""
         if doc_ids is not None and len(doc_ids) != len(documents):
             raise InvalidInputError(f"got {len(doc_ids)} doc_ids for {len(documents)} documents.")
         if top_n is not None and top_n <= 0:
             raise InvalidInputError(f"top_n must be a positive integer, got {top_n}.")
         check_texts([query], "query")
-        pair_scores = self.score_pairs([query] * len(documents), documents)
+        pair_scores = self.score_pairs([query] * len(documents), documents, instruction)
         order = np.argsort(-pair_scores.scores, kind="stable")[:top_n]
         results = [Result(index=int(i), score=float(pair_scores.scores[i]),
                           doc_id=None if doc_ids is None else doc_ids[i],

@@ -148,6 +148,10 @@ class TextTokenizer:
         self._local.truncation = None
         return self._tok.encode_batch(list(texts), add_special_tokens=False)
 
+    def encode_plain(self, texts: Sequence[str]) -> list[Encoding]:
+        """Texts encoded in full, without special tokens, with character offsets (decoder prompt pieces)."""
+        return self._whole(texts)
+
     def cut_texts(self, texts: Sequence[str], max_tokens: int) -> list[str]:
         """Each text cut after its first `max_tokens` tokens, where that token ends (Cohere's `max_tokens_per_doc`)."""
         out = []

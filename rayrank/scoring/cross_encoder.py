@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from rayrank.config import EngineConfig
+from rayrank.errors import UnsupportedModelError
 from rayrank.scoring.base import (
     PairScores,
     attention_for,
@@ -66,8 +67,9 @@ class CrossEncoderScorer:
             str(model_dir), config=hf_config, local_files_only=True,
             attn_implementation=attention_for(hf_config, config.backend))
         if model.config.num_labels != 1:
-            raise ValueError(f"{model_dir} has {model.config.num_labels} labels; rayrank reranks with "
-                             "single-logit cross-encoders (num_labels=1).")
+            raise UnsupportedModelError(f"{model_dir} has {model.config.num_labels} labels; rayrank reranks with "
+                                        "single-logit cross-encoders (num_labels=1) and decoder rerankers (a "
+                                        "ForCausalLM answering yes/no, e.g. Qwen3-Reranker).")
         self.tokenizer = TextTokenizer(model_dir)
         self.max_length = model_max_length(model.config, self.tokenizer, config.max_length)
         self.config = config

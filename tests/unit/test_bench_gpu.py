@@ -43,3 +43,18 @@ def test_report_shows_missing_contenders_jobs_and_the_goal():
     assert "42,000" in text and "10.50" in text and "vllm not installed" in text
     assert "| rerank job, 1 actor (1 GPU, 15 CPUs) | 38,000 pairs/s | 0.91" in text and "0.93" in text
     assert "best engine 42,000 (engine torch fp16)" in text
+
+
+def test_quick_cpu_run_times_a_decoder_and_reports_it(tmp_path, tiny_cross_encoder):
+    from tests.tiny_decoders import make_qwen3
+
+    decoder = make_qwen3(tmp_path / "qwen3")
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--device", "cpu", "--quick", "--model", str(tiny_cross_encoder), "--skip-jobs",
+                     "--decoder-model", str(decoder), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {r["tokens"] for r in result["decoder"]} == {160, 200} and all(r["pairs/s"] > 0 for r in result["decoder"])
+    assert "decoder reranker (" in gpu.report(result)
+    assert gpu.engine_variants("cuda", decoder=True) == [("engine torch bf16", {"backend": "torch",
+                                                                               "dtype": "bfloat16"})]
+    assert gpu.decoder_engine("cuda")["max_tokens_per_batch"] == 16_384 and gpu.decoder_engine("cpu") == {}
