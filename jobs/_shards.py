@@ -65,6 +65,12 @@ def finish(claim_: Claim, config: Any, manifest: dict[str, Any], **timings: Any)
     return manifest
 
 
+def actor_config(config: Any) -> dict[str, Any]:
+    """A job config as its actors receive it: only the keys that were set, so a default that depends on the
+    model (a decoder reranker's token budget, rayrank.scoring.decoder) is still unset when the actor loads it."""
+    return config.model_dump(exclude_unset=True)
+
+
 def model_record(resolved) -> dict[str, str]:
     return {"name": resolved.name, "source": resolved.source, "path": str(resolved.path)}
 

@@ -31,7 +31,7 @@ from rayrank.io.tables import DOC_KEYS, Shard
 from rayrank.jobs._docs import deduplicate, valid_docs
 from rayrank.jobs._output import steady_rate
 from rayrank.jobs._phases import Phases
-from rayrank.jobs._shards import ParquetInput, UnitActor, claim, finish, model_record, run_units
+from rayrank.jobs._shards import ParquetInput, UnitActor, actor_config, claim, finish, model_record, run_units
 
 
 class DenseIndexConfig(StrictModel):
@@ -112,7 +112,7 @@ def run(config: DenseIndexConfig) -> dict[str, Any]:
     from rayrank.jobs._ray import connect
 
     connect(config.cluster.address)
-    kwargs = {"config": config.model_dump(), "in_options": source.in_options, "out_options": source.out_options,
+    kwargs = {"config": actor_config(config), "in_options": source.in_options, "out_options": source.out_options,
               "layouts": source.layouts}
     encoded = run_units(job, "dense-index", source.shards(job.state["shard_rows"]), ShardEncoder, config.cluster,
                         kwargs)

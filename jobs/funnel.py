@@ -33,7 +33,7 @@ from rayrank.io.storage import filesystem, join, list_parquet, read_json, storag
 from rayrank.io.tables import QUERY_KEYS, read_unique
 from rayrank.jobs._output import JobOutput, steady_rate
 from rayrank.jobs._phases import Phases
-from rayrank.jobs._shards import UnitActor, claim, finish, run_units
+from rayrank.jobs._shards import UnitActor, actor_config, claim, finish, run_units
 
 RESULT_FIELDS = [("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32()), ("rank", pa.int32())]
 
@@ -175,7 +175,7 @@ def run(config: FunnelConfig, queries_path: str, output: str) -> dict[str, Any]:
     indexes = build_missing_indexes(config, job.out)
     shards = plan_query_shards(queries["query_id"].to_pylist(), queries["query"].to_pylist(),
                                job.state["shard_queries"])
-    kwargs = {"config": config.model_dump(), "output": output, "out_options": out_options}
+    kwargs = {"config": actor_config(config), "output": output, "out_options": out_options}
     ran = run_units(job, "funnel", shards, ShardFunnel, config.cluster, kwargs, "queries", "queries")
     manifest = {
         "kind": "funnel", "input": queries_path, "output": output, "final_stage": config.stages[-1].name,

@@ -39,7 +39,8 @@ from rayrank.io.tables import DOC_KEYS, Shard
 from rayrank.jobs._docs import IndexedShard, deduplicate, valid_docs
 from rayrank.jobs._output import JobOutput, steady_rate
 from rayrank.jobs._phases import Phases, phase_line, summarize
-from rayrank.jobs._shards import Claim, ParquetInput, UnitActor, claim, finish, model_record, run_units
+from rayrank.jobs._shards import (Claim, ParquetInput, UnitActor, actor_config, claim, finish, model_record,
+                                  run_units)
 from rayrank.models import resolve_model
 from rayrank.reranker import resolve_engine
 
@@ -162,7 +163,7 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
 
     connect(config.cluster.address)
     codec = _codec(job, config, source, list(shards.values()))
-    kwargs = {"config": config.model_dump(), "in_options": source.in_options, "out_options": source.out_options,
+    kwargs = {"config": actor_config(config), "in_options": source.in_options, "out_options": source.out_options,
               "layouts": source.layouts}
     encoded = run_units(job, "index", shards, ShardIndexer, config.cluster, kwargs)
     entries = [_entry(s) for s in deduplicate(job.out, encoded.done, lambda files: files["docs"]["path"],

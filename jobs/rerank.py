@@ -35,7 +35,8 @@ from rayrank.io.storage import (count_requests, filesystem, join, put_atomic, re
 from rayrank.io.tables import Shard, bucket_of, rank_queries, read_shard, split_valid
 from rayrank.jobs._output import JobOutput, steady_rate
 from rayrank.jobs._phases import Phases, phase_line, summarize
-from rayrank.jobs._shards import Claim, ParquetInput, UnitActor, claim, finish, model_record, run_units
+from rayrank.jobs._shards import (Claim, ParquetInput, UnitActor, actor_config, claim, finish, model_record,
+                                  run_units)
 from rayrank.models import resolve_model
 from rayrank.reranker import resolve_engine
 
@@ -220,7 +221,7 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
 
     connect(config.cluster.address)
     nodes_at_start = alive_nodes()
-    kwargs = {"config": config.model_dump(), "in_options": in_options, "out_options": out_options,
+    kwargs = {"config": actor_config(config), "in_options": in_options, "out_options": out_options,
               "buckets": job.state["buckets"], "layouts": source.layouts,
               "index_options": storage_options(config.storage, config.index or "")}
     scored = run_units(job, "rerank", source.shards(job.state["shard_rows"]), ShardScorer, config.cluster, kwargs)

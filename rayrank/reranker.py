@@ -101,6 +101,7 @@ class Reranker:
         # `config` is concrete (auto resolved); `backend_choice` is how auto chose, for manifests.
         self.config, self.backend_choice = resolve_engine(config, self.resolved)
         self.scorer: Scorer = load_scorer(self.config, self.resolved)
+        self.config = self.scorer.config  # what runs: a decoder's defaults (token budget, CUDA dtype) included
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> Reranker:

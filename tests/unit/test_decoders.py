@@ -348,3 +348,17 @@ def test_a_family_is_recognised_by_its_published_names_and_model_type(name, mode
 
     found = family_by_name(name, model_type)
     assert (found and found.name) == family
+
+
+def test_an_unset_decoder_budget_survives_the_trip_to_job_actors(qwen3, cache_dir):
+    """Job drivers send actors only the keys that were set (jobs._shards.actor_config), so a decoder loaded in an
+    actor takes the decoder budget, not the encoders' default; a budget the user set is kept."""
+    from rayrank.config import RerankJobConfig
+    from rayrank.jobs._shards import actor_config
+    from rayrank.scoring.decoder import DECODER_MAX_TOKENS_PER_BATCH
+
+    for given, expected in [({}, DECODER_MAX_TOKENS_PER_BATCH), ({"max_tokens_per_batch": 1024}, 1024)]:
+        job = RerankJobConfig.model_validate({"engine": {"model": str(qwen3), "cache_dir": cache_dir, **given}})
+        job = job.model_copy(update={"engine": job.engine.model_copy(update={"backend": "torch"})})  # as auto does
+        sent = RerankJobConfig.model_validate(actor_config(job))
+        assert Reranker.from_config(sent.engine).config.max_tokens_per_batch == expected
