@@ -18,7 +18,7 @@ import torch
 
 from rayrank.config import EngineConfig
 from rayrank.errors import UnsupportedModelError
-from rayrank.scoring.base import PairScores, chunking_of, make_backend, report_truncation, run_batches
+from rayrank.scoring.base import PairScores, attention_for, chunking_of, make_backend, report_truncation, run_batches
 from rayrank.scoring.colbert_formats import marker_id, read_checkpoint, with_marker
 from rayrank.scoring.cross_encoder import model_max_length
 from rayrank.tokenize import Encoded, TextTokenizer
@@ -80,9 +80,9 @@ class LateInteractionScorer:
     kind = "late-interaction"
 
     def __init__(self, model_dir: Path, config: EngineConfig) -> None:
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
-        attn = "eager" if config.backend in ("onnx", "openvino") else "sdpa"
+        attn = attention_for(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), config.backend)
         encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation=attn)
         self.tokenizer = TextTokenizer(model_dir)
         checkpoint = read_checkpoint(model_dir, encoder)
@@ -164,8 +164,8 @@ class LateInteractionScorer:
     def encode_documents(self, documents: Sequence[str], dtype: np.dtype = np.float16) -> list[np.ndarray]:
         """Per-document (tokens, dim) matrices with skiplisted tokens removed.
 
-        float16 (the default) is what indexes store and `score_pairs` scores with; float32 is the encoder's
-        output unrounded, for comparing with other implementations.
+        float16 (the default) is what indexes store and `rerank --index` scores with; float32 is the encoder's
+        output unrounded, what `score_pairs` scores with (so it matches PyLate's scores within 1e-4).
         """
         return self._encode_documents(documents, dtype)[0]
 
@@ -192,13 +192,15 @@ class LateInteractionScorer:
         return embeddings, truncated
 
     def score_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> PairScores:
-        """MaxSim of each pair; each distinct query is encoded once."""
+        """MaxSim of each pair over float32 embeddings; each distinct query is encoded once.
+
+        Documents stay float32 here (rounding to an index's float16 moves a MaxSim by up to ~1e-3)."""
         scores = np.empty(len(queries), dtype=np.float32)
         if not len(queries):
             return PairScores(scores)
         unique = list(dict.fromkeys(queries))
         query_embeddings = dict(zip(unique, self.encode_queries(unique)))
-        doc_embeddings, truncated = self._encode_documents(documents)
+        doc_embeddings, truncated = self._encode_documents(documents, np.float32)
         by_query: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
             by_query.setdefault(q, []).append(i)

@@ -54,7 +54,7 @@ def test_pair_scores_are_maxsim_of_encodings(plain):
     docs = ["ray cluster python", "the sea fish", "fish of the sea"]
     scores = plain.score_pairs(queries, docs).scores
     q = plain.scorer.encode_queries(["what is ray", "fish"])
-    d = plain.scorer.encode_documents(docs)
+    d = plain.scorer.encode_documents(docs, dtype=np.float32)
     expected = np.concatenate([maxsim(q[0], d[:2]), maxsim(q[1], d[2:])])
     np.testing.assert_allclose(scores, expected, atol=1e-5)
     perm = [2, 0, 1]
