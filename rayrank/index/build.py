@@ -59,6 +59,7 @@ def pack_shard(shard_id: str, doc_ids: Sequence[str], embeddings: Sequence[np.nd
                      "tokens": pa.array(sizes, pa.int32())}, schema=DOCS_SCHEMA)
     codes = codec.codes(flat)
     data = {files["docs"]: parquet_bytes(docs)}
+    error = residual_error_sum(codec, flat, codes)
     if compression == "residual":
         _, packed = codec.compress(flat, codes)
         data[files["residuals"]] = npy_bytes(packed)
@@ -66,10 +67,22 @@ def pack_shard(shard_id: str, doc_ids: Sequence[str], embeddings: Sequence[np.nd
         data[files["embeddings"]] = npy_bytes(flat)
     data[files["codes"]] = npy_bytes(codes)
     vector_bytes = sum(len(b) for path, b in data.items() if not path.endswith(".parquet"))
-    return data, {"docs": len(doc_ids), "tokens": int(sizes.sum()), "vector_bytes": vector_bytes}
+    return data, {"docs": len(doc_ids), "tokens": int(sizes.sum()), "vector_bytes": vector_bytes,
+                  "residual_error_sum": error}
 
 
-def _write_shard(fs, path: str, shard_id: str, data: dict[str, bytes], compression: str) -> dict[str, dict]:
+def residual_error_sum(codec: ResidualCodec, vectors: np.ndarray, codes: np.ndarray, chunk: int = 65536) -> float:
+    """Sum over tokens of 1 - cos(token, its centroid): the codec's fit to these tokens, whose mean, compared
+    with the build's, measures how far added documents drift from the centroids (rayrank.index.update)."""
+    total = 0.0
+    for start in range(0, len(vectors), chunk):
+        v = np.asarray(vectors[start:start + chunk], dtype=np.float32)
+        c = codec.centroids[np.asarray(codes[start:start + chunk], dtype=np.int64)].astype(np.float32)
+        total += float(len(v) - np.einsum("ij,ij->", v, c))
+    return total
+
+
+def write_shard(fs, path: str, shard_id: str, data: dict[str, bytes], compression: str) -> dict[str, dict]:
     """Write a packed shard's files; their manifest entries by role (path, sha256, bytes)."""
     from rayrank.index.format import write_bytes_atomic
     from rayrank.io.storage import join
@@ -103,7 +116,7 @@ def repack(source, root: str, compression: str, nbits: int = 2, pool_factor: int
         positions = np.flatnonzero(source.shard_of == number)
         embeddings = [pool_tokens(e, pool_factor) for e in source.get_index(positions)]
         data, packed = pack_shard(shard["id"], [source.doc_ids[i] for i in positions], embeddings, codec, compression)
-        files = _write_shard(fs, path, shard["id"], data, compression)
+        files = write_shard(fs, path, shard["id"], data, compression)
         entries.append({"id": shard["id"], "docs": packed["docs"], "tokens": packed["tokens"], "duplicates": 0,
                         "files": files})
         vector_bytes += packed["vector_bytes"]
@@ -137,17 +150,20 @@ def write_index(root: str, doc_ids: Sequence[str], embeddings: Sequence[np.ndarr
     fs, path = filesystem(root)
     codec, stats = train_codec(list(embeddings[:sample_docs]), nbits, centroids)
     write_bytes_atomic(fs, join(path, CODEC), codec.to_bytes())
-    entries = []
+    entries, error = [], 0.0
     for number, part in enumerate(np.array_split(np.arange(len(doc_ids)), shards)):
         shard_id = f"s{number}"
         data, packed = pack_shard(shard_id, [doc_ids[i] for i in part], [embeddings[i] for i in part], codec,
                                   compression)
-        files = _write_shard(fs, path, shard_id, data, compression)
+        files = write_shard(fs, path, shard_id, data, compression)
         entries.append({"id": shard_id, **packed, "duplicates": 0, "files": files})
+        error += packed["residual_error_sum"]
+    tokens = sum(e["tokens"] for e in entries)
     manifest = {"format_version": FORMAT_VERSION, "job_id": f"write_index-{len(doc_ids)}",
                 "model": {"name": model_name}, "dim": codec.dim, "dtype": "float16", "normalized": True,
                 "compression": {"kind": compression, "nbits": nbits if compression == "residual" else None,
-                                "pool_factor": 1, "centroids": stats["centroids"]},
-                "docs": len(doc_ids), "shards": entries}
+                                "pool_factor": 1, "centroids": stats["centroids"],
+                "residual_error": round(error / tokens, 6) if tokens else None},
+                "docs": len(doc_ids), "total_tokens": tokens, "shards": entries}
     write_json_atomic(manifest, fs, join(path, MANIFEST))
     return manifest

@@ -8,8 +8,13 @@ INDEX_DIR/
   shards/{shard}.npy        compression none: float16 (shard tokens, dim), L2-normalised
   shards/{shard}.codes.npy  nearest centroid per token (uint16/int32): IVF postings, residual codes
   shards/{shard}.residuals.npy  compression residual: uint8 (shard tokens, dim * nbits / 8), packed
+  tombstones/gen-N.parquet  shard (string), doc_id (string): rows deleted or replaced up to generation N
+  codec-N.npz               centroids retrained by `rayrank index compact --retrain` at generation N
+  _update/                  the update in progress (its lease and staging; rayrank.index.update)
   _errors/*.parquet         documents not indexed, each with a reason
 ```
+Every file but `_manifest.json` is immutable once a manifest lists it: an update writes new files, then
+a manifest with the next `generation` (the commit point), so a reader of generation N is never disturbed.
 Document i of a shard owns token rows `offset[i] : offset[i] + tokens[i]` of every `.npy` of the shard.
 `.npy` files are memory-mapped when local (`np.load(mmap_mode="r")`) and read by byte range on S3, so a
 reader never loads the index whole. A document dropped as a cross-shard duplicate loses its Parquet
@@ -34,6 +39,7 @@ FORMAT_VERSION = 1
 MANIFEST = "_manifest.json"
 CODEC = "codec.npz"
 DOCS_SCHEMA = pa.schema([("doc_id", pa.string()), ("offset", pa.int64()), ("tokens", pa.int32())])
+TOMBSTONES_SCHEMA = pa.schema([("shard", pa.string()), ("doc_id", pa.string())])
 
 
 def shard_files(shard_id: str, compression: str) -> dict[str, str]:
@@ -77,6 +83,29 @@ def read_manifest(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
         raise IndexFormatError(f"{root}: index format {manifest.get('format_version')!r} is not supported "
                                f"(this rayrank reads format {FORMAT_VERSION}); rebuild the index.")
     return manifest
+
+
+def generation(manifest: dict[str, Any]) -> int:
+    """The manifest's generation: 0 for a fresh build, +1 for every published add, delete or compaction."""
+    return int(manifest.get("generation", 0))
+
+
+def read_tombstones(fs: AbstractFileSystem, root: str, manifest: dict[str, Any]) -> pa.Table:
+    """(shard, doc_id) rows that generation's readers skip: the one tombstone file its manifest lists."""
+    entry = manifest.get("tombstones")
+    if not entry:
+        return TOMBSTONES_SCHEMA.empty_table()
+    with fs.open(join(root, entry["path"]), "rb") as handle:
+        return pq.read_table(handle).select(TOMBSTONES_SCHEMA.names).cast(TOMBSTONES_SCHEMA)
+
+
+def dead_by_shard(tombstones: pa.Table) -> dict[str, pa.Array]:
+    """{shard id: its tombstoned doc_ids}."""
+    if not tombstones.num_rows:
+        return {}
+    shards = tombstones["shard"].to_numpy(zero_copy_only=False)
+    ids = tombstones["doc_id"].combine_chunks()
+    return {sid: ids.filter(pa.array(shards == sid)) for sid in np.unique(shards)}
 
 
 def check_model(manifest: dict[str, Any], url: str, model_name: str) -> None:

@@ -7,10 +7,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayrank.index.compress import ResidualCodec, pool_tokens
-from rayrank.index.format import CODEC, IndexFormatError, NpyArray, check_model, read_manifest
+from rayrank.index.format import (
+    CODEC,
+    MANIFEST,
+    IndexFormatError,
+    NpyArray,
+    check_model,
+    dead_by_shard,
+    generation,
+    read_manifest,
+    read_tombstones,
+)
 from rayrank.io.storage import filesystem, join
 from rayrank.scoring.late_interaction import maxsim
 
@@ -46,20 +57,32 @@ class IndexReader:
 
     Holds the doc_id → (shard, offset, tokens) table in memory (a few dozen bytes per document);
     embeddings stay on disk until asked for.
+
+    A reader is one generation of the index: it reads the manifest once and only the files it lists,
+    which updates never change (rayrank.index.update), so it stays consistent while a newer
+    generation is written. Tombstoned rows are left out of that table, so no read path (get,
+    gather, blocks, the IVF postings) can reach a deleted document; `deleted` names them.
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.url = url
+        self.url, self.storage_options = url, storage_options
         self.fs, self.root = filesystem(url, storage_options)
+        self._stamp = self._manifest_stamp()  # before reading: a commit while opening shows up as a change
         self.manifest = read_manifest(self.fs, self.root)
+        self.generation = generation(self.manifest)
         self.compression: str = self.manifest["compression"]["kind"]
         self.pool_factor: int = int(self.manifest["compression"].get("pool_factor", 1))
-        self.codec = ResidualCodec.from_bytes(self.fs.cat_file(join(self.root, CODEC)))
+        codec_path = self.manifest["compression"].get("codec", {}).get("path", CODEC)
+        self.codec = ResidualCodec.from_bytes(self.fs.cat_file(join(self.root, codec_path)))
         self.dim: int = int(self.manifest["dim"])
+        tombstones = read_tombstones(self.fs, self.root, self.manifest)
+        dead = dead_by_shard(tombstones)
         ids, shard_of, offsets, sizes = [], [], [], []
         for number, shard in enumerate(self.manifest["shards"]):
             with self.fs.open(join(self.root, shard["files"]["docs"]["path"]), "rb") as handle:
                 docs = pq.read_table(handle)
+            if shard["id"] in dead:
+                docs = docs.filter(pc.invert(pc.is_in(docs["doc_id"], value_set=dead[shard["id"]])))
             ids += docs["doc_id"].to_pylist()
             shard_of.append(np.full(docs.num_rows, number, dtype=np.int32))
             offsets.append(docs["offset"].to_numpy())
@@ -71,7 +94,26 @@ class IndexReader:
         self.position = {doc_id: i for i, doc_id in enumerate(ids)}
         if len(self.position) != len(ids):
             raise IndexFormatError(f"{url}: a doc_id appears in more than one shard; the index is corrupt.")
+        self.deleted: frozenset[str] = frozenset(tombstones["doc_id"].to_pylist()) - self.position.keys()
         self._arrays: dict[int, dict[str, NpyArray]] = {}
+
+    def _manifest_stamp(self) -> tuple:
+        """What changes when a new manifest is published (a rename locally, a new object on S3)."""
+        try:
+            info = self.fs.info(join(self.root, MANIFEST), refresh=True)
+        except FileNotFoundError:
+            return ()
+        return tuple(info.get(k) for k in ("ino", "mtime", "size", "ETag", "LastModified"))
+
+    def current(self) -> IndexReader:
+        """This reader, or a new one when another generation has been published since it was opened.
+
+        Costs one stat (a HEAD on S3); long-lived holders (the Serve replica) call it per request so that
+        a deleted document is gone from the next request on.
+        """
+        if self._manifest_stamp() == self._stamp:
+            return self
+        return IndexReader(self.url, self.storage_options)
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -82,7 +124,8 @@ class IndexReader:
     def check_model(self, model_name: str) -> None:
         check_model(self.manifest, self.url, model_name)
 
-    def _shard(self, number: int) -> dict[str, NpyArray]:
+    def arrays(self, number: int) -> dict[str, NpyArray]:
+        """Shard `number`'s stored arrays by role (codes, embeddings or residuals), opened on first use."""
         if number not in self._arrays:
             files = self.manifest["shards"][number]["files"]
             self._arrays[number] = {role: NpyArray(self.fs, join(self.root, f["path"]))
@@ -90,19 +133,19 @@ class IndexReader:
         return self._arrays[number]
 
     def _vectors(self, number: int, start: int, stop: int) -> np.ndarray:
-        arrays = self._shard(number)
+        arrays = self.arrays(number)
         if self.compression == "residual":
             return self.codec.decompress(arrays["codes"].rows(start, stop), arrays["residuals"].rows(start, stop))
         return arrays["embeddings"].rows(start, stop)
 
     def codes(self, number: int) -> np.ndarray:
         """Centroid id of every token row of shard `number` (the IVF postings are built from these)."""
-        codes = self._shard(number)["codes"]
+        codes = self.arrays(number)["codes"]
         return np.asarray(codes.rows(0, len(codes)))
 
     def token_table(self, number: int) -> np.ndarray | None:
         """Shard `number`'s stored float16 token rows as one memory map (local uncompressed indexes), else None."""
-        table = self._shard(number)["embeddings"].memmap if self.compression == "none" else None
+        table = self.arrays(number)["embeddings"].memmap if self.compression == "none" else None
         return table if table is not None and table.dtype == np.float16 else None
 
     def get(self, doc_ids: Sequence[str]) -> list[np.ndarray | None]:
@@ -132,7 +175,7 @@ class IndexReader:
         for number in np.unique(shard_of):
             mine = np.flatnonzero(shard_of == number)
             rows = token_rows(self.offsets[positions[mine]], sizes[mine])
-            arrays = self._shard(int(number))
+            arrays = self.arrays(int(number))
             if self.compression == "residual":
                 vectors = self.codec.decompress(arrays["codes"].take(rows), arrays["residuals"].take(rows))
             else:

@@ -272,5 +272,5 @@ def test_pack_shard_of_no_documents(tmp_path):
     codec, _ = train_codec(random_docs(20), 2, 8)
     for compression in ("none", "residual"):
         data, stats = pack_shard("empty", [], [], codec, compression)
-        assert stats == {"docs": 0, "tokens": 0, "vector_bytes": stats["vector_bytes"]}
+        assert stats == {"docs": 0, "tokens": 0, "vector_bytes": stats["vector_bytes"], "residual_error_sum": 0.0}
         assert pq.read_table(io.BytesIO(data["shards/empty.parquet"])).num_rows == 0
