@@ -132,7 +132,7 @@ def measure(load: Callable[[str, str], Backend], settings: list[Setting], batche
             outputs[setting] = _run_all(backend, batches)
             times[setting].append(time.perf_counter() - started)
     rows = sum(len(b["input_ids"]) for b in batches)
-    reference = outputs[settings[0]] if settings[0] in outputs else None
+    reference = outputs.get(settings[0])
     for setting in backends:
         error = None
         if reference is not None:

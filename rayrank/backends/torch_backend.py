@@ -1,6 +1,6 @@
 """Eager PyTorch backend: CPU fp32, CUDA fp16/bf16 (bf16 and fp16 also run, slowly, on CPU: parity tests).
 
-Attention is PyTorch's SDPA (the scorers load models with `attn_implementation="sdpa"`); padding is
+Attention is PyTorch's SDPA where the family has it, eager where not (`rayrank.scoring.base.attention_for`); padding is
 kept small by the token-budget planner (rayrank/batching.py), which cuts length-sorted batches where
 padding would cost more than another call.
 """
