@@ -26,7 +26,8 @@ from rayrank.backends.torch_backend import pick_device
 from rayrank.config import EngineConfig
 from rayrank.errors import UnsupportedModelError
 from rayrank.prompts import FAMILIES, ChatTemplate, Family, PromptEncoder, family_by_name
-from rayrank.scoring.base import PairScores, chunking_of, make_backend, report_truncation, run_batches, sigmoid
+from rayrank.scoring.base import (PairScores, attention_for, chunking_of, make_backend, report_truncation, run_batches,
+                                  sigmoid)
 from rayrank.scoring.cross_encoder import model_max_length
 from rayrank.tokenize import TextTokenizer
 
@@ -151,7 +152,7 @@ class DecoderScorer:
         self.instruction = config.instruction
         family = self._family(model_dir, config, hf_config, hf_tokenizer)
         causal = (hf_config.architectures or [""])[0].endswith("ForCausalLM") or logit_score_config(model_dir)
-        model = self._load(model_dir, config, causal)
+        model = self._load(model_dir, config, causal, hf_config)
         if causal:
             true_id, false_id = self._answer_ids(model_dir, family, hf_tokenizer)
             head = collapse(model.get_output_embeddings(), true_id, false_id)
@@ -188,12 +189,11 @@ class DecoderScorer:
                     config.model_name, family.name)
         return family
 
-    def _load(self, model_dir: Path, config: EngineConfig, causal: bool) -> torch.nn.Module:
+    def _load(self, model_dir: Path, config: EngineConfig, causal: bool, hf_config) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-        # Eager attention exports to ONNX/OpenVINO; SDPA is faster in eager torch.
-        attn = "eager" if config.backend in ("onnx", "openvino") else "sdpa"
+        attn = attention_for(hf_config, config.backend)
         # Loaded at the precision it will run in (an 8B model in fp32 would need 32 GB of host memory first).
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.config.dtype, torch.float32)
         model = auto.from_pretrained(str(model_dir), local_files_only=True, attn_implementation=attn,
