@@ -11,7 +11,8 @@ Phases, each resumable (see rayrank/index/format.py for the layout):
    token rows stay unreferenced) and listed in `_errors/`, so every doc_id is indexed exactly once.
 The manifest, written last, marks the index finished. A rerun of a killed build skips committed work.
 
-Usage: `rayrank index DOCS INDEX_DIR [options]` or `python -m rayrank.jobs.index DOCS INDEX_DIR [options]`.
+Usage: `rayrank index DOCS INDEX_DIR [options]` or `python -m rayrank.jobs.index DOCS INDEX_DIR [options]`;
+`rayrank index add|delete|compact INDEX_DIR ...` update a finished index (jobs/index_update.py).
 """
 
 from __future__ import annotations
@@ -45,8 +46,15 @@ from rayrank.models import resolve_model
 from rayrank.reranker import resolve_engine
 
 
+UPDATES = ("add", "delete", "compact")
+
+
 def parse_args(argv: list[str] | None) -> IndexJobConfig:
-    parser = argparse.ArgumentParser(prog="rayrank index", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="rayrank index", description=__doc__.split("\n\n")[0],
+        epilog="Updates: `rayrank index add INDEX_DIR NEW_DOCS`, `rayrank index delete INDEX_DIR IDS`, "
+               "`rayrank index compact INDEX_DIR [--retrain]` (each has --help). A corpus at a path named "
+               "add, delete or compact is written ./add.")
     parser.add_argument("input", nargs="?", help="DOCS: Parquet file, directory or glob (local or s3://)")
     parser.add_argument("output", nargs="?", help="INDEX_DIR: index directory (local or s3://)")
     parser.add_argument("--config", help="YAML job config (see configs/); flags override it")
@@ -105,39 +113,48 @@ def train_codec(config: dict, in_options: dict, out_options: dict, layouts: dict
 
 
 class ShardIndexer(UnitActor):
-    """Ray Data actor: loads the encoder and the codec once, then encodes and writes whole shards."""
+    """Ray Data actor: loads the encoder and the codec once, then encodes and writes whole shards.
 
-    def __init__(self, config: dict, in_options: dict, out_options: dict, layouts: dict[str, str]) -> None:
+    A build commits its units in INDEX_DIR's staging; an add (jobs/index_update.py) in `staging`
+    (`INDEX_DIR/_update`), and names its shards' files `prefix` + shard id, so they never meet the
+    files an older generation reads.
+    """
+
+    def __init__(self, config: dict, in_options: dict, out_options: dict, layouts: dict[str, str],
+                 staging: str | None = None, prefix: str = "", codec: str = CODEC) -> None:
         self.config = IndexJobConfig.model_validate(config)
-        super().__init__(self.config.output, out_options)
+        super().__init__(staging or self.config.output, out_options)
         self.reranker = self.load_engine(self.config.engine, self.config.cluster)
         self.fs_in, _ = filesystem(self.config.input, in_options)
-        self.codec = ResidualCodec.from_bytes(self.out.fs.cat_file(self.out.path(CODEC)))
-        self.layouts = layouts
+        self.fs_index, self.index_root = filesystem(self.config.output, out_options)
+        self.codec = ResidualCodec.from_bytes(self.fs_index.cat_file(join(self.index_root, codec)))
+        self.layouts, self.prefix = layouts, prefix
 
     def work(self, unit: dict[str, Any], phases: Phases) -> dict[str, Any]:
         shard = Shard(**unit)
         config, out, sid = self.config, self.out, shard.shard_id
+        fid = self.prefix + sid  # the shard's id in the manifest, and its files' names
         kept, errors, rows_in = valid_docs(self.fs_in, shard, self.layouts[shard.path], config.columns, phases)
         with self.gate.engine(phases):  # tokenizing, the encoder and pooling
             embeddings = build.encode(self.reranker.scorer, kept["text"].to_pylist(), config.pool_factor)
         with phases.timed("write_s"):  # compression and the shard's files
-            data, packed = build.pack_shard(sid, kept["doc_id"].to_pylist(), embeddings, self.codec,
+            data, packed = build.pack_shard(fid, kept["doc_id"].to_pylist(), embeddings, self.codec,
                                             config.compression)
             files = {role: {"path": path, "bytes": len(data[path]),
-                            "sha256": retrying(f"writing {path}",
-                                               lambda path=path: write_bytes_atomic(out.fs, out.path(path), data[path]))}
-                     for role, path in shard_files(sid, config.compression).items()}
+                            "sha256": retrying(f"writing {path}", lambda path=path: write_bytes_atomic(
+                                self.fs_index, join(self.index_root, path), data[path]))}
+                     for role, path in shard_files(fid, config.compression).items()}
             # Where each document came from, for the cross-shard duplicate report.
             rows = pa.table({"doc_id": kept["doc_id"], "_row": kept["_row"]})
             retrying(f"staging the rows of shard {sid}",
-                     lambda: write_parquet_atomic(rows, out.fs, out.stage("rows", f"{sid}.parquet")))
+                     lambda: write_parquet_atomic(rows, out.fs, out.stage("rows", f"{fid}.parquet")))
             if errors.num_rows:
                 retrying(f"staging the errors of shard {sid}",
                          lambda: write_parquet_atomic(errors, out.fs, out.stage("errors", f"{sid}.parquet")))
         return {"shard": sid, "ordinal": shard.ordinal, "source": shard.path, "rows_in": rows_in,
                 "docs": packed["docs"], "tokens": packed["tokens"], "vector_bytes": packed["vector_bytes"],
-                "invalid": errors.num_rows, "files": json.dumps(files)}
+                "residual_error_sum": packed["residual_error_sum"], "invalid": errors.num_rows,
+                "files": json.dumps(files)}
 
 
 def run(config: IndexJobConfig) -> dict[str, Any]:
@@ -174,6 +191,8 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
     duplicates = sum(e["duplicates"] for e in entries)
     encoded_now = sum(int(s["docs"]) for s in encoded.this_run)
     codec_bytes = job.out.fs.size(job.out.path(CODEC))
+    error = sum(float(s.get("residual_error_sum", 0.0)) for s in encoded.done.values())
+    encoded_tokens = sum(int(s["tokens"]) for s in encoded.done.values())
     manifest = {
         "format_version": FORMAT_VERSION, "model": model_record(resolved), "backend": config.engine.backend,
         "engine_dtype": config.engine.dtype, "backend_choice": backend_choice,
@@ -182,7 +201,9 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
         "compression": {"kind": config.compression, "nbits": config.nbits if config.compression == "residual" else None,
                         "pool_factor": config.pool_factor, "centroids": codec["centroids"],
                         "codec": {"path": CODEC, "sha256": codec["sha256"], "bytes": codec_bytes},
-                        "sample_docs": codec["sample_docs"], "kmeans_tokens": codec["kmeans_tokens"]},
+                        "sample_docs": codec["sample_docs"], "kmeans_tokens": codec["kmeans_tokens"],
+                        # mean 1 - cos(token, its centroid): what an add's drift is measured against
+                        "residual_error": round(error / encoded_tokens, 6) if encoded_tokens else None},
         "input": config.input, "output": config.output, "input_files": len(source.files),
         "docs": docs, "total_tokens": tokens, "tokens_per_doc": round(tokens / docs, 2) if docs else None,
         # Token vectors (float16 or codes + residual bits) incl. unreferenced rows of dropped duplicates.
@@ -252,6 +273,11 @@ def summary(manifest: dict[str, Any]) -> str:
 
 @command("index")
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in UPDATES:  # a corpus at a path named `add` is written `./add`
+        from rayrank.jobs.index_update import main as update_main
+
+        return update_main(argv)
     print(summary(run(parse_args(argv))))
     return 0
 

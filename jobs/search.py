@@ -68,7 +68,9 @@ def run(config: SearchJobConfig) -> dict[str, Any]:
     engine = config.engine.model_copy(update={"model": config.engine.model or reader.manifest["model"]["name"]})
     reader.check_model(rayrank.resolve_model(engine.model_name).name)
     queries, errors, rows_in = read_queries(config, storage_options(config.storage, config.input))
+    # an updated index (another generation) is another search; a fresh build stays generation 0
     identity = {"kind": "search", "index": reader.manifest["job_id"], "input": config.input,
+                **({"index_generation": reader.generation} if reader.generation else {}),
                 **config.model_dump(include={"k", "method", "nprobe", "candidates"}), "engine": engine.model_dump()}
     job = claim("search", config.output, storage_options(config.storage, config.output), identity, {},
                 config.overwrite)
@@ -97,6 +99,7 @@ def run(config: SearchJobConfig) -> dict[str, Any]:
         write_parquet_atomic(errors, job.out.fs, job.out.path("_errors", "invalid-queries.parquet"))
     manifest = {
         "kind": "search", "index": config.index, "index_job_id": reader.manifest["job_id"],
+        "index_generation": reader.generation,
         "model": reader.manifest["model"], "method": config.method, "k": config.k, "input": config.input,
         "output": config.output, "files": ["part-00000.parquet"],
         "counts": {"rows_in": rows_in, "queries": len(qids), "rows_rejected": errors.num_rows,

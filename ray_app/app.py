@@ -120,6 +120,8 @@ class Reranker:
         Raises a 422 naming the first document that cannot be read: no index loaded, or not in it.
         """
         ids = tuple(d.id if isinstance(d, DocumentId) else None for d in documents)
+        if self.index is not None and any(doc_id is not None for doc_id in ids):
+            self.index = self.index.current()  # an index update is seen from the next request on (one stat)
         for i, doc_id in enumerate(ids):
             if doc_id is None:
                 continue
