@@ -12,7 +12,7 @@ then the rerank job with one GPU actor vs the in-process engine on the same shor
 With `--decoder`, the same length table for a decoder reranker (Qwen3-Reranker-0.6B's shape, random
 weights, `bench/decoder.py`): `CrossEncoder.predict` (LogitScore) against the engine, both in bf16 on
 CUDA (fp16 overflows some decoders), the engine at a 16k-token budget.
-Writes `--json` and prints the README table. `--device cpu --quick` runs the same code in seconds
+Writes `--json` and prints the tables of docs/benchmarks/gpu.md. `--device cpu --quick` runs the same code in seconds
 (fp32/bf16, tiny sizes, no vLLM) to check it before a GPU is lent. Example:
 
     python bench/gpu.py --json gpu.json                 # on the GPU machine
@@ -206,7 +206,7 @@ def _engine_table(rows: list[dict[str, Any]]) -> str:
 
 
 def report(result: dict[str, Any]) -> str:
-    """The README's tables from a result JSON: engines by length, the decoder (if timed), then jobs."""
+    """The docs' GPU tables from a result JSON: engines by length, the decoder (if timed), then jobs."""
     env = result["environment"]
     lines = [f"{env['gpu']} — torch {env['torch']}, {env['cpus']} CPUs, load {env['load']}; "
              f"{result['settings']['pairs']:,} pairs per length, best of {result['settings']['repeats']}", ""]

@@ -1,6 +1,6 @@
 """SciFact cross-encoder recipes compared on held-out *train* claims (the test claims stay untouched).
 
-The README's "Recipes on held-out train claims" table. Two steps:
+The "Students on held-out train claims" table of docs/benchmarks/lab.md. Two steps:
 
     python bench/scifact_students.py prepare            # BM25 top 100 + late-interaction teacher scores, ~5 min
     python bench/scifact_students.py student bce1 bce --minutes 8 --lr 5e-5

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 WARMUP_WORDS = "ray cluster python data model query document search rank score".split()
 
 
-# Serve's own queue bound answers like the replica's: 429 (see README, "Overload").
+# Serve's own queue bound answers like the replica's: 429 (docs/guides/serving.md).
 @serve.deployment(name="Reranker", max_ongoing_requests=64, max_queued_requests=64,
                   backpressure_config={"status_code": 429, "retry_after_s": 1})
 @serve.ingress()

@@ -43,7 +43,7 @@ class AdmissionConfig(StrictModel):
     # A 429 is sent after this long (an asyncio sleep: no CPU). A client that ignores Retry-After and
     # retries at once (a load generator, a naive loop) then sends at most clients / hold refusals a
     # second; answered at once, 64 such clients took the CPU from the engine; 2 s kept the accepted
-    # p99 within 15% of a 3 s bound on a 2-core CPU where 1 s did not (README, "Overload").
+    # p99 within 15% of a 3 s bound on a 2-core CPU where 1 s did not (docs/benchmarks/serving.md).
     refusal_hold_s: float = Field(2.0, ge=0)
 
 

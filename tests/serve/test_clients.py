@@ -1,7 +1,7 @@
 """The client libraries RAG teams already use, unchanged, against the running app over real HTTP with an
 API key: the `cohere` SDK (`Client` -> /v1/rerank, `ClientV2` -> /v2/rerank), LangChain's `CohereRerank`
 (ClientV2) and LlamaIndex's `TextEmbeddingsInference` reranker (TEI /rerank). Each asserts the order and
-the scores against the in-process engine. The snippets are the README's."""
+the scores against the in-process engine. The snippets are the serving guide's (docs/guides/serving.md)."""
 
 from __future__ import annotations
 

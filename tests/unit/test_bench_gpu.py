@@ -1,4 +1,4 @@
-"""bench/gpu.py runs its engine part on CPU (`--device cpu --quick`) and renders the README table."""
+"""bench/gpu.py runs its engine part on CPU (`--device cpu --quick`) and renders the docs' GPU tables."""
 
 import json
 import sys
