@@ -85,3 +85,15 @@ def test_an_index_needs_the_late_interaction_scorer(tiny_cross_encoder):
     with pytest.raises(ValueError, match="index: documents by id"):
         ServeArgs.model_validate({"engine": {"model": str(tiny_cross_encoder), "scorer": "cross-encoder"},
                                   "index": "/some/index"})
+
+
+def test_a_deleted_id_is_refused_like_an_unknown_one_from_the_next_request(url, index_dir, tmp_path):
+    """Last in this module: it deletes d2 from the shared index (a new generation the replica picks up)."""
+    assert post(url, "/v1/rerank", {"query": "q", "documents": [{"id": "d2"}]}).status_code == 200
+    (tmp_path / "ids.txt").write_text("d2\n")
+    assert index_main(["delete", str(index_dir), str(tmp_path / "ids.txt")]) == 0
+    response = post(url, "/v1/rerank", {"query": "q", "documents": [{"id": "d0"}, {"id": "d2"}]})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == "documents[1].id" and "'d2' is not in the index (7 documents)" in error["message"]
+    assert post(url, "/v1/rerank", {"query": "q", "documents": [{"id": "d0"}]}).status_code == 200
