@@ -75,6 +75,12 @@ def model_record(resolved) -> dict[str, str]:
     return {"name": resolved.name, "source": resolved.source, "path": str(resolved.path)}
 
 
+def shard_rows(rows: int, most: int, actors: int) -> int:
+    """Rows per shard: at least 4 shards per actor keeps the pool busy and makes resume fine-grained;
+    the job stores it, so that a rerun with other --actors still finds the shards it committed."""
+    return min(most, max(1, math.ceil(rows / (4 * actors))))
+
+
 @dataclass
 class ParquetInput:
     """A job's Parquet INPUT (row groups) and the storage options of its input and OUTPUT."""
@@ -102,9 +108,7 @@ class ParquetInput:
         return sum(sum(counts) for counts in self.groups.values())
 
     def shard_rows(self, most: int, actors: int) -> int:
-        """Rows per shard: at least 4 shards per actor keeps the pool busy and makes resume fine-grained;
-        the job stores it, so that a rerun with other --actors still finds the shards it committed."""
-        return min(most, max(1, math.ceil(self.rows / (4 * actors))))
+        return shard_rows(self.rows, most, actors)
 
     def shards(self, shard_rows: int) -> dict[str, str]:
         """{shard id: the shard as a unit} in plan order."""

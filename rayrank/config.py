@@ -200,8 +200,50 @@ class IvfSettings(StrictModel):
     candidates: PositiveInt | None = None
 
 
+class CacheSettings(StrictModel):
+    """The rerank job's score cache across runs (`rayrank.score_cache`): pairs scored by an earlier run
+    with the same model setting are read, not scored; new ones are written back. `cache: DIR` is short
+    for `cache: {dir: DIR}`.
+
+    After the job, `max_age_days` and `max_bytes` (when set) prune DIR: compaction, then entries older
+    than `max_age_days`, then the oldest hours until DIR holds at most `max_bytes`.
+    `max_memory_bytes` bounds the decoded cache an actor keeps between shards (28 bytes an entry).
+    """
+
+    dir: str = Field(min_length=1)
+    max_age_days: float | None = Field(None, gt=0)
+    max_bytes: PositiveInt | None = None
+    max_memory_bytes: PositiveInt = 256 << 20
+
+    @model_validator(mode="before")
+    @classmethod
+    def _directory_alone(cls, value: Any) -> Any:
+        return {"dir": value} if isinstance(value, str) else value
+
+
+class CorpusSettings(StrictModel):
+    """Document text for candidates given by id: Parquet `doc_id`, `text` (names remappable), local or s3://.
+
+    `path: DIR` alone may be written `corpus: DIR`. See `rayrank.jobs.rerank` for how the join runs.
+    """
+
+    path: str = Field(min_length=1)
+    doc_id: str = "doc_id"
+    text: str = "text"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_alone(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+
 class RerankJobConfig(StrictModel):
-    """The nightly rerank job: every key can come from YAML, and CLI flags override the file."""
+    """The nightly rerank job: every key can come from YAML, and CLI flags override the file.
+
+    `corpus` joins document text by `doc_id` to an input without `text`; `corpus_bucket_rows` sizes
+    the join's buckets (corpus rows per bucket, and so what one actor holds). `queries` gives query
+    text by `query_id` when INPUT is a TREC run file. `cache` keeps scores across runs.
+    """
 
     input: str | None = None
     output: str | None = None
@@ -215,6 +257,10 @@ class RerankJobConfig(StrictModel):
     overwrite: bool = False
     storage: dict[str, Any] = {}
     index: str | None = None  # late-interaction: read document embeddings from this index (rayrank index)
+    cache: CacheSettings | None = None
+    corpus: CorpusSettings | None = None
+    corpus_bucket_rows: PositiveInt = 200_000
+    queries: str | None = None
 
     _index = model_validator(mode="after")(_index_needs_late_interaction)
 

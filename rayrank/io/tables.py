@@ -24,6 +24,7 @@ from rayrank.validate import text_problem
 Layout = Literal["long", "nested"]
 KEYS = ("query_id", "query", "doc_id", "text")
 DOC_KEYS = ("doc_id", "text")  # a corpus to index
+LOG_KEYS = ("query_id", "query", "doc_id")  # candidates by id, their text in a corpus (or an index)
 QUERY_KEYS = ("query_id", "query")  # queries to search
 ERRORS_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("reason", pa.string()),
                            ("source", pa.string()), ("source_row", pa.int64()), ("row", pa.string())])
