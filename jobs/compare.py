@@ -101,10 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qrels", required=True, help="TREC qrels")
     parser.add_argument("--model", action="append", required=True, metavar="[SCORER:]MODEL",
                         help="repeat per model; SCORER is cross-encoder (default) or late-interaction")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    parser.add_argument("--max-tokens-per-batch", type=int)
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                        help="every model's backend (default: %(default)s)")
+    parser.add_argument("--max-tokens-per-batch", type=int, help="token budget of a batch, padding counted "
+                        f"(default {EngineConfig.model_fields['max_tokens_per_batch'].default})")
     parser.add_argument("--baseline-column", help="also rank by this column, e.g. bm25_rank (lower is better)")
-    parser.add_argument("--actors", default="1,1", help="MIN,MAX scoring actors per model")
+    parser.add_argument("--actors", default="1,1", help="MIN,MAX scoring actors per model (default: %(default)s)")
     parser.add_argument("--address", help="Ray address; default starts a local Ray")
     parser.add_argument("--keep", metavar="DIR", help="keep each model's rerank output under DIR")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -30,7 +30,7 @@ from rayrank.jobs.compare import score_with_job
 from rayrank.jobs.finetune import SUMMARY, add_training_flags, merge_training_flags, prepare_output, report
 from rayrank.jobs.finetune import run as finetune
 from rayrank.lab import data
-from rayrank.lab.config import DistillConfig, FinetuneConfig, ModelSpec
+from rayrank.lab.config import DistillConfig, FinetuneConfig, ModelSpec, PairSourceConfig
 from rayrank.lab.distill import dense_pairs, margin_triples, teacher_targets, train_dense, train_late_interaction
 
 
@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None) -> DistillConfig:
                         help="e.g. late-interaction:sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--teacher-actors", help="MIN,MAX scoring actors for the teacher's rerank job")
     parser.add_argument("--teacher-index", help="a late-interaction teacher reads documents from this rayrank index")
-    parser.add_argument("--student-kind", choices=["cross-encoder", "late-interaction", "dense"])
+    parser.add_argument("--student-kind", choices=["cross-encoder", "late-interaction", "dense"],
+                        help=f"what the student is (default {DistillConfig.model_fields['student_kind'].default})")
     parser.add_argument("--loss", choices=["mse", "listwise", "margin-mse"],
                         help="cross-encoder: mse or listwise; dense: mse (cosine) or margin-mse (default mse)")
     parser.add_argument("--blend", action="append", metavar="COLUMN=WEIGHT",
@@ -49,8 +50,10 @@ def parse_args(argv: list[str] | None) -> DistillConfig:
     parser.add_argument("--qrels", help="judged-relevant pairs get +gold_weight on the target")
     parser.add_argument("--candidates", help="pairs to label: long query-candidate Parquet")
     parser.add_argument("--queries", help="pairs to label: BM25 top --depth of the corpus for these queries")
-    parser.add_argument("--corpus")
-    parser.add_argument("--depth", type=int)
+    parser.add_argument("--corpus", help="pairs to label: Parquet doc_id, [title,] text, searched by BM25 for "
+                        "--queries")
+    parser.add_argument("--depth", type=int, help="pairs to label: BM25's top N per query (default "
+                        f"{PairSourceConfig.model_fields['depth'].default})")
     parser.add_argument("--labels", help="keep the teacher's scores in this Parquet file; reused if it exists")
     add_training_flags(parser)
     args = parser.parse_args(argv)

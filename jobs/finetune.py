@@ -20,10 +20,14 @@ from typing import Any
 from rayrank.cli import command
 from rayrank.config import load_yaml, merge_flags, parse_config
 from rayrank.errors import OutputConflictError
-from rayrank.lab.config import FinetuneConfig
+from rayrank.lab.config import FinetuneConfig, TrainClusterConfig, TrainConfig
 from rayrank.lab.train import train, training_columns
 
 SUMMARY = "training_summary.json"
+
+
+def _train(key: str) -> object:
+    return TrainConfig.model_fields[key].default
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +35,15 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/lab.*.yaml); flags override it")
     parser.add_argument("--model", help="warm start: any checkpoint (id or directory), e.g. the bundled "
                                         "sentence-transformers/all-MiniLM-L6-v2")
-    parser.add_argument("--epochs", type=float)
+    parser.add_argument("--epochs", type=float, help=f"passes over the data (default {_train('epochs')})")
     parser.add_argument("--max-steps", type=int, help="stop after N optimizer steps (overrides --epochs)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--batch-size", type=int, help=f"pairs (lists, for listwise) per step (default "
+                        f"{_train('batch_size')})")
+    parser.add_argument("--learning-rate", type=float, help=f"AdamW's rate (default {_train('learning_rate')})")
     parser.add_argument("--max-length", type=int, help="tokens per (query, document) pair")
     parser.add_argument("--workers", type=int, help="Ray Train workers (data-parallel); 1 trains in-process")
-    parser.add_argument("--cpus-per-worker", type=float)
+    parser.add_argument("--cpus-per-worker", type=float, help="CPUs each Ray Train worker reserves (default "
+                        f"{TrainClusterConfig.model_fields['cpus_per_worker'].default})")
     parser.add_argument("--address", help="Ray address for --workers > 1; default starts a local Ray")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
 
@@ -56,7 +62,9 @@ def merge_training_flags(data: dict[str, Any], args: argparse.Namespace) -> dict
 def parse_args(argv: list[str] | None) -> FinetuneConfig:
     parser = argparse.ArgumentParser(prog="rayrank finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", nargs="?", help="directory for the trained model")
-    parser.add_argument("--loss", choices=["bce", "mse", "margin", "listwise"])
+    parser.add_argument("--loss", choices=["bce", "mse", "margin", "listwise"],
+                        help=f"training loss (default {FinetuneConfig.model_fields['loss'].default}): bce on labels, "
+                        "mse on teacher scores, margin on triples, listwise on ranked lists")
     parser.add_argument("--pairs", help="Parquet: query, text, label (bce) or score (mse)")
     parser.add_argument("--triples", help="Parquet: query, positive, negative (margin)")
     parser.add_argument("--queries", help="mine: Parquet query_id, query")

@@ -31,15 +31,19 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrank sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("candidates", help="long query-candidate Parquet (query, text)")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--scorer", choices=["cross-encoder", "late-interaction"], default="cross-encoder")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    parser.add_argument("--batch-sizes", type=_ints, default=list(BATCH_SIZES))
-    parser.add_argument("--token-budgets", type=_ints, default=list(TOKEN_BUDGETS), help="max tokens per batch")
-    parser.add_argument("--rows", type=int, default=512, help="time on the first ROWS pairs")
-    parser.add_argument("--repeats", type=int, default=1, help="best of N timed runs per setting")
-    parser.add_argument("--plot", default="sweep.png", help="PNG to write")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--model", required=True, help="a Hugging Face id or a local directory")
+    parser.add_argument("--scorer", choices=["cross-encoder", "late-interaction"], default="cross-encoder",
+                        help="how the model scores (default: %(default)s)")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="(default: %(default)s)")
+    parser.add_argument("--batch-sizes", type=_ints, default=list(BATCH_SIZES),
+                        help="comma-separated pairs per batch to try (default: %(default)s)")
+    parser.add_argument("--token-budgets", type=_ints, default=list(TOKEN_BUDGETS),
+                        help="comma-separated max tokens per batch to try (default: %(default)s)")
+    parser.add_argument("--rows", type=int, default=512, help="time on the first ROWS pairs (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="best of N timed runs per setting (default: %(default)s)")
+    parser.add_argument("--plot", default="sweep.png", help="PNG to write (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 
     table = read_table(args.candidates, ["query", "text"], "candidates").slice(0, args.rows)

@@ -276,9 +276,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--queries", type=Path, help="/v1/search: a Parquet file whose `query` column is sent")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     parser.add_argument("--simulate", action="store_true", help="measure service times and print a FIFO prediction")
-    parser.add_argument("--calibration-requests", type=int, default=20)
+    parser.add_argument("--calibration-requests", type=int, default=20,
+                        help="--simulate: requests sent one at a time to measure service times (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("loadtest"), help="directory for results.csv and latency.png")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic documents "
+                        "(default: %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get("RAYRANK_API_KEY"),
                         help="sent as Authorization: Bearer KEY (default: $RAYRANK_API_KEY)")
     opts = parser.parse_args(argv)

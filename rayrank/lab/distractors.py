@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", required=True, metavar="NAME=[SCORER:]MODEL",
                         help="repeat: e.g. base=... tuned=...")
     parser.add_argument("--limit", type=int, help="at most N cases per split (the first N queries)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
     if not args.seen and not args.unseen:
         parser.error("give --seen and/or --unseen QUERIES QRELS")
