@@ -62,7 +62,13 @@ def describe(reranker: Any, instruction: str | None) -> list[tuple[str, str]]:
         rows.append(("conventions", f"markers {c.query_prefix!r}/{c.document_prefix!r}, query length "
                                     f"{c.query_length}, {len(c.skiplist_words)} skiplist words"))
     if hasattr(scorer, "prompt"):
-        rows.append(("prompt", scorer.prompt.preview(instruction)))
+        true_id, false_id = scorer.answer
+        if true_id is not None:
+            vocab = {i: t for t, i in scorer.tokenizer.vocab.items()}
+            answer = f"logit({vocab.get(true_id, true_id)!r})" + (
+                f" - logit({vocab.get(false_id, false_id)!r})" if false_id is not None else "")
+            rows.append(("score", f"{answer} at the last token"))
+        rows.append(("prompt", repr(scorer.prompt.preview(instruction))))
     return rows
 
 

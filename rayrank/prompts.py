@@ -169,6 +169,11 @@ class PromptEncoder:
         self.pieces_of = pieces_of
         self.bos = [bos_id] if bos_id is not None else []
 
+    def preview(self, instruction: str | None = None) -> str:
+        """The prompt as text, `{query}` and `{document}` where the pair goes (what `rayrank check` prints)."""
+        text = "".join(self.pieces_of(instruction))
+        return (["<bos>"] if self.bos else [""])[0] + text.replace(QUERY, "{query}").replace(DOCUMENT, "{document}")
+
     def _rows(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> list[_Row]:
         rows = [_Row(list(self.bos), (0, 0), (0, 0)) for _ in queries]
         for piece in self.pieces_of(instruction):

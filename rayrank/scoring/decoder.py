@@ -166,6 +166,7 @@ class DecoderScorer:
         # Unset, max_length is what one batch holds (a decoder's 32k-40k positions would not fit a budget).
         self.max_length = model_max_length(hf_config, self.tokenizer,
                                            config.max_length or self.config.max_tokens_per_batch)
+        self.answer = (true_id, false_id)  # the vocabulary rows the score reads; None for a classification head
         self.backend = make_backend(self.config, module, model_dir, f"decoder-{true_id}-{false_id}", hf_config)
 
     def _family(self, model_dir: Path, config: EngineConfig, hf_config, hf_tokenizer) -> Family | None:

@@ -62,3 +62,16 @@ def test_check_is_a_rayrank_command(tmp_path):
     assert sorted(grouped) == sorted(COMMANDS), "every command is listed in exactly one group"
     make_cross_encoder(tmp_path / "m")  # detect_scorer on a real saved checkpoint
     assert check.detect_scorer(tmp_path / "m") == "cross-encoder"
+
+
+def test_a_decoder_shows_its_prompt_and_answer_tokens(tmp_path, cache_dir, capsys):
+    from tests.tiny_decoders import make_qwen3
+
+    model = make_qwen3(tmp_path / "qwen3")
+    assert check.main([str(model), "--backends", "torch", "--cache-dir", cache_dir,
+                       "--instruction", "Find the passage about fish"]) == 0
+    out = capsys.readouterr().out
+    assert "cross-encoder (DecoderScorer)" in out and "family           qwen3 (Qwen3ForCausalLM)" in out
+    assert "score            logit('yes') - logit('no') at the last token" in out
+    prompt = next(line for line in out.splitlines() if line.startswith("  prompt"))
+    assert "{query}" in prompt and "{document}" in prompt and "Find the passage about fish" in prompt
