@@ -283,7 +283,7 @@ def compact(url: str, retrain: bool = False, sample_docs: int = 1024, seed: int 
     job_id = update_id({"kind": "compact", "index": base.get("job_id"), "generation": reader.generation,
                         "retrain": retrain})
     take_lease(fs, root, job_id, "compact", base)
-    tombstoned = {s for s in read_tombstones(fs, root, base)["shard"].to_pylist()}
+    tombstoned = set(read_tombstones(fs, root, base)["shard"].to_pylist())
     drift = base.get("drift") or {}
     codec, compression = reader.codec, copy.deepcopy(base["compression"])
     if retrain and len(reader):
