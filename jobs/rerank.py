@@ -11,6 +11,13 @@ Two phases, each resumable unit by unit:
    rows to the errors table, ranks each query and publishes `part-NNNNN.parquet`.
 The manifest, written last, marks the job finished. A rerun of a killed job skips committed work.
 
+Candidates given by id (`--corpus`) are joined to their text before phase 1, in the same units: a
+split pass stages every shard of the log and of the corpus by hash(doc_id), and phase 1 runs one
+unit per doc-id bucket (`BucketSplitter`, `join_bucket`). A TREC run as INPUT is staged as Parquet
+first (`stage_run`). With `--cache`, phase 1 scores only the pairs the score cache lacks.
+`--partitions` runs each KEY=VALUE partition of INPUT as such a job and publishes it alone
+(`run_partitions`).
+
 Usage: `rayrank rerank INPUT OUTPUT [options]` or `python -m rayrank.jobs.rerank INPUT OUTPUT [options]`.
 """
 
@@ -19,8 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
+import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -30,12 +40,12 @@ import pyarrow.parquet as pq
 
 from rayrank.cli import command
 from rayrank.config import Columns, RerankJobConfig, load_yaml, merge_flags, parse_config
-from rayrank.errors import ConfigError, InputSchemaError
+from rayrank.errors import ConfigError, InputNotFoundError, InputSchemaError, OutputConflictError
 from rayrank.extras import engine_needs, need
 from rayrank.index.format import check_model, read_manifest
 from rayrank.io.staging import pack_buckets, read_piece
-from rayrank.io.storage import (count_requests, filesystem, join, list_parquet, put_atomic, retrying,
-                                storage_options, write_json_atomic, write_parquet_atomic)
+from rayrank.io.storage import (count_requests, filesystem, is_object_store, join, list_parquet, put_atomic,
+                                retrying, storage_options, write_json_atomic, write_parquet_atomic)
 from rayrank.io.tables import (DOC_KEYS, KEYS, LOG_KEYS, Shard, bucket_of, error_rows, rank_queries, read_shard,
                                split_duplicates, split_valid)
 from rayrank.io.trec import candidates_from_run, is_parquet
@@ -81,13 +91,20 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
                         "without text; names remappable under `corpus:` in --config (default: none, text inline)")
     parser.add_argument("--queries", help="Parquet queries (query_id, query) when INPUT is a TREC run file "
                         "'qid Q0 docid rank score tag' (default: none; INPUT is Parquet)")
+    parser.add_argument("--partitions", metavar="new|KEY=VALUE", help="INPUT is a Hive-partitioned dataset "
+                        "(e.g. dt=2026-12-06/ folders): 'new' runs the partitions not yet published in OUTPUT for this "
+                        "model setting, KEY=VALUE that one; each is published as OUTPUT/KEY=VALUE/ (default: none, "
+                        "INPUT is one table)")
+    parser.add_argument("--overwrite-partition", action="store_true",
+                        help="with --partitions KEY=VALUE: score it again and replace the published one (default: off)")
     parser.add_argument("--cache", metavar="DIR", help="score cache across runs (local or s3://): pairs scored "
                         "before with the same model setting are read, new ones written back (default: no cache)")
     args = parser.parse_args(argv)
 
     data = load_yaml(args.config) if args.config else {}
     flags = {"input": args.input, "output": args.output, "top_n": args.top_n, "index": args.index,
-             "queries": args.queries, "overwrite": True if args.overwrite else None}
+             "queries": args.queries, "overwrite": True if args.overwrite else None, "partitions": args.partitions,
+             "overwrite_partition": True if args.overwrite_partition else None}
     engine = {"model": args.model, "scorer": args.scorer, "backend": args.backend, "quantize": args.quantize,
               "max_tokens_per_batch": args.max_tokens_per_batch, "max_length": args.max_length,
               "long_documents": args.long_documents, "instruction": args.instruction,
@@ -587,6 +604,101 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
                   steady_pairs_per_s=steady_rate(this_run, counted))
 
 
+PARTITION = re.compile(r"^[^=/\s]+=[^/\s]+$")
+
+
+def run_partitions(config: RerankJobConfig) -> list[dict[str, Any]]:
+    """Run the partitions `config.partitions` selects, each as its own job, and publish each alone.
+
+    A partition KEY=VALUE of INPUT runs as a job into `OUTPUT/_partitions/KEY=VALUE/` (resumable as any
+    job), is then published to `OUTPUT/KEY=VALUE/` (replacing what was there) and recorded in the ledger
+    `OUTPUT/_ledger/<fingerprint>/KEY=VALUE.json`, whose fingerprint names the model setting and the
+    result-shaping keys. `new` runs the partitions the ledger lacks; a killed run leaves its partition out
+    of the ledger, so the same command resumes it and publishes it once. Returns the partitions' manifests.
+    """
+    in_options, out_options = storage_options(config.storage, config.input), storage_options(config.storage,
+                                                                                             config.output)
+    fs_in, root = filesystem(config.input, in_options)
+    try:
+        found = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs_in.ls(root, detail=False)
+                       if PARTITION.match(p.rstrip("/").rsplit("/", 1)[-1]) and fs_in.isdir(p))
+    except FileNotFoundError:
+        found = []
+    if not found:
+        raise InputNotFoundError(f"INPUT {config.input} holds no KEY=VALUE/ partition folders (e.g. dt=2026-12-06/); "
+                                 "--partitions reads a Hive-partitioned dataset: drop it for a plain INPUT")
+    fs, out_root = filesystem(config.output, out_options)
+    ledger = join(out_root, "_ledger", partition_fingerprint(config))
+    published = {p.rsplit("/", 1)[-1][:-5] for p in (fs.ls(ledger, detail=False) if fs.exists(ledger) else [])
+                 if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")}
+    if config.partitions == "new":
+        chosen = [p for p in found if p not in published]
+    elif config.partitions not in found:
+        raise InputNotFoundError(f"INPUT {config.input} has no partition {config.partitions}; it has "
+                                 f"{', '.join(found)}")
+    elif config.partitions in published and not config.overwrite_partition:
+        raise OutputConflictError(f"{join(config.output, config.partitions)} is published for this model setting "
+                                  "already; pass --overwrite-partition to score it again and replace it")
+    else:
+        chosen = [config.partitions]
+    for name in published:  # a run killed after a ledger entry leaves its partition's work folder
+        if fs.exists(join(out_root, "_partitions", name)) and name not in chosen:
+            fs.rm(join(out_root, "_partitions", name), recursive=True)
+    print(f"[rerank] partitions: {len(chosen)} to run ({', '.join(chosen) or 'none'}), "
+          f"{len(published & set(found))} published already", file=sys.stderr)
+    manifests = []
+    for name in chosen:
+        work = join(config.output, "_partitions", name)
+        manifest = run(config.model_copy(update={"input": join(config.input, name), "output": work,
+                                                 "partitions": None, "overwrite_partition": False,
+                                                 "overwrite": config.overwrite_partition}))
+        publish_partition(fs, join(out_root, "_partitions", name), join(out_root, name))
+        entry = {"partition": name, "job_id": manifest["job_id"], "counts": manifest["counts"],
+                 "published": datetime.now(timezone.utc).isoformat()}
+        retrying(f"writing the ledger entry of {name}",  # the partition's commit point
+                 lambda entry=entry, name=name: write_json_atomic(entry, fs, join(ledger, f"{name}.json")))
+        fs.rm(join(out_root, "_partitions", name), recursive=True)
+        manifests.append({**manifest, "output": join(config.output, name)})
+    return manifests
+
+
+def partition_fingerprint(config: RerankJobConfig) -> str:
+    """What a published partition was made with: the model's weights (by content) and settings, and the keys
+    that shape the output."""
+    from rayrank.score_cache import engine_fingerprint, weights_digest
+
+    extra = {"top_n": config.top_n, "keep_text": config.keep_text, "index": config.index,
+             "corpus": config.corpus.model_dump() if config.corpus else None}
+    return engine_fingerprint(config.engine, weights_digest(resolve_model(config.engine.model_name).path),
+                              device="cuda" if config.cluster.gpus_per_actor else "cpu", extra=extra)
+
+
+def publish_partition(fs, work: str, target: str) -> None:
+    """Put a finished partition job's files at `target`, replacing what is there.
+
+    On disk: copied to a hidden sibling, then swapped in by renames, so a reader sees the old partition or
+    the new one. On an object store (no rename): the old objects go, then the new ones, `_manifest.json`
+    last; a reader that sees the manifest sees the whole partition.
+    """
+    files = sorted((f for f in fs.find(work) if "/_staging/" not in f), key=lambda f: f.endswith("_manifest.json"))
+    if is_object_store(fs):
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+        for path in files:
+            retrying(f"publishing {path}", lambda path=path: fs.copy(path, target + path[len(work):]))
+        return
+    parent, name = target.rsplit("/", 1)
+    fresh, old = join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}"), join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+    for path in files:
+        fs.makedirs((fresh + path[len(work):]).rsplit("/", 1)[0], exist_ok=True)
+        fs.copy(path, fresh + path[len(work):])
+    if fs.exists(target):
+        fs.mv(target, old, recursive=True)
+    fs.mv(fresh, target, recursive=True)
+    if fs.exists(old):
+        fs.rm(old, recursive=True)
+
+
 def rank_buckets(job: Claim, config: RerankJobConfig, out_options: dict, shards: dict[str, dict]
                  ) -> tuple[dict[str, dict], int]:
     """Phase 2: rank every bucket not yet committed (one Ray task each); (every bucket's marker, the tasks'
@@ -705,7 +817,9 @@ def _join_and_cache_lines(manifest: dict[str, Any]) -> list[str]:
 
 @command("rerank")
 def main(argv: list[str] | None = None) -> int:
-    print(summary(run(parse_args(argv))))
+    config = parse_args(argv)
+    for manifest in run_partitions(config) if config.partitions else [run(config)]:
+        print(summary(manifest))
     return 0
 
 

@@ -261,8 +261,19 @@ class RerankJobConfig(StrictModel):
     corpus: CorpusSettings | None = None
     corpus_bucket_rows: PositiveInt = 200_000
     queries: str | None = None
+    # INPUT as a Hive-partitioned dataset (KEY=VALUE/ folders): `new` runs the partitions OUTPUT's ledger
+    # lacks for this model setting, `KEY=VALUE` one of them; each is published as OUTPUT/KEY=VALUE/.
+    partitions: str | None = Field(None, pattern=r"^(new|[^=/\s]+=[^/\s]+)$")
+    overwrite_partition: bool = False
 
     _index = model_validator(mode="after")(_index_needs_late_interaction)
+
+    @model_validator(mode="after")
+    def _overwrite_names_a_partition(self) -> RerankJobConfig:
+        if self.overwrite_partition and (self.partitions is None or self.partitions == "new"):
+            raise ValueError("overwrite_partition replaces one published partition: name it with partitions: "
+                             f"KEY=VALUE (e.g. dt=2026-12-06), got partitions={self.partitions!r}")
+        return self
 
 
 def _late_interaction_engine(data: Any) -> Any:
