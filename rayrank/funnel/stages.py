@@ -109,8 +109,12 @@ class LateInteractionRetriever(_Stage):
         self.ivf = IvfSearcher(self.reader, config.nprobe, config.candidates) if config.method == "ivf" else None
 
     def run(self, queries: Sequence[str], previous: None = None) -> list[Ranking]:
-        from rayrank.index import exact_search
+        from rayrank.index import IvfSearcher, exact_search
 
+        reader = self.reader.current()  # an index update (rayrank index add/delete) counts from the next call on
+        if reader is not self.reader:
+            self.reader = reader
+            self.ivf = IvfSearcher(reader, self.config.nprobe, self.config.candidates) if self.ivf else None
         embeddings = self.scorer.encode_queries(list(queries))
         hits = self.ivf.search(embeddings, self.k) if self.ivf else exact_search(self.reader, embeddings, self.k)
         return [Ranking(ids, scores) for ids, scores in hits]
@@ -152,6 +156,11 @@ class PairReranker(_Stage):
             self.reader.check_model(self.reranker.resolved.name)
 
     def run(self, queries: Sequence[str], previous: list[Ranking]) -> list[Ranking]:
+        if self.reader is not None:  # a document deleted from the index is not ranked again, text or not
+            self.reader = self.reader.current()
+            if self.reader.deleted:
+                previous = [Ranking([d for d in r.doc_ids if d not in self.reader.deleted],
+                                    r.scores[[d not in self.reader.deleted for d in r.doc_ids]]) for r in previous]
         pair_queries = [q for q, r in zip(queries, previous) for _ in r.doc_ids]
         doc_ids = [d for r in previous for d in r.doc_ids]
         texts = self.corpus.texts_of(doc_ids)

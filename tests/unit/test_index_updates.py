@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+import rayrank
 from rayrank.errors import OutputConflictError
-from rayrank.index import IndexReader, IvfSearcher, exact_search, update
+from rayrank.index import IndexReader, IvfSearcher, build, exact_search, update
 from rayrank.index.format import read_manifest
 from rayrank.io.storage import filesystem
 from tests.unit.test_index import brute_force, random_docs, unit, write_index
@@ -160,3 +162,30 @@ def test_drift_is_measured_and_retrain_refits_the_centroids(tmp_path):
     after = IndexReader(str(tmp_path / "ix"))
     assert all(np.array_equal(stored[d], v) for d, v in zip(after.doc_ids, after.get(after.doc_ids)))
     assert not np.array_equal(after.codec.centroids, reader.codec.centroids)
+
+
+def test_funnel_stages_follow_updates_from_the_next_call(tmp_path, tiny_encoder):
+    """The stages the Serve search app and the batch funnel run: a long-lived stage sees a delete next call."""
+    from rayrank.funnel.config import LateInteractionStage, RerankStage
+    from rayrank.funnel.corpus import Corpus
+    from rayrank.funnel.stages import LateInteractionRetriever, PairReranker, Ranking
+
+    texts = {f"d{i}": t for i, t in enumerate(["ray cluster head", "ray data cluster", "fish in the sea",
+                                                "python data model", "cluster of ray nodes", "the sun"])}
+    engine = {"model": str(tiny_encoder), "scorer": "late-interaction"}
+    scorer = rayrank.Reranker(**engine).scorer
+    build.write_index(str(tmp_path / "ix"), list(texts), scorer.encode_documents(list(texts.values())),
+                      model_name=rayrank.resolve_model(str(tiny_encoder)).name)
+    corpus = Corpus(list(texts), list(texts.values()), pa.table({}), len(texts))
+    stages = [LateInteractionRetriever(LateInteractionStage(kind="late-interaction", name="li", k=6, method=method,
+                                                            index=str(tmp_path / "ix"), engine=engine), corpus)
+              for method in ("exact", "ivf")]
+    reranker = PairReranker(RerankStage(kind="rerank", name="rr", k=6, input="li", engine=engine,
+                                        index=str(tmp_path / "ix")), corpus)
+    everything = [Ranking(list(texts), np.zeros(len(texts), np.float32))]
+    assert all("d1" in s.run(["ray cluster"])[0].doc_ids for s in stages)
+    assert "d1" in reranker.run(["ray cluster"], everything)[0].doc_ids
+    update.delete(str(tmp_path / "ix"), ["d1"])
+    for stage in stages:
+        assert sorted(stage.run(["ray cluster"])[0].doc_ids) == sorted(set(texts) - {"d1"})
+    assert sorted(reranker.run(["ray cluster"], everything)[0].doc_ids) == sorted(set(texts) - {"d1"})
