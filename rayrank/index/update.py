@@ -158,13 +158,12 @@ def drift_after(reader: IndexReader, tokens: int, error_sum: float) -> dict[str,
 
 
 def next_manifest(reader: IndexReader, shards: list[dict], tombstones: dict | None, record: dict[str, Any],
-                  **changes: Any) -> dict[str, Any]:
+                  docs: int, **changes: Any) -> dict[str, Any]:
     """Generation N+1's manifest: N's with the new shard list, tombstone file and update record."""
     manifest = copy.deepcopy(reader.manifest)
     manifest.pop("tombstones", None)
     if tombstones:
         manifest["tombstones"] = tombstones
-    docs = int(sum(s["docs"] for s in shards)) - (tombstones or {}).get("rows", 0)
     tokens = int(changes.pop("total_tokens"))
     manifest.update(shards=shards, docs=docs, total_tokens=tokens, tokens_per_doc=round(tokens / docs, 2) if docs
                     else None, **changes)
@@ -188,7 +187,7 @@ def commit_add(reader: IndexReader, entries: list[dict[str, Any]], new_ids: Sequ
     error = sum(float(e.get("residual_error_sum", 0.0)) for e in entries)
     manifest = next_manifest(reader, reader.manifest["shards"] + entries, tomb,
                              {**record, "kind": "add", "docs_added": len(new_ids), "replaced": len(replaced)},
-                             total_tokens=live_tokens, drift=drift_after(reader, tokens, error))
+                             docs=len(reader) - len(replaced) + len(new_ids), total_tokens=live_tokens, drift=drift_after(reader, tokens, error))
     return publish(reader.fs, reader.root, manifest, reader.generation)
 
 
@@ -202,7 +201,7 @@ def append(url: str, doc_ids: Sequence[str], embeddings: Sequence[np.ndarray], s
     started = time.perf_counter()
     reader = IndexReader(url, storage_options)
     job_id = update_id({"kind": "append", "index": reader.manifest.get("job_id"), "generation": reader.generation,
-                        "docs": len(doc_ids)})
+                        "ids": hashlib.sha256("\n".join(doc_ids).encode()).hexdigest()})
     take_lease(reader.fs, reader.root, job_id, "append", reader.manifest)
     firsts: dict[str, int] = {}
     for i, doc_id in enumerate(doc_ids):
@@ -241,7 +240,7 @@ def delete(url: str, doc_ids: Sequence[str], storage_options: dict[str, Any] | N
                                 pa.concat_tables([old, tombstones_of(reader, live)]))
         manifest = next_manifest(reader, reader.manifest["shards"], tomb,
                                  {**record, "elapsed_s": round(time.perf_counter() - started, 3)},
-                                 total_tokens=int(reader.sizes.sum()) - int(reader.sizes[live].sum()))
+                                 docs=len(reader) - len(live), total_tokens=int(reader.sizes.sum()) - int(reader.sizes[live].sum()))
         record["generation"] = publish(reader.fs, reader.root, manifest, reader.generation)["generation"]
     else:
         record["generation"] = reader.generation
@@ -270,7 +269,7 @@ def compact(url: str, retrain: bool = False, sample_docs: int = 1024, seed: int 
     """Rewrite the shards holding tombstoned rows without them (all shards, with `retrain`) as generation N+1.
 
     Without `retrain` the stored rows are copied as they are (codes, residuals or float16 vectors:
-    nothing is re-quantised). With it, k-means is retrained (same number of centroids) on the live
+    nothing is re-quantised); the deleted doc_ids stay listed (without rows). With it, k-means is retrained (same number of centroids) on the live
     tokens of `sample_docs` documents drawn across the index, and every shard re-encoded: exact for
     uncompressed indexes, from the decompressed vectors for residual ones. Afterwards files that
     neither generation N nor N+1 reads are removed (superseded tombstones, shards compacted before
@@ -323,8 +322,12 @@ def compact(url: str, retrain: bool = False, sample_docs: int = 1024, seed: int 
     record = {"job_id": job_id, "kind": "compact", "retrained": retrain, "rewritten_shards": rewritten,
               "dropped_rows": int(sum(s["docs"] for s in base["shards"])) - len(reader),
               "drift_before": base.get("drift"), "elapsed_s": round(time.perf_counter() - started, 3)}
-    manifest = next_manifest(reader, entries, None, record, total_tokens=int(reader.sizes.sum()),
-                             compression=compression, drift=drift)
+    # the deleted doc_ids outlive their rows (shard ""), so rerank --index still refuses them by id
+    forgotten = pa.table({"shard": [""] * len(reader.deleted), "doc_id": sorted(reader.deleted)},
+                         schema=TOMBSTONES_SCHEMA)
+    manifest = next_manifest(reader, entries, write_tombstones(fs, root, number_next, forgotten), record,
+                             docs=len(reader), total_tokens=int(reader.sizes.sum()), compression=compression,
+                             drift=drift)
     publish(fs, root, manifest, reader.generation)
     keep = referenced(base) | referenced(manifest)
     for rel in stored_files(fs, root):

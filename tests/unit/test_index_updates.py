@@ -83,18 +83,24 @@ def test_compact_keeps_every_live_document_and_drops_dead_rows(tmp_path, compres
     record = update.compact(str(tmp_path / "ix"))
     assert record["dropped_rows"] == 17 and record["rewritten_shards"] == 0  # s0 wholly dead: dropped
     after = IndexReader(str(tmp_path / "ix"))
-    assert sorted(after.doc_ids) == sorted(stored) and not after.deleted
+    gone = {f"d{i}" for i in range(1, 17)}
+    assert sorted(after.doc_ids) == sorted(stored) and after.deleted == gone  # still refused by id
     assert all(np.array_equal(stored[d], v) for d, v in zip(after.doc_ids, after.get(after.doc_ids)))
     m = manifest(tmp_path / "ix")
-    assert "tombstones" not in m and "s0" not in {s["id"] for s in m["shards"]}
+    assert m["tombstones"]["rows"] == 16 and "s0" not in {s["id"] for s in m["shards"]} and m["docs"] == len(after)
     rows = sum(len(after.arrays(n)["codes"]) for n in range(len(m["shards"])))
     assert rows == int(after.sizes.sum()) == m["total_tokens"]  # no dead row left in any array
     # generation 2 (compacted) may still be open: its files stay; generation 1's tombstones go
-    assert [p.name for p in (tmp_path / "ix" / "tombstones").glob("*")] == ["gen-000002.parquet"]
+    tombstones = lambda: sorted(p.name for p in (tmp_path / "ix" / "tombstones").glob("*"))
+    assert tombstones() == ["gen-000002.parquet", "gen-000003.parquet"]
     assert (tmp_path / "ix" / "shards" / "s0.codes.npy").exists()
     update.compact(str(tmp_path / "ix"))  # the next compaction removes them
-    assert not list((tmp_path / "ix" / "tombstones").glob("*")) and not (tmp_path / "ix" / "shards" / "s0.codes.npy").exists()
-    assert sorted(IndexReader(str(tmp_path / "ix")).doc_ids) == sorted(stored)
+    assert tombstones() == ["gen-000003.parquet", "gen-000004.parquet"]
+    assert not (tmp_path / "ix" / "shards" / "s0.codes.npy").exists()
+    again = IndexReader(str(tmp_path / "ix"))
+    assert sorted(again.doc_ids) == sorted(stored) and again.deleted == gone
+    update.append(str(tmp_path / "ix"), ["d5"], random_docs(1, seed=8))  # a deleted doc_id added back
+    assert "d5" in IndexReader(str(tmp_path / "ix")) and "d5" not in IndexReader(str(tmp_path / "ix")).deleted
 
 
 def test_compact_rewrites_only_shards_with_tombstones(tmp_path):
