@@ -93,6 +93,7 @@ def test_search_and_rerank_never_return_a_deleted_document(built, index, tmp_pat
                             "--method", method, "--candidates", "60"]) == 0
         found = set(pq.read_table(out / "part-00000.parquet")["doc_id"].to_pylist())
         assert found and not found & {"d0", "d7", "d14"}
+    assert index_main(["compact", str(index)]) == 0  # the rows go; the deleted ids stay refused
     docs = corpus(20)
     rows = [{"query_id": "q0", "query": "ray cluster", "doc_id": d["doc_id"], "text": d["text"]} for d in docs]
     write_rows(tmp_path / "in" / "c.parquet", rows)
