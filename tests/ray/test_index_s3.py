@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayrank.index import IndexReader, exact_search
+from rayrank.index import IndexReader, exact_search, update
 from rayrank.io.storage import storage_options
 from rayrank.jobs.index import main as index_main
 from rayrank.jobs.search import main as search_main
@@ -51,3 +51,14 @@ def test_index_and_search_on_s3(s3_endpoint, tmp_path, tiny_encoder, ray_cluster
     assert search_main(["s3://corpus/index/", "s3://corpus/queries.parquet", "s3://corpus/search/", "--k", "7"]) == 0
     body = s3.get_object(Bucket="corpus", Key="search/part-00000.parquet")["Body"].read()
     assert pq.read_table(io.BytesIO(body)).num_rows == 14
+
+    # updates on S3 (no exclusive create there: the lease is a PUT, the generation check guards publishing)
+    options = storage_options(None, "s3://corpus/index/")
+    update.append("s3://corpus/index/", ["n0", "d1"], mapped.get(["d0", "d0"]), storage_options=options)
+    assert update.delete("s3://corpus/index/", ["d2"], options)["deleted"] == 1
+    update.compact("s3://corpus/index/", storage_options=options)
+    after = IndexReader("s3://corpus/index/", options)
+    assert after.generation == 3 and len(after) == 60 and "d2" not in after and after.deleted == {"d2"}
+    assert np.array_equal(after.get(["n0"])[0], after.get(["d1"])[0])  # d1 replaced by d0's vectors
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="corpus", Prefix="index/")["Contents"]}
+    assert not [k for k in keys if "_update" in k or ".tmp-" in k]
