@@ -28,6 +28,7 @@ import json
 import math
 import re
 import sys
+import threading
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -149,6 +150,9 @@ class ShardScorer(UnitActor):
 
             self.cache = ScoreCache(cache["dir"], cache["fingerprint"], storage_options=cache["options"],
                                     settings=cache["settings"], max_memory_bytes=cache["max_memory_bytes"])
+        # Shard calls run on several threads (cluster.prefetch_shards); a ScoreCache is not thread-safe: two
+        # lookups refreshing one bucket at once could each take the other's segments as read and miss them.
+        self.cache_lock = threading.Lock()
 
     def work(self, unit: dict[str, Any], phases: Phases) -> dict[str, Any]:
         from rayrank.jobs._ray import node_id
@@ -210,9 +214,10 @@ class ShardScorer(UnitActor):
         documents = valid["text"].to_pylist() if "text" in valid.column_names else valid["doc_id"].to_pylist()
         pairs, todo = None, np.arange(valid.num_rows)
         if self.cache is not None:
-            corrupt_before = len(self.cache.corrupt)
-            with phases.timed("cache_s"):
+            with phases.timed("cache_s"), self.cache_lock:
+                corrupt_before = len(self.cache.corrupt)
                 pairs = self.cache.lookup(queries, documents)
+                corrupt = self.cache.corrupt[corrupt_before:]
             todo = pairs.todo
         index_missing = None
         with self.gate.engine(phases):
@@ -231,10 +236,9 @@ class ShardScorer(UnitActor):
         stats["pairs_scored"] = len(rows)
         if pairs is None:
             return np.asarray(new, dtype=np.float32), truncated, index_missing
-        with phases.timed("cache_s"):
+        with phases.timed("cache_s"), self.cache_lock:
             scores = self.cache.add(pairs, new)
-        stats.update(cache_hits=pairs.hits, cache_repeats=pairs.repeats,
-                     cache_corrupt=json.dumps(self.cache.corrupt[corrupt_before:]))
+        stats.update(cache_hits=pairs.hits, cache_repeats=pairs.repeats, cache_corrupt=json.dumps(corrupt))
         return scores, truncated, index_missing
 
     def _indexed(self, valid: pa.Table) -> tuple[pa.Table, pa.Table]:
