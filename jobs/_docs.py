@@ -1,5 +1,5 @@
-"""What the two index builds (`rayrank index`, `rayrank dense-index`) share: a shard's valid documents, and
-keeping each doc_id in the first shard that indexed it."""
+"""What the index builds (`rayrank index`, its `add`, `rayrank dense-index`) share: a shard's valid documents,
+the late-interaction shard indexer, and keeping each doc_id in the first shard that indexed it."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayrank.config import Columns
-from rayrank.index.format import parquet_bytes, write_bytes_atomic
-from rayrank.io.storage import retrying, write_parquet_atomic
+from rayrank.config import Columns, IndexJobConfig
+from rayrank.index import build
+from rayrank.index.compress import ResidualCodec
+from rayrank.index.format import CODEC, parquet_bytes, sha256, shard_files, write_bytes_atomic
+from rayrank.io.storage import filesystem, join, retrying, write_parquet_atomic
 from rayrank.io.tables import DOC_KEYS, Shard, error_rows, read_shard, split_duplicates, split_valid
 from rayrank.jobs._output import JobOutput
 from rayrank.jobs._phases import Phases
+from rayrank.jobs._shards import UnitActor
 
 
 def valid_docs(fs_in, shard: Shard, layout: str, columns: Columns, phases: Phases | None = None
@@ -70,3 +73,68 @@ def deduplicate(out: JobOutput, done: dict[str, dict], docs_path: Callable[[dict
         seen.update(docs["doc_id"].to_pylist())
         shards.append(IndexedShard(sid, files, docs, data, int(dup.sum())))
     return shards
+
+
+class ShardIndexer(UnitActor):
+    """Ray Data actor: loads the encoder and the codec once, then encodes and writes whole shards.
+
+    A build commits its units in INDEX_DIR's staging; an add (jobs/index_update.py) in `staging`
+    (`INDEX_DIR/_update`), and names its shards' files `prefix` + shard id, so they never meet the
+    files an older generation reads.
+    """
+
+    def __init__(self, config: dict, in_options: dict, out_options: dict, layouts: dict[str, str],
+                 staging: str | None = None, prefix: str = "", codec: str = CODEC) -> None:
+        self.config = IndexJobConfig.model_validate(config)
+        super().__init__(staging or self.config.output, out_options)
+        self.reranker = self.load_engine(self.config.engine, self.config.cluster)
+        self.fs_in, _ = filesystem(self.config.input, in_options)
+        self.fs_index, self.index_root = filesystem(self.config.output, out_options)
+        self.codec = ResidualCodec.from_bytes(self.fs_index.cat_file(join(self.index_root, codec)))
+        self.layouts, self.prefix = layouts, prefix
+
+    def work(self, unit: dict[str, Any], phases: Phases) -> dict[str, Any]:
+        shard = Shard(**unit)
+        config, out, sid = self.config, self.out, shard.shard_id
+        fid = self.prefix + sid  # the shard's id in the manifest, and its files' names
+        kept, errors, rows_in = valid_docs(self.fs_in, shard, self.layouts[shard.path], config.columns, phases)
+        with self.gate.engine(phases):  # tokenizing, the encoder and pooling
+            embeddings = build.encode(self.reranker.scorer, kept["text"].to_pylist(), config.pool_factor)
+        with phases.timed("write_s"):  # compression and the shard's files
+            data, packed = build.pack_shard(fid, kept["doc_id"].to_pylist(), embeddings, self.codec,
+                                            config.compression)
+            files = {role: {"path": path, "bytes": len(data[path]),
+                            "sha256": retrying(f"writing {path}", lambda path=path: write_bytes_atomic(
+                                self.fs_index, join(self.index_root, path), data[path]))}
+                     for role, path in shard_files(fid, config.compression).items()}
+            # Where each document came from, for the cross-shard duplicate report.
+            rows = pa.table({"doc_id": kept["doc_id"], "_row": kept["_row"]})
+            retrying(f"staging the rows of shard {sid}",
+                     lambda: write_parquet_atomic(rows, out.fs, out.stage("rows", f"{fid}.parquet")))
+            if errors.num_rows:
+                retrying(f"staging the errors of shard {sid}",
+                         lambda: write_parquet_atomic(errors, out.fs, out.stage("errors", f"{sid}.parquet")))
+        return {"shard": sid, "ordinal": shard.ordinal, "source": shard.path, "rows_in": rows_in,
+                "docs": packed["docs"], "tokens": packed["tokens"], "vector_bytes": packed["vector_bytes"],
+                "residual_error_sum": packed["residual_error_sum"], "invalid": errors.num_rows,
+                "files": json.dumps(files)}
+
+
+def staged_rows(out: JobOutput):
+    """A shard's input rows of given doc_ids, from the rows its actor staged."""
+
+    def rows(sid: str, docs: pa.Table) -> list[int | None]:
+        with out.fs.open(out.stage("rows", f"{sid}.parquet"), "rb") as handle:
+            staged = pq.read_table(handle)
+        by_id = dict(zip(staged["doc_id"].to_pylist(), staged["_row"].to_pylist()))
+        return [by_id.get(d) for d in docs["doc_id"].to_pylist()]
+
+    return rows
+
+
+def manifest_entry(shard: IndexedShard) -> dict[str, Any]:
+    """The manifest's record of a shard, its doc table's checksum updated after deduplication."""
+    shard.files["docs"].update(sha256=sha256(shard.data), bytes=len(shard.data))
+    tokens = int(np.asarray(shard.docs["tokens"].to_numpy(), dtype=np.int64).sum())
+    return {"id": shard.id, "docs": shard.docs.num_rows, "tokens": tokens, "duplicates": shard.duplicates,
+            "files": shard.files}

@@ -24,24 +24,18 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 import rayrank
 from rayrank.cli import command
 from rayrank.config import IndexJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.extras import engine_needs, need
 from rayrank.index import build
-from rayrank.index.compress import ResidualCodec
-from rayrank.index.format import CODEC, FORMAT_VERSION, sha256, shard_files, write_bytes_atomic
-from rayrank.io.storage import filesystem, join, retrying, write_parquet_atomic
+from rayrank.index.format import CODEC, FORMAT_VERSION, write_bytes_atomic
+from rayrank.io.storage import filesystem, join
 from rayrank.io.tables import DOC_KEYS, Shard
-from rayrank.jobs._docs import IndexedShard, deduplicate, valid_docs
+from rayrank.jobs._docs import ShardIndexer, deduplicate, manifest_entry, staged_rows, valid_docs
 from rayrank.jobs._output import JobOutput, steady_rate
-from rayrank.jobs._phases import Phases, phase_line, summarize
-from rayrank.jobs._shards import (Claim, ParquetInput, UnitActor, actor_config, claim, finish, model_record,
-                                  run_units)
+from rayrank.jobs._phases import phase_line, summarize
+from rayrank.jobs._shards import Claim, ParquetInput, actor_config, claim, finish, model_record, run_units
 from rayrank.models import resolve_model
 from rayrank.reranker import resolve_engine
 
@@ -112,51 +106,6 @@ def train_codec(config: dict, in_options: dict, out_options: dict, layouts: dict
     return stats
 
 
-class ShardIndexer(UnitActor):
-    """Ray Data actor: loads the encoder and the codec once, then encodes and writes whole shards.
-
-    A build commits its units in INDEX_DIR's staging; an add (jobs/index_update.py) in `staging`
-    (`INDEX_DIR/_update`), and names its shards' files `prefix` + shard id, so they never meet the
-    files an older generation reads.
-    """
-
-    def __init__(self, config: dict, in_options: dict, out_options: dict, layouts: dict[str, str],
-                 staging: str | None = None, prefix: str = "", codec: str = CODEC) -> None:
-        self.config = IndexJobConfig.model_validate(config)
-        super().__init__(staging or self.config.output, out_options)
-        self.reranker = self.load_engine(self.config.engine, self.config.cluster)
-        self.fs_in, _ = filesystem(self.config.input, in_options)
-        self.fs_index, self.index_root = filesystem(self.config.output, out_options)
-        self.codec = ResidualCodec.from_bytes(self.fs_index.cat_file(join(self.index_root, codec)))
-        self.layouts, self.prefix = layouts, prefix
-
-    def work(self, unit: dict[str, Any], phases: Phases) -> dict[str, Any]:
-        shard = Shard(**unit)
-        config, out, sid = self.config, self.out, shard.shard_id
-        fid = self.prefix + sid  # the shard's id in the manifest, and its files' names
-        kept, errors, rows_in = valid_docs(self.fs_in, shard, self.layouts[shard.path], config.columns, phases)
-        with self.gate.engine(phases):  # tokenizing, the encoder and pooling
-            embeddings = build.encode(self.reranker.scorer, kept["text"].to_pylist(), config.pool_factor)
-        with phases.timed("write_s"):  # compression and the shard's files
-            data, packed = build.pack_shard(fid, kept["doc_id"].to_pylist(), embeddings, self.codec,
-                                            config.compression)
-            files = {role: {"path": path, "bytes": len(data[path]),
-                            "sha256": retrying(f"writing {path}", lambda path=path: write_bytes_atomic(
-                                self.fs_index, join(self.index_root, path), data[path]))}
-                     for role, path in shard_files(fid, config.compression).items()}
-            # Where each document came from, for the cross-shard duplicate report.
-            rows = pa.table({"doc_id": kept["doc_id"], "_row": kept["_row"]})
-            retrying(f"staging the rows of shard {sid}",
-                     lambda: write_parquet_atomic(rows, out.fs, out.stage("rows", f"{fid}.parquet")))
-            if errors.num_rows:
-                retrying(f"staging the errors of shard {sid}",
-                         lambda: write_parquet_atomic(errors, out.fs, out.stage("errors", f"{sid}.parquet")))
-        return {"shard": sid, "ordinal": shard.ordinal, "source": shard.path, "rows_in": rows_in,
-                "docs": packed["docs"], "tokens": packed["tokens"], "vector_bytes": packed["vector_bytes"],
-                "residual_error_sum": packed["residual_error_sum"], "invalid": errors.num_rows,
-                "files": json.dumps(files)}
-
-
 def run(config: IndexJobConfig) -> dict[str, Any]:
     """Run (or resume) the build and return its manifest."""
     source = ParquetInput.open(config, DOC_KEYS)
@@ -183,8 +132,8 @@ def run(config: IndexJobConfig) -> dict[str, Any]:
     kwargs = {"config": actor_config(config), "in_options": source.in_options, "out_options": source.out_options,
               "layouts": source.layouts}
     encoded = run_units(job, "index", shards, ShardIndexer, config.cluster, kwargs)
-    entries = [_entry(s) for s in deduplicate(job.out, encoded.done, lambda files: files["docs"]["path"],
-                                             _staged_rows(job.out))]
+    entries = [manifest_entry(s) for s in deduplicate(job.out, encoded.done, lambda files: files["docs"]["path"],
+                                                     staged_rows(job.out))]
     docs, tokens = sum(e["docs"] for e in entries), sum(e["tokens"] for e in entries)
     vector_bytes = sum(int(s["vector_bytes"]) for s in encoded.done.values())
     invalid = sum(int(s["invalid"]) for s in encoded.done.values())
@@ -228,26 +177,6 @@ def _codec(job: Claim, config: IndexJobConfig, source: ParquetInput, shards: lis
         task = ray.remote(num_cpus=config.cluster.cpus_per_actor, num_gpus=config.cluster.gpus_per_actor)(train_codec)
         stats = ray.get(task.remote(config.model_dump(), source.in_options, source.out_options, source.layouts, shards))
     return stats
-
-
-def _staged_rows(out: JobOutput):
-    """A shard's input rows of given doc_ids, from the rows its actor staged."""
-
-    def rows(sid: str, docs: pa.Table) -> list[int | None]:
-        with out.fs.open(out.stage("rows", f"{sid}.parquet"), "rb") as handle:
-            staged = pq.read_table(handle)
-        by_id = dict(zip(staged["doc_id"].to_pylist(), staged["_row"].to_pylist()))
-        return [by_id.get(d) for d in docs["doc_id"].to_pylist()]
-
-    return rows
-
-
-def _entry(shard: IndexedShard) -> dict[str, Any]:
-    """The manifest's record of a shard, its doc table's checksum updated after deduplication."""
-    shard.files["docs"].update(sha256=sha256(shard.data), bytes=len(shard.data))
-    tokens = int(np.asarray(shard.docs["tokens"].to_numpy(), dtype=np.int64).sum())
-    return {"id": shard.id, "docs": shard.docs.num_rows, "tokens": tokens, "duplicates": shard.duplicates,
-            "files": shard.files}
 
 
 def summary(manifest: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """`rayrank index add|delete|compact`: update a finished index, one new generation each (rayrank.index.update).
 
 `add INDEX_DIR NEW_DOCS` encodes only the new documents with the index's recorded model, pooling and
-codec, on the build's Ray path (jobs/index.py's ShardIndexer, `jobs/_shards.py`'s resume), and commits
+codec, on the build's Ray path (jobs/_docs.py's ShardIndexer, `jobs/_shards.py`'s resume), and commits
 them as new shards; a doc_id already in the index replaces the old one. A killed add rerun with the
 same command resumes its committed shards and publishes once. `delete INDEX_DIR IDS` tombstones the
 doc_ids of IDS (a text file, one doc_id a line, or Parquet with a `doc_id` column). `compact INDEX_DIR`
@@ -26,6 +26,7 @@ from rayrank.index import IndexReader, update
 from rayrank.index.format import CODEC, check_model, read_manifest
 from rayrank.io.storage import filesystem, join, read_json, storage_options
 from rayrank.io.tables import DOC_KEYS
+from rayrank.jobs._docs import ShardIndexer, deduplicate, manifest_entry, staged_rows
 from rayrank.jobs._output import JobOutput, job_identity
 from rayrank.jobs._shards import ParquetInput, actor_config, claim, run_units
 from rayrank.models import resolve_model
@@ -72,7 +73,6 @@ def add_config(argv: list[str]) -> IndexJobConfig:
 
 def add(config: IndexJobConfig) -> dict[str, Any]:
     """Run (or resume) the add and return the index's new manifest (the unchanged one if it was done)."""
-    from rayrank.jobs.index import ShardIndexer, _entry, _staged_rows, deduplicate
 
     started = time.perf_counter()
     source = ParquetInput.open(config, DOC_KEYS)
@@ -106,8 +106,8 @@ def add(config: IndexJobConfig) -> dict[str, Any]:
               "codec": base["compression"].get("codec", {}).get("path", CODEC)}
     encoded = run_units(job, "index add", shards, ShardIndexer, config.cluster, kwargs)
     done = {prefix + sid: marker for sid, marker in encoded.done.items()}
-    indexed = deduplicate(JobOutput(fs, root), done, lambda files: files["docs"]["path"], _staged_rows(job.out))
-    entries = [{**_entry(s), "residual_error_sum": float(done[s.id]["residual_error_sum"])} for s in indexed]
+    indexed = deduplicate(JobOutput(fs, root), done, lambda files: files["docs"]["path"], staged_rows(job.out))
+    entries = [{**manifest_entry(s), "residual_error_sum": float(done[s.id]["residual_error_sum"])} for s in indexed]
     invalid = sum(int(m["invalid"]) for m in done.values())
     record = {"job_id": job.job_id, "fingerprint": fingerprint, "input": config.input,
               "rows_in": sum(int(m["rows_in"]) for m in done.values()),
