@@ -33,10 +33,11 @@ from rayrank.index.format import CODEC, FORMAT_VERSION, write_bytes_atomic
 from rayrank.io.storage import filesystem, join
 from rayrank.io.tables import DOC_KEYS, Shard
 from rayrank.jobs._docs import ShardIndexer, deduplicate, manifest_entry, staged_rows, valid_docs
+from rayrank.jobs._flags import CLUSTER_FLAGS, ENGINE_FLAGS, add_cluster_flags, add_engine_flags, flag_values
 from rayrank.jobs._output import JobOutput, steady_rate
 from rayrank.jobs._phases import phase_line, summarize
 from rayrank.jobs._shards import Claim, ParquetInput, actor_config, claim, finish, model_record, run_units
-from rayrank.models import resolve_model
+from rayrank.models import DEFAULT_LATE_INTERACTION, resolve_model
 from rayrank.reranker import resolve_engine
 
 
@@ -52,14 +53,16 @@ def parse_args(argv: list[str] | None) -> IndexJobConfig:
     parser.add_argument("input", nargs="?", help="DOCS: Parquet file, directory or glob (local or s3://)")
     parser.add_argument("output", nargs="?", help="INDEX_DIR: index directory (local or s3://)")
     parser.add_argument("--config", help="YAML job config (see configs/); flags override it")
-    parser.add_argument("--model", help="Hugging Face id or local directory (a late-interaction encoder)")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnx", "openvino"])
-    parser.add_argument("--actors", help="MIN,MAX actors (autoscaling pool), e.g. 1,4")
-    parser.add_argument("--gpus-per-actor", type=float)
-    parser.add_argument("--address", help="Ray address: 'auto' joins a running cluster; default starts a local Ray")
-    parser.add_argument("--compression", choices=["none", "residual"])
-    parser.add_argument("--nbits", type=int, choices=[1, 2, 4, 8], help="residual bits per dimension")
-    parser.add_argument("--pool-factor", type=int, help="keep about 1/K of each document's tokens")
+    add_engine_flags(parser, scorer=False, model_help="a Hugging Face id or a local directory: a late-interaction "
+                     f"encoder (default {DEFAULT_LATE_INTERACTION})")
+    add_cluster_flags(parser)
+    default = {key: field.default for key, field in IndexJobConfig.model_fields.items()}
+    parser.add_argument("--compression", choices=["none", "residual"], help="residual: centroid ids + --nbits bits "
+                        f"per dimension instead of float16 (default {default['compression']})")
+    parser.add_argument("--nbits", type=int, choices=[1, 2, 4, 8],
+                        help=f"residual bits per dimension (default {default['nbits']})")
+    parser.add_argument("--pool-factor", type=int,
+                        help=f"keep about 1/K of each document's tokens (default {default['pool_factor']}: all)")
     parser.add_argument("--centroids", type=int, help="k-means centroids (default about 4*sqrt(sample tokens))")
     parser.add_argument("--overwrite", action="store_true", help="replace an INDEX_DIR holding another build")
     args = parser.parse_args(argv)
@@ -68,9 +71,8 @@ def parse_args(argv: list[str] | None) -> IndexJobConfig:
     flags = {"input": args.input, "output": args.output, "compression": args.compression, "nbits": args.nbits,
              "pool_factor": args.pool_factor, "centroids": args.centroids,
              "overwrite": True if args.overwrite else None}
-    engine = {"model": args.model, "backend": args.backend}
-    cluster = {"address": args.address, "actors": args.actors, "gpus_per_actor": args.gpus_per_actor}
-    data = merge_flags(data, flags, {"engine": engine, "cluster": cluster}, args.config)
+    sections = {"engine": flag_values(args, ENGINE_FLAGS), "cluster": flag_values(args, CLUSTER_FLAGS)}
+    data = merge_flags(data, flags, sections, args.config)
     config = parse_config(IndexJobConfig, data, args.config or "command-line flags")
     if not config.input or not config.output:
         parser.error("DOCS and INDEX_DIR are required (as arguments or `input:`/`output:` in --config)")

@@ -50,11 +50,12 @@ from rayrank.io.storage import (count_requests, filesystem, is_object_store, joi
 from rayrank.io.tables import (DOC_KEYS, KEYS, LOG_KEYS, Shard, bucket_of, error_rows, rank_queries, read_shard,
                                split_duplicates, split_valid)
 from rayrank.io.trec import candidates_from_run, is_parquet
+from rayrank.jobs._flags import CLUSTER_FLAGS, ENGINE_FLAGS, add_cluster_flags, add_engine_flags, flag_values
 from rayrank.jobs._output import JobOutput, steady_rate
 from rayrank.jobs._phases import Phases, phase_line, summarize
 from rayrank.jobs._shards import (Claim, ParquetInput, UnitActor, actor_config, claim, finish, model_record,
                                   run_units, shard_rows)
-from rayrank.models import resolve_model
+from rayrank.models import DEFAULT_CROSS_ENCODER, DEFAULT_LATE_INTERACTION, resolve_model
 from rayrank.reranker import resolve_engine
 
 INTERNAL = ("_source", "_row", "_seq", "score")
@@ -65,12 +66,8 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     parser.add_argument("input", nargs="?", help="Parquet file, directory or glob (local or s3://)")
     parser.add_argument("output", nargs="?", help="output directory (local or s3://)")
     parser.add_argument("--config", help="YAML job config (see configs/); flags override it")
-    parser.add_argument("--model", help="Hugging Face id or local directory")
-    parser.add_argument("--scorer", choices=["cross-encoder", "late-interaction"])
-    parser.add_argument("--backend", choices=["auto", "torch", "onnx", "openvino"])
-    parser.add_argument("--quantize", choices=["none", "int8"])
-    parser.add_argument("--max-tokens-per-batch", type=int)
-    parser.add_argument("--max-length", type=int, help="tokens per input (wins over a checkpoint's saved limit)")
+    add_engine_flags(parser, model_help="a Hugging Face id or a local directory (default: the scorer's, "
+                     f"{DEFAULT_CROSS_ENCODER} or {DEFAULT_LATE_INTERACTION})")
     parser.add_argument("--long-documents", choices=["truncate", "chunk"],
                         help="documents over --max-length: truncate (default) or score their best chunk")
     parser.add_argument("--instruction", help="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-"
@@ -81,10 +78,8 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
                         "renders query/document messages (default: its chat template, or the family its name states)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let a checkpoint with custom code (config.json auto_map) run it; off by default")
-    parser.add_argument("--top-n", type=int, help="keep the N best candidates per query")
-    parser.add_argument("--actors", help="MIN,MAX actors (autoscaling pool), e.g. 1,4")
-    parser.add_argument("--gpus-per-actor", type=float)
-    parser.add_argument("--address", help="Ray address: 'auto' joins a running cluster; default starts a local Ray")
+    parser.add_argument("--top-n", type=int, help="keep the N best candidates per query (default: all)")
+    add_cluster_flags(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an OUTPUT holding another job's results")
     parser.add_argument("--index", help="late-interaction: read document embeddings from this INDEX_DIR (rayrank index)"
                         "; INPUT then needs no text column (default: none, documents are encoded from their text)")
@@ -106,11 +101,10 @@ def parse_args(argv: list[str] | None) -> RerankJobConfig:
     flags = {"input": args.input, "output": args.output, "top_n": args.top_n, "index": args.index,
              "queries": args.queries, "overwrite": True if args.overwrite else None, "partitions": args.partitions,
              "overwrite_partition": True if args.overwrite_partition else None}
-    engine = {"model": args.model, "scorer": args.scorer, "backend": args.backend, "quantize": args.quantize,
-              "max_tokens_per_batch": args.max_tokens_per_batch, "max_length": args.max_length,
-              "long_documents": args.long_documents, "instruction": args.instruction,
-              "prompt_template": args.prompt_template, "trust_remote_code": True if args.trust_remote_code else None}
-    cluster = {"address": args.address, "actors": args.actors, "gpus_per_actor": args.gpus_per_actor}
+    engine = {**flag_values(args, ENGINE_FLAGS), "long_documents": args.long_documents,
+              "instruction": args.instruction, "prompt_template": args.prompt_template,
+              "trust_remote_code": True if args.trust_remote_code else None}
+    cluster = flag_values(args, CLUSTER_FLAGS)
     for key in ("cache", "corpus"):  # `cache: DIR` in a file is short for `cache: {dir: DIR}`
         if isinstance(data.get(key), str):
             data[key] = {"dir" if key == "cache" else "path": data[key]}

@@ -26,6 +26,7 @@ from rayrank.config import SearchJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.index import IndexReader, IvfSearcher, exact_search
 from rayrank.io.storage import filesystem, list_parquet, storage_options, write_parquet_atomic
 from rayrank.io.tables import QUERY_KEYS, read_unique
+from rayrank.jobs._flags import ENGINE_FLAGS, add_engine_flags, flag_values
 from rayrank.jobs._shards import claim, finish
 
 RESULT_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32()),
@@ -38,18 +39,21 @@ def parse_args(argv: list[str] | None) -> SearchJobConfig:
     parser.add_argument("input", nargs="?", help="QUERIES: Parquet with query_id, query (local or s3://)")
     parser.add_argument("output", nargs="?", help="OUTPUT directory (local or s3://)")
     parser.add_argument("--config", help="YAML config; flags override it")
-    parser.add_argument("--k", type=int, help="documents per query (default 100)")
-    parser.add_argument("--method", choices=["exact", "ivf"])
+    parser.add_argument("--top-n", "--k", dest="k", type=int,
+                        help=f"documents per query (default {SearchJobConfig.model_fields['k'].default})")
+    parser.add_argument("--method", choices=["exact", "ivf"], help="exact MaxSim over every document, or IVF "
+                        f"candidates then exact (default {SearchJobConfig.model_fields['method'].default})")
     parser.add_argument("--nprobe", type=int, help="ivf: centroids probed per query token")
     parser.add_argument("--candidates", type=int,
                         help="ivf: documents scored exactly per query (default: a fifth of the index, at most 3,072)")
-    parser.add_argument("--model", help="defaults to the index's model")
-    parser.add_argument("--overwrite", action="store_true")
+    add_engine_flags(parser, scorer=False, model_help="the query encoder: the index's model (default: the one the "
+                     "index records)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an OUTPUT holding another job's results")
     args = parser.parse_args(argv)
     data = load_yaml(args.config) if args.config else {}
     flags = {"index": args.index, "input": args.input, "output": args.output, "k": args.k, "method": args.method,
              "nprobe": args.nprobe, "candidates": args.candidates, "overwrite": True if args.overwrite else None}
-    data = merge_flags(data, flags, {"engine": {"model": args.model}}, args.config)
+    data = merge_flags(data, flags, {"engine": flag_values(args, ENGINE_FLAGS)}, args.config)
     config = parse_config(SearchJobConfig, data, args.config or "command-line flags")
     if not (config.index and config.input and config.output):
         parser.error("INDEX_DIR, QUERIES and OUTPUT are required")

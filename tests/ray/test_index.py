@@ -110,7 +110,7 @@ def test_search_exact_and_ivf_written_in_rerank_layout(built, tmp_path, tiny_enc
     queries += [{"query_id": "q0", "query": "again"}, {"query_id": "qx", "query": ""}]
     write_rows(tmp_path / "queries.parquet", queries)
     out = tmp_path / "exact"
-    assert search_main([str(root / "ix"), str(tmp_path / "queries.parquet"), str(out), "--k", "10"]) == 0
+    assert search_main([str(root / "ix"), str(tmp_path / "queries.parquet"), str(out), "--top-n", "10"]) == 0
     table = pq.read_table(out / "part-00000.parquet")
     assert table.num_rows == 50 and table.column_names == ["query_id", "doc_id", "score", "rank"]
     reasons = sorted(read_errors(out)["reason"].to_pylist())
@@ -128,7 +128,7 @@ def test_search_exact_and_ivf_written_in_rerank_layout(built, tmp_path, tiny_enc
     qrels = {"q0": {got["doc_id"][0].as_py(): 1}}
     assert evaluate(run, qrels).ndcg_at_10 == 1.0
     ivf = tmp_path / "ivf"
-    assert search_main([str(root / "ix"), str(tmp_path / "queries.parquet"), str(ivf), "--k", "10",
+    assert search_main([str(root / "ix"), str(tmp_path / "queries.parquet"), str(ivf), "--top-n", "10",
                         "--method", "ivf", "--nprobe", "64", "--candidates", "200"]) == 0
     assert read_run(str(ivf)) .keys() == run.keys()
     assert manifest(ivf)["method"] == "ivf"
