@@ -122,3 +122,19 @@ def test_bad_cache_settings_are_refused_before_ray_starts(tmp_path, job_config, 
     assert main([str(tmp_path / "in.parquet"), str(tmp_path / "out"), "--config", str(config)]) == 2
     assert "cache.max_bytes: Input should be greater than 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_retention_prunes_after_the_job(tmp_path, job_config):
+    rows = _unique_rows(3, 4)
+    write_rows(tmp_path / "in.parquet", rows)
+    cache = tmp_path / "cache"
+    keep = str(job_config(cache={"dir": str(cache), "max_age_days": 30}))
+    assert main([str(tmp_path / "in.parquet"), str(tmp_path / "a"), "--config", keep]) == 0
+    report = manifest(tmp_path / "a")["cache"]["prune"]
+    assert report["entries_kept"] == len(rows) and report["entries_dropped"] == 0
+    assert len(_segments(cache)) == len({p.parent for p in _segments(cache)})  # compacted: one segment a bucket
+    tiny = str(job_config(cache={"dir": str(cache), "max_bytes": 1}))  # nothing fits: every entry goes
+    assert main([str(tmp_path / "in.parquet"), str(tmp_path / "b"), "--config", tiny]) == 0
+    assert manifest(tmp_path / "b")["cache"]["prune"]["entries_dropped"] == len(rows) and not _segments(cache)
+    assert main([str(tmp_path / "in.parquet"), str(tmp_path / "c"), "--config", keep]) == 0
+    assert manifest(tmp_path / "c")["counts"]["pairs_scored"] == len(rows)
