@@ -1,8 +1,9 @@
-"""Shared fixtures: offline Hugging Face, tiny random models, and one small Ray cluster per session."""
+"""Shared fixtures: offline Hugging Face, tiny random models, one small Ray cluster per session, a moto S3 server."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,36 @@ def ray_cluster():
              log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+class MotoServer:
+    """A moto S3 server on a fixed 127.0.0.1 port that a test can stop and start again; the buckets live
+    in this process's moto backend, so they survive a restart."""
+
+    def __init__(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = None
+        self.start()
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port)
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture
+def moto_server(monkeypatch):
+    server = MotoServer()
+    # The job reads the endpoint and credentials from the standard AWS variables.
+    for key, value in {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    yield server
+    server.stop()

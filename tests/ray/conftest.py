@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,39 +67,6 @@ def start_job(args: list[str], module: str = "rayrank.jobs.rerank") -> subproces
 
 def manifest(out: Path) -> dict:
     return json.loads((out / "_manifest.json").read_text())
-
-
-class MotoServer:
-    """A moto S3 server on a fixed 127.0.0.1 port that a test can stop and start again; the buckets live
-    in this process's moto backend, so they survive a restart."""
-
-    def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server = None
-        self.start()
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port)
-        self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop()
-
-
-@pytest.fixture
-def moto_server(monkeypatch):
-    server = MotoServer()
-    # The job reads the endpoint and credentials from the standard AWS variables.
-    for key, value in {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -288,19 +288,12 @@ def test_bad_arguments_are_refused(tmp_path):
 
 
 @pytest.fixture
-def s3_cache(monkeypatch):
+def s3_cache(moto_server):
     """A bucket on a real moto S3 server over HTTP (the one the Ray S3 tests use; it needs no Ray)."""
-    from tests.ray.conftest import MotoServer
-
-    server = MotoServer()
-    for key, value in {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3", endpoint_url=server.endpoint)
+    s3 = boto3.client("s3", endpoint_url=moto_server.endpoint)
     s3.create_bucket(Bucket="cache")
     url = "s3://cache/scores"
     yield url, storage_options(None, url), s3
-    server.stop()
 
 
 def test_s3_hit_miss_corrupt_and_prune(s3_cache):
