@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from rayrank.backends import Backend
 from rayrank.backends.onnx_backend import default_cache_dir
 from rayrank.backends.openvino_backend import cpu_has_bf16
 from rayrank.batching import plan_batches
+from rayrank.extras import installed
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def candidates(dtype: str = "auto") -> list[Setting]:
     whenever it is a candidate, because it is the reference the others are checked against.
     """
     found = [("torch", "float32"), ("onnx", "float32")]
-    openvino = importlib.util.find_spec("openvino") is not None
+    openvino = installed("openvino")
     if openvino:
         found.append(("openvino", "float32"))
     if cpu_has_bf16():
