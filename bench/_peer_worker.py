@@ -1,7 +1,7 @@
 """The systems of bench/peers.py that share a virtual environment, in one process, timed on request.
 
     python _peer_worker.py SYSTEM[,SYSTEM...] SPEC.json
-    python _peer_worker.py fastplaid SPEC.json
+    python _peer_worker.py fastplaid|warp SPEC.json   # late-interaction search, see peer_search
 
 Loads each SYSTEM in turn (exporting what it needs into the spec's work folder first, then one
 warm-up call) and prints one `@@` + JSON line per system (its setting and load seconds, or its
@@ -171,36 +171,61 @@ def _rayrank_encoder(spec: dict, **settings) -> Runner:
     return run
 
 
-def fastplaid(spec: dict) -> None:
-    """FastPlaid on each search case: index build seconds from precomputed embeddings, then queries/s.
+def _fastplaid(path: str, docs: list, threads: int) -> Callable[..., list]:
+    """FastPlaid 1.7 at its `create` defaults (nbits 4, 4 k-means iterations); search in this process."""
+    from fast_plaid import search
 
-    Prints `@@` + JSON per case and (n_ivf_probe, n_full_scores) setting: build_s, search_s (best of
-    `rounds`), hits (doc numbers, best first).
+    index = search.FastPlaid(index=path, device="cpu")
+    index.create(documents_embeddings=docs)
+    return lambda queries, k, setting: index.search(queries_embeddings=queries, top_k=k, show_progress=False,
+                                                    **setting)
+
+
+def _warp(path: str, docs: list, threads: int) -> Callable[..., list]:
+    """xtr-warp-rs 2.1 at its `create` defaults (nbits 4), loaded memory-mapped on CPU as it defaults to."""
+    from xtr_warp import XTRWarp
+
+    index = XTRWarp(path)
+    index.create(docs, device="cpu", show_progress=False)
+    index.load(device="cpu")
+    return lambda queries, k, setting: index.search(queries, top_k=k, num_threads=threads, show_progress=False,
+                                                    **setting)
+
+
+PEERS = {"fastplaid": _fastplaid, "warp": _warp}
+
+
+def peer_search(peer: str, spec: dict) -> None:
+    """One late-interaction peer on each search case: index build seconds from precomputed embeddings,
+    index bytes on disk, then each setting's best-of-`rounds` search seconds (after one warm-up call).
+
+    Prints `@@` + JSON per case (build_s, bytes) and per setting (search_s, hits: doc numbers, best
+    first), as each is done, so the lines before a timeout still count.
     """
     import numpy as np
     import torch
-    from fast_plaid import search
 
     torch.set_num_threads(spec["threads"])
-    for case in spec["plaid_cases"]:
+    for case in spec["cases"]:
         docs, queries = np.load(case["docs"]), np.load(case["queries"])
         split = lambda flat, sizes: [torch.from_numpy(a.astype(np.float32)) for a in
                                      np.split(flat, np.cumsum(sizes)[:-1])]
         doc_list, query_list = split(docs["flat"], docs["sizes"]), split(queries["flat"], queries["sizes"])
         shutil.rmtree(case["index"], ignore_errors=True)
         started = time.perf_counter()
-        index = search.FastPlaid(index=case["index"], device="cpu")
-        index.create(documents_embeddings=doc_list, nbits=case["nbits"], kmeans_niters=case["kmeans_niters"])
+        search = PEERS[peer](case["index"], doc_list, spec["threads"])
         build = time.perf_counter() - started
-        for probe, full in case["settings"]:
+        size = sum(f.stat().st_size for f in Path(case["index"]).rglob("*") if f.is_file())
+        print("@@" + json.dumps({"case": case["name"], "build_s": build, "bytes": size}), flush=True)
+        for setting in case["settings"]:
+            search(query_list[:4], case["k"], setting)  # warm-up: lazy loads, thread pools
             best, hits = float("inf"), None
             for _ in range(case["rounds"]):
                 started = time.perf_counter()
-                hits = index.search(queries_embeddings=query_list, top_k=case["k"], show_progress=False,
-                                    n_full_scores=full, n_ivf_probe=probe)
+                hits = search(query_list, case["k"], setting)
                 best = min(best, time.perf_counter() - started)
-            print("@@" + json.dumps({"case": case["name"], "probe": probe, "full": full, "build_s": build,
-                                     "search_s": best, "hits": [[int(d) for d, _ in h] for h in hits]}), flush=True)
+            print("@@" + json.dumps({"case": case["name"], "setting": setting, "search_s": best,
+                                     "hits": [[int(d) for d, _ in h] for h in hits]}), flush=True)
 
 
 SYSTEMS: dict[str, Callable[[dict], Runner]] = {
@@ -232,8 +257,8 @@ SYSTEMS: dict[str, Callable[[dict], Runner]] = {
 
 def main() -> int:
     spec = json.loads(Path(sys.argv[2]).read_text())
-    if sys.argv[1] == "fastplaid":
-        fastplaid(spec)
+    if sys.argv[1] in PEERS:
+        peer_search(sys.argv[1], spec)
         return 0
     runners: dict[str, Runner] = {}
     for system in sys.argv[1].split(","):  # loaded one after another: exports get the CPU alone

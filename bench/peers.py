@@ -16,12 +16,23 @@ round counts. Prints pairs/s, × plain predict, max |Δ logit| and Kendall τ ag
 Decoder rerankers (`--part decoder`, in our own environment: sentence-transformers ≥ 5.4 scores them):
 a Qwen3-Reranker-shaped model scaled to 2 cores against `CrossEncoder.predict`, see bench/decoder.py.
 
-Late interaction (`--part late`, PyLate and fast-plaid in a third venv, `--li-python`): SciFact
-document encoding docs/s, PyLate `models.ColBERT` over the bundled all-MiniLM-L6-v2 against our
-`encode_documents`; then search on the same (our) token embeddings: index build seconds from
-precomputed embeddings, queries/s, nDCG@10 / Recall@100 on the SciFact test claims and Recall@100
-against exact search, for our exact scan, our IVF and FastPlaid, on SciFact and on a synthetic
-100,000-document corpus.
+Late interaction (`--part late`): SciFact document encoding docs/s, PyLate `models.ColBERT` over the
+bundled all-MiniLM-L6-v2 against our `encode_documents` (PyLate in its own venv, `--li-python`); then
+search on the same (our) token embeddings and queries, on SciFact and on a synthetic 100,000-document
+corpus: index build seconds from precomputed embeddings, index bytes per token on disk, queries/s
+(one process, `--threads`), Recall@100 against our exact search and, on SciFact, nDCG@10 / Recall@100
+on the test claims, for our exact scan, our IVF (`--ivf`), FastPlaid 1.7 (`--plaid`) and xtr-warp-rs
+2.1 (`--warp`), each peer at its defaults and at the other settings given. Each peer pins torch 2.11
+and runs in its own virtual environment (`--plaid-python`, `--warp-python`), made with
+
+    python -m venv VENV && VENV/bin/pip install fast-plaid==1.7.0.2110     # FastPlaid 1.7, torch 2.11
+    python -m venv VENV && VENV/bin/pip install xtr-warp-rs==2.1.0.2110    # xtr-warp-rs 2.1, torch 2.11
+
+(their torch 2.11 wheels are CUDA builds: pip also installs the CUDA libraries, about 3 GB, which
+`import torch` needs even on CPU.)
+
+    python bench/peers.py --part late --late-parts synthetic --rounds 2
+    python bench/peers.py --part late --late-parts scifact --late-peers warp --warp "default;nprobe=32"
 """
 
 from __future__ import annotations
@@ -276,9 +287,47 @@ def synthetic_corpus(docs: int, queries: int, dim: int = 128, topics: int = 1024
     return documents, query_list
 
 
+PEER_NAMES = {"fastplaid": "FastPlaid", "warp": "xtr-warp-rs"}
+
+
+def run_peer(args, work: Path, peer: str, name: str, settings: list[dict]) -> tuple[list[dict], str]:
+    """Build and search one peer in its own interpreter on `name`'s saved embeddings.
+
+    Returns its `@@` records (a build record, then one per setting) and, if it stopped early, why.
+    """
+    spec = {"threads": args.threads, "cases": [{
+        "name": name, "docs": str(work / f"{name}-docs.npz"), "queries": str(work / f"{name}-queries.npz"),
+        "index": str(work / f"{peer}-{name}"), "k": 100, "rounds": args.rounds, "settings": settings}]}
+    (work / f"{peer}-{name}.json").write_text(json.dumps(spec))
+    python = {"fastplaid": args.plaid_python, "warp": args.warp_python}[peer]
+    with (work / f"{peer}-{name}.log").open("w") as log:
+        try:
+            done = subprocess.run([str(python), str(WORKER), peer, str(work / f"{peer}-{name}.json")],
+                                  stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, timeout=args.peer_timeout)
+            out, stopped = done.stdout, "" if done.returncode == 0 else f"exited {done.returncode} (see log)"
+        except subprocess.TimeoutExpired as exc:  # what it printed before counts
+            out, stopped = (exc.stdout or b"").decode(), f"stopped after {args.peer_timeout:g} s"
+    return [json.loads(line[2:]) for line in out.splitlines() if line.startswith("@@")], stopped
+
+
+def parse_settings(text: str) -> list[dict]:
+    """'default;KEY=VALUE,KEY=VALUE;...' → [{}, {KEY: VALUE, ...}, ...] (numbers with a '.' are floats)."""
+    return [{} if item == "default" else
+            {k: (float(v) if "." in v else int(v)) for k, v in (kv.split("=") for kv in item.split(","))}
+            for item in text.split(";")]
+
+
+def _label(setting: dict) -> str:
+    return ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in setting.items()) or "its defaults"
+
+
+def _bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def late_search(args, work: Path, name: str, documents: list[np.ndarray], queries: list[np.ndarray],
                 qrels=None, doc_ids: list[str] | None = None, query_ids: list[str] | None = None) -> list[dict]:
-    """Index build s and queries/s of ours (exact, IVF) and FastPlaid on the same embeddings.
+    """Index build s, bytes per token and queries/s of ours (exact, IVF) and each peer on the same embeddings.
 
     Quality: nDCG@10/Recall@100 against qrels where given; always Recall@100 against our exact search.
     """
@@ -288,64 +337,80 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
 
     k = 100
     doc_ids = doc_ids or [str(i) for i in range(len(documents))]
+    tokens = sum(len(d) for d in documents)
     root = work / f"ix-{name}"
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
-    write_index(str(root), doc_ids, documents, centroids=args.centroids)
+    write_index(str(root), doc_ids, documents, compression=args.compression, nbits=args.nbits,
+                centroids=args.centroids)
     build = time.perf_counter() - started
     reader = IndexReader(str(root))
     started = time.perf_counter()
     IvfSearcher(reader)
     ivf_build = time.perf_counter() - started  # postings: built when a searcher opens the index
+    ours = "rayrank" + (f" {args.nbits}-bit residual" if args.compression == "residual" else " fp16")
 
     np.savez(work / f"{name}-docs.npz", **_flat(documents))
     np.savez(work / f"{name}-queries.npz", **_flat(queries))
-    plaid_spec = {"threads": args.threads, "plaid_cases": [{
-        "name": name, "docs": str(work / f"{name}-docs.npz"), "queries": str(work / f"{name}-queries.npz"),
-        "index": str(work / f"plaid-{name}"), "k": k, "nbits": 4, "kmeans_niters": 4, "rounds": args.rounds,
-        "settings": args.plaid}]}
-    (work / f"plaid-{name}.json").write_text(json.dumps(plaid_spec))
-    plaid, plaid_failure = [], "failed (see log)"
-    with (work / f"fastplaid-{name}.log").open("w") as log:
-        try:
-            done = subprocess.run([str(args.li_python), str(WORKER), "fastplaid", str(work / f"plaid-{name}.json")],
-                                  stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, timeout=args.plaid_timeout)
-            plaid = [json.loads(line[2:]) for line in done.stdout.splitlines() if line.startswith("@@")]
-        except subprocess.TimeoutExpired:
-            plaid_failure = f"not done after {args.plaid_timeout:g} s (stopped)"
 
     def timed(fn):
+        fn(queries[:4])  # warm-up, as the peers get
         best, out = float("inf"), None
         for _ in range(args.rounds):
             started = time.perf_counter()
-            out = fn()
+            out = fn(queries)
             best = min(best, time.perf_counter() - started)
         return best, out
 
-    exact_s, exact_hits = timed(lambda: exact_search(reader, queries, k))
+    exact_s, exact_hits = timed(lambda q: exact_search(reader, q, k))
     exact_sets = [set(ids) for ids, _ in exact_hits]
-    results = {"rayrank exact": (build, exact_s, [ids for ids, _ in exact_hits])}
+    size = _bytes(root) / tokens
+    results = {f"{ours} exact": (build, size, exact_s, [ids for ids, _ in exact_hits])}
     for nprobe, candidates in args.ivf:
         ivf = IvfSearcher(reader, nprobe, candidates)
-        ivf_s, ivf_hits = timed(lambda: ivf.search(queries, k))
-        results[f"rayrank IVF nprobe {nprobe}, {candidates} cand."] = (build + ivf_build, ivf_s,
-                                                                       [ids for ids, _ in ivf_hits])
-    for found in plaid:
-        results[f"FastPlaid nbits 4, probe {found['probe']}, {found['full']} full"] = (
-            found["build_s"], found["search_s"], [[doc_ids[d] for d in h] for h in found["hits"]])
+        ivf_s, ivf_hits = timed(lambda q: ivf.search(q, k))
+        results[f"{ours} IVF nprobe {nprobe}, {candidates:,} candidates"] = (
+            build + ivf_build, size, ivf_s, [ids for ids, _ in ivf_hits])
+    failures = []
+    for peer in args.late_peers:
+        records, stopped = run_peer(args, work, peer, name, {"fastplaid": args.plaid, "warp": args.warp}[peer])
+        built = next((r for r in records if "build_s" in r), None)
+        for found in records:
+            if "setting" in found:
+                results[f"{PEER_NAMES[peer]} {_label(found['setting'])}"] = (
+                    built["build_s"], built["bytes"] / tokens, found["search_s"],
+                    [[doc_ids[d] for d in h] for h in found["hits"]])
+        if stopped:
+            failures.append((PEER_NAMES[peer], stopped if built else f"{stopped} while building"))
     rows = []
-    for system, (build_s, search_s, hits) in results.items():
+    for system, (build_s, per_token, search_s, hits) in results.items():
         row = {"corpus": f"{name} ({len(documents):,} docs)", "search": system, "build s": build_s,
-               "queries/s": len(queries) / search_s,
+               "bytes/token": per_token, "queries/s": len(queries) / search_s,
                "R@100 vs exact": float(np.mean([len(set(h) & e) / len(e) for h, e in zip(hits, exact_sets)]))}
         if qrels is not None:
             run = {qid: {d: float(k - r) for r, d in enumerate(h)} for qid, h in zip(query_ids, hits)}
             metrics = evaluate(run, qrels)
             row.update({"nDCG@10": metrics.ndcg_at_10, "R@100": metrics.recall_at_100})
         rows.append(row)
-    if not plaid:
-        rows.append({**dict.fromkeys(rows[0], ""), "corpus": name, "search": "FastPlaid", "build s": plaid_failure})
+    for peer, why in failures:
+        rows.append({**dict.fromkeys(rows[0], ""), "corpus": name, "search": f"{peer}: {why}"})
     return rows
+
+
+def late_summary(rows: list[dict], bar: float = 0.95, goal: float = 1.5) -> str:
+    """The issue's goal as a ratio: our fastest row at Recall@100 ≥ `bar` of exact against the fastest peer's."""
+    ok = [r for r in rows if r["queries/s"] != "" and r["R@100 vs exact"] >= bar]
+    ours = [r for r in ok if r["search"].startswith("rayrank")]
+    peers = [r for r in ok if not r["search"].startswith("rayrank")]
+    if not ours:
+        return f"no rayrank setting reached Recall@100 {bar} of exact"
+    a = max(ours, key=lambda r: r["queries/s"])
+    if not peers:
+        return f"fastest at R@100 ≥ {bar}: {a['search']} {a['queries/s']:.1f} queries/s; no peer setting reached {bar}"
+    b = max(peers, key=lambda r: r["queries/s"])
+    ratio = a["queries/s"] / b["queries/s"]
+    return (f"fastest at R@100 ≥ {bar}: {a['search']} {a['queries/s']:.1f} queries/s vs {b['search']} "
+            f"{b['queries/s']:.1f} = {ratio:.2f}× (goal ≥ {goal}×: {'met' if ratio >= goal else 'not met'})")
 
 
 def late_interaction(args, work: Path) -> None:
@@ -362,7 +427,8 @@ def late_interaction(args, work: Path) -> None:
         scifact_search(args, work, corpus, texts)
     if "synthetic" in args.late_parts and args.synthetic_docs:
         documents, synthetic_queries = synthetic_corpus(args.synthetic_docs, args.synthetic_queries)
-        print(table(late_search(args, work, "synthetic", documents, synthetic_queries)), flush=True)
+        rows = late_search(args, work, "synthetic", documents, synthetic_queries)
+        print(table(rows), late_summary(rows), sep="\n", flush=True)
 
 
 def scifact_search(args, work: Path, corpus, texts: list[str]) -> None:
@@ -386,7 +452,7 @@ def scifact_search(args, work: Path, corpus, texts: list[str]) -> None:
     q = [x.astype(np.float32) for x in _unflat({"flat": data["q_flat"], "sizes": data["q_sizes"]})]
     rows = late_search(args, work, "SciFact", docs, q, load_qrels(SCIFACT / "qrels.test.txt"),
                        corpus["doc_id"].to_pylist(), queries["query_id"].to_pylist())
-    print(table(rows, floats="{:.3f}"), flush=True)
+    print(table(rows, floats="{:.3f}"), late_summary(rows), sep="\n", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,22 +473,43 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of systems (plain predict always runs: it is the reference)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep exports and logs here (reused)")
     parser.add_argument("--part", choices=["all", "cross-encoder", "decoder", "late"], default="all")
-    parser.add_argument("--li-python", type=Path, default=Path("/work/venvs/peers-li/bin/python"),
-                        help="interpreter with pylate and fast-plaid (they pin their own torch and transformers)")
+    parser.add_argument("--li-python", type=Path, default=Path("/work/venvs/pylate/bin/python"),
+                        help="interpreter of PyLate's virtual environment (the encoding part)")
+    parser.add_argument("--plaid-python", type=Path, default=Path("/work/venvs/fastplaid/bin/python"),
+                        help="interpreter of FastPlaid's own virtual environment (pip install fast-plaid; it pins "
+                             "its torch)")
+    parser.add_argument("--warp-python", type=Path, default=Path("/work/venvs/warp/bin/python"),
+                        help="interpreter of xtr-warp-rs' own virtual environment (pip install xtr-warp-rs; it "
+                             "pins its torch)")
     parser.add_argument("--li-docs", type=int, default=300, help="SciFact abstracts for the encoding timing")
     parser.add_argument("--synthetic-docs", type=int, default=100_000, help="synthetic corpus size (0: skip)")
     parser.add_argument("--late-parts", type=lambda s: s.split(","), default=["encode", "scifact", "synthetic"],
                         help="comma-separated: encode (docs/s vs PyLate), scifact and synthetic (search)")
-    parser.add_argument("--plaid-timeout", type=float, default=1800,
-                        help="seconds FastPlaid may take per corpus (its CPU search can be very slow)")
+    parser.add_argument("--late-peers", type=lambda s: [x for x in s.split(",") if x], default=list(PEER_NAMES),
+                        help="comma-separated search peers, each run in its own interpreter: fastplaid, warp "
+                             "(default both; empty: ours only)")
+    parser.add_argument("--peer-timeout", type=float, default=1800,
+                        help="seconds a search peer may take per corpus, build included; what it finished "
+                             "before is kept")
     parser.add_argument("--synthetic-queries", type=int, default=100)
     parser.add_argument("--centroids", type=int, default=None, help="our IVF centroids (default: the index job's)")
     pairs = lambda text: [tuple(int(x) for x in item.split(":")) for item in text.split(",")]
     parser.add_argument("--ivf", type=pairs, default=[(2, 1024), (2, 2048), (2, 3072), (2, 4096)],
                         help="our IVF settings NPROBE:CANDIDATES,... (default: 2:1024,2:2048,2:3072,2:4096; "
                              "2:3072 is IvfSearcher's default from 15,360 documents up)")
-    parser.add_argument("--plaid", type=pairs, default=[(4, 2048), (8, 4096), (32, 8192)],
-                        help="FastPlaid settings N_IVF_PROBE:N_FULL_SCORES,... (its default is 8:4096)")
+    parser.add_argument("--plaid", type=parse_settings, default=[{}, {"n_ivf_probe": 16, "n_full_scores": 8192},
+                                                            {"n_ivf_probe": 32, "n_full_scores": 16384}],
+                        help="FastPlaid search settings, ';'-separated, each 'default' or KEY=VALUE,... of its "
+                             "search() (default: default;n_ivf_probe=16,n_full_scores=8192;"
+                             "n_ivf_probe=32,n_full_scores=16384; its defaults are 8 and 4096)")
+    parser.add_argument("--warp", type=parse_settings, default=[{}, {"nprobe": 16}, {"nprobe": 32}],
+                        help="xtr-warp-rs search settings, same form, keywords of its search() (nprobe, t_prime, "
+                             "bound, max_candidates, centroid_score_threshold; default: default;nprobe=16;nprobe=32;"
+                             "its defaults follow the index's density). Every setting runs with num_threads = "
+                             "--threads")
+    parser.add_argument("--compression", choices=["none", "residual"], default="none",
+                        help="our index's compression for the search part")
+    parser.add_argument("--nbits", type=int, default=2, help="our residual bits with --compression residual")
     args = parser.parse_args(argv)
     if load_dl20() is None:
         print(skip_message(DL20))
