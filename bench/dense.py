@@ -39,6 +39,7 @@ def main() -> int:
 
     from rayrank.evaluate import evaluate, load_qrels
     from rayrank.funnel.dense import DenseEncoder, DenseIndex
+    from rayrank.ranking import Ranking
 
     index = DenseIndex(args.index)
     queries = pq.read_table(SCIFACT / "queries.test.parquet").to_pylist()
@@ -51,7 +52,7 @@ def main() -> int:
 
     def faiss_flat():
         scores, rows = flat.search(vectors, args.k)
-        return [([index.doc_ids[j] for j in r], s) for r, s in zip(rows, scores)]
+        return [Ranking([index.doc_ids[j] for j in r], s) for r, s in zip(rows, scores)]
 
     print(f"load average at start {load_average()}", file=sys.stderr)
     timed = interleaved({"faiss IndexFlatIP (exact)": faiss_flat,
@@ -62,9 +63,9 @@ def main() -> int:
     base = timed["faiss IndexFlatIP (exact)"][0]
     rows = []
     for name, (seconds, hits) in timed.items():
-        run = {q: {d: float(s) for d, s in zip(ids, scores)} for q, (ids, scores) in zip(qids, hits)}
+        run = {q: {d: float(s) for d, s in zip(r.doc_ids, r.scores)} for q, r in zip(qids, hits)}
         metrics = evaluate(run, qrels)
-        overlap = np.mean([len(set(a) & set(b)) / len(a) for (a, _), (b, _) in zip(exact, hits)])
+        overlap = np.mean([len(set(a.doc_ids) & set(b.doc_ids)) / len(a) for a, b in zip(exact, hits)])
         rows.append({"search": name, "ms/claim": 1000 * seconds / len(qids), "× faiss flat": base / seconds,
                      "recall@100 vs exact": overlap, "nDCG@10": metrics.ndcg_at_10, "R@100": metrics.recall_at_100})
     print(f"SciFact dense index: {len(index):,} documents × {index.vectors.shape[1]} ({index.manifest['model']['name']}), "

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from rayrank.config import EngineConfig
-    from rayrank.ray_app.app import Reranker
+    from rayrank.ray_app.app import RerankDeployment
     from rayrank.ray_app.config import ServeArgs
 
     requests = requests_from(candidates, opts.docs)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, batch_size in (("on", opts.max_batch_size), ("off", 1)):
         args = ServeArgs(engine=replica_engine,
                          batching={"max_batch_size": batch_size, "batch_wait_timeout_s": 0.005})
-        deployment = Reranker.options(num_replicas=opts.replicas, max_ongoing_requests=64,
+        deployment = RerankDeployment.options(num_replicas=opts.replicas, max_ongoing_requests=64,
                                       ray_actor_options={"num_cpus": opts.cpus / opts.replicas})
         serve.run(deployment.bind(args), name="bench", route_prefix="/")
         url = "http://127.0.0.1:8765/v1/rerank"

@@ -1,4 +1,4 @@
-"""The `Reranker` Serve deployment and the typed application builder `build_app`.
+"""`RerankDeployment` (the Serve deployment named "Reranker") and the typed application builder `build_app`.
 
 Requests wait in `@serve.batch`; the batches waiting for the engine (`rayrank.ray_app.coalesce`) have
 their pairs flattened into one token-budgeted engine call (`rayrank.Reranker.score_pairs`, in a
@@ -30,12 +30,12 @@ from rayrank.cache import QueryCache, documents_key, mean_pooled
 from rayrank.index import IndexReader, score_from_index
 from rayrank.io.storage import storage_options
 from rayrank.models import DEFAULT_LATE_INTERACTION
-from rayrank.ray_app.coalesce import EngineGate
+from rayrank.ray_app.coalesce import BatchCoalescer
 from rayrank.ray_app.config import ServeArgs
 from rayrank.ray_app.http import build_http_app
 from rayrank.ray_app.metrics import ServeMetrics
 from rayrank.ray_app.schemas import DocumentId, RequestError
-from rayrank.ray_app.service import Job, Scored
+from rayrank.ray_app.service import RequestScores, ScoreRequest
 
 logger = logging.getLogger(__name__)
 WARMUP_WORDS = "ray cluster python data model query document search rank score".split()
@@ -45,7 +45,7 @@ WARMUP_WORDS = "ray cluster python data model query document search rank score".
 @serve.deployment(name="Reranker", max_ongoing_requests=64, max_queued_requests=64,
                   backpressure_config={"status_code": 429, "retry_after_s": 1})
 @serve.ingress()
-class Reranker:
+class RerankDeployment:
     """One engine per replica, its batch queue bounded by `admission.max_pending_pairs`."""
 
     def __init__(self, args: ServeArgs) -> None:
@@ -62,7 +62,7 @@ class Reranker:
         gc.freeze()  # the loaded model and libraries live as long as the replica: no need to walk them per collection
         self._call: tuple[int, float] | None = None  # the running engine call: pairs, start
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.gate = EngineGate(self._score_jobs, args.batching.max_batch_size)
+        self.coalescer = BatchCoalescer(self._score_requests, args.batching.max_batch_size)
         self.score_batch.set_max_batch_size(args.batching.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(args.batching.batch_wait_timeout_s)
         self._ready = threading.Event()
@@ -134,13 +134,13 @@ class Reranker:
         return ids if any(doc_id is not None for doc_id in ids) else None
 
     async def score(self, query: str, documents: list[str], doc_ids: tuple[str | None, ...] | None = None,
-                    instruction: str | None = None) -> Scored:
+                    instruction: str | None = None) -> RequestScores:
         """Admit the request's pairs or refuse at once with 429 + Retry-After; then wait for its batch."""
         if (refusal := self.overload(len(documents))) is not None:
             raise refusal
         self.pending_pairs += len(documents)
         try:
-            return await self.score_batch(Job(query, documents, doc_ids, instruction))
+            return await self.score_batch(ScoreRequest(query, documents, doc_ids, instruction))
         finally:
             self.pending_pairs -= len(documents)
 
@@ -180,36 +180,36 @@ class Reranker:
                 rate = pairs / elapsed
         return rate
 
-    # Batches that form while the engine is busy wait in the gate and are scored together; four may
+    # Batches that form while the engine is busy wait in the coalescer and are scored together; four may
     # wait at once (4 x the default 16 requests = the default max_ongoing_requests).
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, max_concurrent_batches=4)
-    async def score_batch(self, jobs: list[Job]) -> list[Scored]:
-        return await self.gate.submit(jobs)
+    async def score_batch(self, requests: list[ScoreRequest]) -> list[RequestScores]:
+        return await self.coalescer.submit(requests)
 
-    def _score_jobs(self, jobs: list[Job]) -> list[Scored]:
+    def _score_requests(self, requests: list[ScoreRequest]) -> list[RequestScores]:
         """Cache lookups, then one engine call for every pair of every missed request, split back."""
         self._ready.wait()  # requests that arrive during warm-up wait for it
-        found: list[dict[str, float] | None] = [None] * len(jobs)
+        found: list[dict[str, float] | None] = [None] * len(requests)
         if self.cache is not None:
-            vectors = mean_pooled(self._query_encoder.encode_queries([job.query for job in jobs]))
+            vectors = mean_pooled(self._query_encoder.encode_queries([request.query for request in requests]))
             # An instruction changes every score: it is part of what a cached answer was computed for.
-            keys = [documents_key(job.keys() + ([f"\0instruction:{job.instruction}"] if job.instruction else []))
-                    for job in jobs]
+            keys = [documents_key(r.keys() + ([f"\0instruction:{r.instruction}"] if r.instruction else []))
+                    for r in requests]
             found = [self.cache.lookup(key, vector) for key, vector in zip(keys, vectors)]
             hits = sum(f is not None for f in found)
-            self.metrics.cache(hits, len(jobs) - hits)
+            self.metrics.cache(hits, len(requests) - hits)
         todo = [i for i, f in enumerate(found) if f is None]
-        queries = [jobs[i].query for i in todo for _ in jobs[i].documents]
-        documents = [doc for i in todo for doc in jobs[i].documents]
+        queries = [requests[i].query for i in todo for _ in requests[i].documents]
+        documents = [doc for i in todo for doc in requests[i].documents]
         start = time.perf_counter()
         self._call = (len(documents), start)
         try:
             if self.index is not None:  # one rule for every request: documents encoded like the index's
-                doc_ids = [d for i in todo for d in (jobs[i].doc_ids or (None,) * len(jobs[i].documents))]
+                doc_ids = [d for i in todo for d in (requests[i].doc_ids or (None,) * len(requests[i].documents))]
                 scores, _ = score_from_index(self.engine.scorer, self.index, queries, doc_ids, documents)
             else:  # one engine call per instruction in the batch (a decoder's prompt holds it)
                 scores = np.empty(len(documents), dtype=np.float32)
-                instructions = [jobs[i].instruction for i in todo for _ in jobs[i].documents]
+                instructions = [requests[i].instruction for i in todo for _ in requests[i].documents]
                 for instruction in dict.fromkeys(instructions):
                     rows = [k for k, given in enumerate(instructions) if given == instruction]
                     scores[rows] = self.engine.score_pairs([queries[k] for k in rows], [documents[k] for k in rows],
@@ -217,19 +217,19 @@ class Reranker:
         finally:
             self._call = None
         self._measured(len(documents), time.perf_counter() - start)
-        self.metrics.batch(len(jobs), len(documents))
-        out: list[Scored] = [None] * len(jobs)  # type: ignore[list-item]
-        bounds = np.cumsum([0] + [len(jobs[i].documents) for i in todo])
+        self.metrics.batch(len(requests), len(documents))
+        out: list[RequestScores] = [None] * len(requests)  # type: ignore[list-item]
+        bounds = np.cumsum([0] + [len(requests[i].documents) for i in todo])
         for i, start, end in zip(todo, bounds[:-1], bounds[1:]):
-            out[i] = Scored(scores[start:end], cached=False)
+            out[i] = RequestScores(scores[start:end], cached=False)
             if self.cache is not None:
-                self.cache.store(keys[i], vectors[i], dict(zip(jobs[i].keys(), scores[start:end].tolist())))
+                self.cache.store(keys[i], vectors[i], dict(zip(requests[i].keys(), scores[start:end].tolist())))
         for i, by_key in enumerate(found):
             if by_key is not None:
-                out[i] = Scored(np.array([by_key[k] for k in jobs[i].keys()], dtype=np.float32), cached=True)
+                out[i] = RequestScores(np.array([by_key[k] for k in requests[i].keys()], dtype=np.float32), cached=True)
         return out
 
 
 def build_app(args: ServeArgs) -> Application:
     """Serve's typed application builder (`import_path: rayrank.ray_app.app:build_app`)."""
-    return Reranker.bind(args)
+    return RerankDeployment.bind(args)

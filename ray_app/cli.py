@@ -99,7 +99,7 @@ def run(plan: ServePlan, address: str | None) -> list[str]:
     import ray
     from ray import serve
 
-    from rayrank.ray_app.app import Reranker
+    from rayrank.ray_app.app import RerankDeployment
     from rayrank.ray_app.search import build_search_app
 
     if not ray.is_initialized():
@@ -109,7 +109,7 @@ def run(plan: ServePlan, address: str | None) -> list[str]:
     urls = []
     for app, args, options in plan.apps:
         kind = app_kind(app.import_path)
-        bound = Reranker.options(**options).bind(args) if kind == "rerank" else build_search_app(args)
+        bound = RerankDeployment.options(**options).bind(args) if kind == "rerank" else build_search_app(args)
         serve.run(bound, name=app.name, route_prefix=app.route_prefix)
         urls.append(f"http://{http.host}:{http.port}{app.route_prefix or '/'} ({APPS[kind].routes})")
     return urls

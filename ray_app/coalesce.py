@@ -4,7 +4,7 @@ Ray Serve's `@serve.batch` (Ray ≥ 2.46) forms the next batch as soon as the pr
 formed, not when it has finished: while the engine scores one batch, the requests arriving
 meanwhile are cut into many batches of one or two requests (whatever lands within
 `batch_wait_timeout_s`), each run on its own. Under sustained load the engine then scores 20-pair
-calls at a fraction of its rate. The gate keeps `@serve.batch` as the collector and merges every
+calls at a fraction of its rate. The coalescer keeps `@serve.batch` as the collector and merges every
 batch waiting for the engine into one call when it frees up, capped at `max_requests`.
 """
 
@@ -14,41 +14,41 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-Job = TypeVar("Job")
-Result = TypeVar("Result")
+Item = TypeVar("Item")
+Output = TypeVar("Output")
 
 
-class EngineGate(Generic[Job, Result]):
-    """Runs `score(jobs) -> results` (same length and order) in a worker thread, one call at a time.
+class BatchCoalescer(Generic[Item, Output]):
+    """Runs `score(items) -> outputs` (same length and order) in a worker thread, one call at a time.
 
     Example:
         >>> calls = []
-        >>> gate = EngineGate(lambda jobs: calls.append(list(jobs)) or [j * 10 for j in jobs], max_requests=3)
+        >>> coalescer = BatchCoalescer(lambda items: calls.append(items) or [i * 10 for i in items], max_requests=3)
         >>> async def clients():
-        ...     return await asyncio.gather(gate.submit([1, 2]), gate.submit([3]), gate.submit([4]))
+        ...     return await asyncio.gather(coalescer.submit([1, 2]), coalescer.submit([3]), coalescer.submit([4]))
         >>> asyncio.run(clients())
         [[10, 20], [30], [40]]
-        >>> calls  # three batches waited: the first two fit in one call of at most 3 jobs
+        >>> calls  # three batches waited: the first two fit in one call of at most 3 items
         [[1, 2, 3], [4]]
     """
 
-    def __init__(self, score: Callable[[list[Job]], Sequence[Result]], max_requests: int) -> None:
+    def __init__(self, score: Callable[[list[Item]], Sequence[Output]], max_requests: int) -> None:
         self.score, self.max_requests = score, max_requests
-        self._waiting: list[tuple[list[Job], asyncio.Future]] = []
+        self._waiting: list[tuple[list[Item], asyncio.Future]] = []
         self._running = False
         self._drainer: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
 
-    async def submit(self, jobs: list[Job]) -> list[Result]:
-        """Queue one batch of jobs and wait for their results."""
+    async def submit(self, items: list[Item]) -> list[Output]:
+        """Queue one batch of items and wait for their outputs."""
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((list(jobs), future))
+        self._waiting.append((list(items), future))
         if not self._running:
             self._running = True
             self._drainer = asyncio.create_task(self._drain())
         return await future
 
-    def _take(self) -> list[tuple[list[Job], asyncio.Future]]:
-        """Whole waiting batches, oldest first, up to `max_requests` jobs (always at least one batch)."""
+    def _take(self) -> list[tuple[list[Item], asyncio.Future]]:
+        """Whole waiting batches, oldest first, up to `max_requests` items (always at least one batch)."""
         taken, size = [], 0
         while self._waiting and (not taken or size + len(self._waiting[0][0]) <= self.max_requests):
             taken.append(self._waiting.pop(0))
@@ -59,18 +59,18 @@ class EngineGate(Generic[Job, Result]):
         try:
             while self._waiting:
                 taken = self._take()
-                flat = [job for jobs, _ in taken for job in jobs]
+                flat = [item for items, _ in taken for item in items]
                 try:
-                    results = await asyncio.to_thread(self.score, flat)
-                except Exception as exc:  # every caller of this call gets the error; the gate goes on
+                    outputs = await asyncio.to_thread(self.score, flat)
+                except Exception as exc:  # every caller of this call gets the error; the coalescer goes on
                     for _, future in taken:
                         if not future.done():
                             future.set_exception(exc)
                     continue
                 start = 0
-                for jobs, future in taken:
-                    if not future.done():  # a cancelled request (client gone) needs no result
-                        future.set_result(list(results[start:start + len(jobs)]))
-                    start += len(jobs)
+                for items, future in taken:
+                    if not future.done():  # a cancelled request (client gone) needs no output
+                        future.set_result(list(outputs[start:start + len(items)]))
+                    start += len(items)
         finally:
             self._running = False

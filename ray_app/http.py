@@ -13,13 +13,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 import rayrank
+from rayrank.ranking import Ranking
 from rayrank.ray_app.auth import protect
 from rayrank.ray_app.metrics import ServeMetrics
 from rayrank.ray_app.schemas import (CohereRerankRequest, CohereRerankResponse, CohereResult, CohereV2RerankRequest,
@@ -138,11 +138,6 @@ def _validation_error(exc: RequestValidationError) -> RequestError:
     return RequestError(422, field, message, kind="missing_field" if err["type"] == "missing" else "invalid_request")
 
 
-def ranking(scores: np.ndarray, top_n: int | None) -> np.ndarray:
-    """Indices best first; ties keep input order (as `rayrank.Reranker.rank`)."""
-    return np.argsort(-scores, kind="stable")[:top_n]
-
-
 def build_http_app(service: RerankService) -> FastAPI:
     args, metrics = service.args, service.metrics
     app = FastAPI(title="rayrank", version=rayrank.__version__,
@@ -183,13 +178,14 @@ def build_http_app(service: RerankService) -> FastAPI:
     takes_instruction = getattr(service.engine.scorer, "takes_instruction", False)
 
     async def relevance(query: str, documents: list[str], ids, max_tokens: int | None,
-                        instruction: str | None) -> tuple[np.ndarray, bool]:
-        """Scores in [0, 1] for the request's documents (cut to `max_tokens` tokens first, if given)."""
+                        instruction: str | None, top_n: int | None) -> tuple[Ranking, bool]:
+        """The request's documents ranked by scores in [0, 1] (cut to `max_tokens` tokens first, if given)."""
         check_instruction(instruction, args.limits, takes_instruction)
         if max_tokens is not None:
             documents = service.engine.cut_documents(documents, max_tokens)
         scored = await service.score(query, documents, ids, instruction)
-        return service.engine.relevance([query] * len(documents), scored.scores), scored.cached
+        scores = service.engine.relevance([query] * len(documents), scored.scores)
+        return Ranking.of_list(scores, top_n), scored.cached
 
     def meta(cached: bool) -> dict[str, Any]:
         return {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}, "model": args.model_name,
@@ -203,15 +199,16 @@ def build_http_app(service: RerankService) -> FastAPI:
         check_limits(request.query, request.documents, args.limits, "documents")
         ids = service.document_ids(request.documents, "documents")
         texts = [d if isinstance(d, str) else "" for d in request.documents]
-        scores, cached = await relevance(request.query, texts, ids, request.max_tokens_per_doc, request.instruction)
+        ranked, cached = await relevance(request.query, texts, ids, request.max_tokens_per_doc, request.instruction,
+                                         request.top_n)
 
         def document(i: int) -> dict[str, str] | None:
             if not request.return_documents:
                 return None
             return {"text": texts[i]} if ids is None or ids[i] is None else {"id": ids[i]}
 
-        results = [CohereResult(index=int(i), relevance_score=float(scores[i]), document=document(i))
-                   for i in ranking(scores, request.top_n)]
+        results = [CohereResult(index=int(i), relevance_score=float(score), document=document(i))
+                   for i, score in zip(ranked.positions, ranked.scores)]
         return CohereRerankResponse(id=str(uuid.uuid4()), results=results, meta=meta(cached))
 
     @app.post("/v2/rerank", response_model=CohereV2RerankResponse, responses=RERANK_ERRORS)
@@ -219,10 +216,10 @@ def build_http_app(service: RerankService) -> FastAPI:
         """Cohere v2 rerank (`cohere.ClientV2.rerank`, LangChain's `CohereRerank`): documents as strings."""
         check_model(request.model)
         check_limits(request.query, request.documents, args.limits, "documents")
-        scores, cached = await relevance(request.query, request.documents, None, request.max_tokens_per_doc,
-                                         request.instruction)
-        results = [CohereV2Result(index=int(i), relevance_score=float(scores[i]))
-                   for i in ranking(scores, request.top_n)]
+        ranked, cached = await relevance(request.query, request.documents, None, request.max_tokens_per_doc,
+                                         request.instruction, request.top_n)
+        results = [CohereV2Result(index=int(i), relevance_score=float(score))
+                   for i, score in zip(ranked.positions, ranked.scores)]
         return CohereV2RerankResponse(id=str(uuid.uuid4()), results=results, meta=meta(cached))
 
     @app.post("/rerank", response_model=list[TeiResult], response_model_exclude_none=True, responses=RERANK_ERRORS)
@@ -234,11 +231,10 @@ def build_http_app(service: RerankService) -> FastAPI:
         check_limits(request.query, request.texts, args.limits, "texts")
         check_instruction(request.instruction, args.limits, takes_instruction)
         scored = await service.score(request.query, request.texts, instruction=request.instruction)
-        scores = scored.scores if request.raw_scores else service.engine.relevance(
-            [request.query] * len(request.texts), scored.scores)
-        return [TeiResult(index=int(i), score=float(scores[i]),
-                          text=request.texts[i] if request.return_text else None)
-                for i in ranking(scores, None)]
+        ranked = Ranking.of_list(scored.scores if request.raw_scores else service.engine.relevance(
+            [request.query] * len(request.texts), scored.scores))
+        return [TeiResult(index=int(i), score=float(score), text=request.texts[i] if request.return_text else None)
+                for i, score in zip(ranked.positions, ranked.scores)]
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:

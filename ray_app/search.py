@@ -32,7 +32,8 @@ from ray.serve.handle import DeploymentHandle
 from rayrank.funnel.config import FunnelConfig
 from rayrank.funnel.corpus import load_corpus
 from rayrank.funnel.deadline import StageClock
-from rayrank.funnel.stages import Ranking, build_stage, check_stages
+from rayrank.funnel.stages import build_stage, check_stages
+from rayrank.ranking import Ranking
 from rayrank.ray_app.search_config import RERANKERS, SearchArgs, StageDeployment
 from rayrank.ray_app.search_http import build_search_http
 from rayrank.ray_app.search_metrics import SearchMetrics, StageEvents
@@ -65,17 +66,17 @@ class FunnelStage:
         return await self.run_batch((query, previous))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def run_batch(self, jobs: list[tuple[str, dict[str, Ranking]]]) -> list[StageAnswer]:
-        return await self._run(jobs)
+    async def run_batch(self, requests: list[tuple[str, dict[str, Ranking]]]) -> list[StageAnswer]:
+        return await self._run(requests)
 
-    async def _run(self, jobs: list[tuple[str, dict[str, Ranking]]]) -> list[StageAnswer]:
-        queries = [query for query, _ in jobs]
-        previous = self.stage.previous({name: [p[name] for _, p in jobs] for name in self.stage.inputs})
+    async def _run(self, requests: list[tuple[str, dict[str, Ranking]]]) -> list[StageAnswer]:
+        queries = [query for query, _ in requests]
+        previous = self.stage.previous({name: [p[name] for _, p in requests] for name in self.stage.inputs})
         started = time.perf_counter()
         rankings = await asyncio.to_thread(self.stage.run, queries, previous)
         seconds = time.perf_counter() - started
         self.events.export(self.stage.counts)
-        documents = sum(len(r.doc_ids) for _, p in jobs for r in p.values()) or len(jobs)
+        documents = sum(len(r.doc_ids) for _, p in requests for r in p.values()) or len(requests)
         return [StageAnswer(ranking, seconds, documents) for ranking in rankings]
 
 

@@ -1,7 +1,7 @@
-"""What one replica offers its HTTP routes: the request's pairs in (`Job`), scores out (`Scored`).
+"""What one replica offers its HTTP routes: a request's pairs in (`ScoreRequest`), scores out (`RequestScores`).
 
 `RerankService` is the interface `rayrank.ray_app.http` builds its routes on, so the HTTP module
-never imports the deployment (`rayrank.ray_app.app.Reranker` implements it).
+never imports the deployment (`rayrank.ray_app.app.RerankDeployment` implements it).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Job:
-    """One request's pairs inside a batch; `doc_ids[i]` is set where document i was given by id."""
+class ScoreRequest:
+    """One HTTP request's pairs inside a batch; `doc_ids[i]` is set where document i was given by id."""
 
     query: str
     documents: list[str]
@@ -36,8 +36,9 @@ class Job:
 
 
 @dataclass(frozen=True)
-class Scored:
-    """Scores in the request's document order (logits for cross-encoders, MaxSim otherwise)."""
+class RequestScores:
+    """One request's scores in its document order (logits for cross-encoders, MaxSim otherwise), and whether
+    they came from the query cache; unranked: the routes rank them (`rayrank.ranking.Ranking.of_list`)."""
 
     scores: np.ndarray
     cached: bool
@@ -63,4 +64,4 @@ class RerankService(Protocol):
     def document_ids(self, documents: list[str | DocumentId], field: str) -> tuple[str | None, ...] | None: ...
 
     async def score(self, query: str, documents: list[str], doc_ids: tuple[str | None, ...] | None = None,
-                    instruction: str | None = None) -> Scored: ...
+                    instruction: str | None = None) -> RequestScores: ...

@@ -17,8 +17,8 @@ from rayrank.models import ResolvedModel, resolve_model
 __version__ = "0.1.0"
 
 # name -> module, imported on first access (PEP 562)
-_LAZY = {"RankedResults": "rayrank.reranker", "Reranker": "rayrank.reranker", "Result": "rayrank.reranker",
-         "sigmoid": "rayrank.reranker", "PairScores": "rayrank.scoring.base"}
+_LAZY = {"Ranking": "rayrank.ranking", "Reranker": "rayrank.reranker", "sigmoid": "rayrank.reranker",
+         "PairScores": "rayrank.scoring.base"}
 
 
 def __getattr__(name: str) -> Any:
@@ -29,6 +29,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BatchTooLargeError", "ConfigError", "EngineConfig", "InvalidInputError", "ModelUnavailableError",
-    "PairScores", "RankedResults", "RayrankError", "Reranker", "ResolvedModel", "Result", "UnsupportedModelError",
+    "PairScores", "Ranking", "RayrankError", "Reranker", "ResolvedModel", "UnsupportedModelError",
     "resolve_model", "sigmoid", "__version__",
 ]

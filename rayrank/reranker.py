@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,39 +15,12 @@ from rayrank.backends.torch_backend import pick_device
 from rayrank.config import EngineConfig
 from rayrank.errors import InvalidInputError
 from rayrank.models import ResolvedModel, resolve_model
+from rayrank.ranking import Ranking
 from rayrank.scoring import PairScores, Scorer, load_scorer
 from rayrank.scoring.base import position_limit, sigmoid  # noqa: F401 - rayrank.sigmoid
 from rayrank.validate import check_texts
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Result:
-    """One ranked document: its position in the input, its id (if given), its score and text."""
-
-    index: int
-    score: float
-    doc_id: Any = None
-    document: str | None = None
-
-
-@dataclass(frozen=True)
-class RankedResults:
-    """Results best first; `truncated` counts documents that were cut to the model's length."""
-
-    query: str
-    results: list[Result]
-    truncated: int = 0
-
-    def top_k(self, k: int) -> list[Result]:
-        return self.results[:k]
-
-    def __iter__(self):
-        return iter(self.results)
-
-    def __len__(self) -> int:
-        return len(self.results)
 
 
 def resolve_engine(config: EngineConfig, resolved: ResolvedModel | None = None
@@ -91,7 +63,7 @@ class Reranker:
 
     Example:
         >>> reranker = Reranker("sentence-transformers/all-MiniLM-L6-v2", scorer="late-interaction")  # doctest: +SKIP
-        >>> reranker.rank("what is ray?", ["Ray scales Python.", "Rays are fish."]).top_k(1)  # doctest: +SKIP
+        >>> reranker.rank("what is ray?", ["Ray scales Python.", "Rays are fish."]).positions  # doctest: +SKIP
     """
 
     def __init__(self, model: str | None = None, scorer: str = "cross-encoder", backend: str = "auto",
@@ -142,16 +114,16 @@ class Reranker:
 
     def rank(self, query: str, documents: Sequence[str], doc_ids: Sequence[Any] | None = None,
              top_n: int | None = None, return_documents: bool = False, instruction: str | None = None
-             ) -> RankedResults:
-        """Documents sorted best first; ties keep input order. `top_n` keeps the best N."""
+             ) -> Ranking:
+        """Documents sorted best first (`Ranking.positions`: their input positions); ties keep input order.
+
+        `top_n` keeps the best N; `return_documents` puts their texts in `Ranking.documents`.
+        """
         if doc_ids is not None and len(doc_ids) != len(documents):
             raise InvalidInputError(f"got {len(doc_ids)} doc_ids for {len(documents)} documents.")
         if top_n is not None and top_n <= 0:
             raise InvalidInputError(f"top_n must be a positive integer, got {top_n}.")
         check_texts([query], "query")
         pair_scores = self.score_pairs([query] * len(documents), documents, instruction)
-        order = np.argsort(-pair_scores.scores, kind="stable")[:top_n]
-        results = [Result(index=int(i), score=float(pair_scores.scores[i]),
-                          doc_id=None if doc_ids is None else doc_ids[i],
-                          document=documents[i] if return_documents else None) for i in order]
-        return RankedResults(query, results, pair_scores.truncated)
+        return Ranking.of_list(pair_scores.scores, top_n, doc_ids, documents if return_documents else None,
+                               pair_scores.truncated)

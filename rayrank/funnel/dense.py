@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from rayrank.extras import require
 from rayrank.index.format import IndexFormatError, check_model
 from rayrank.io.storage import filesystem, join, read_json
+from rayrank.ranking import Ranking
 
 DENSE_FORMAT = "rayrank-dense-1"
 
@@ -112,7 +113,7 @@ class DenseIndex:
     def check_model(self, name: str) -> None:
         check_model(self.manifest, self.url, name)
 
-    def search(self, queries: np.ndarray, k: int, block_docs: int = 65536) -> list[tuple[list[str], np.ndarray]]:
+    def search(self, queries: np.ndarray, k: int, block_docs: int = 65536) -> list[Ranking]:
         """Exact top-k by inner product, streaming `block_docs` documents at a time (bounded memory)."""
         queries = np.asarray(queries, np.float32)
         best_i = np.empty((len(queries), 0), np.int64)
@@ -125,10 +126,9 @@ class DenseIndex:
             if best_i.shape[1] > k:
                 i, best_s = top_k(best_s, k)
                 best_i = np.take_along_axis(best_i, i, 1)
-        return [([self.doc_ids[j] for j in i], s) for i, s in zip(best_i, best_s)]
+        return [Ranking([self.doc_ids[j] for j in i], s) for i, s in zip(best_i, best_s)]
 
-    def search_hnsw(self, queries: np.ndarray, k: int, m: int = 32, ef_search: int = 128
-                    ) -> list[tuple[list[str], np.ndarray]]:
+    def search_hnsw(self, queries: np.ndarray, k: int, m: int = 32, ef_search: int = 128) -> list[Ranking]:
         """Approximate top-k from faiss' HNSW graph (inner product), built on first use."""
         faiss = require("faiss")
         if self._hnsw is None:
@@ -138,8 +138,5 @@ class DenseIndex:
             self._hnsw = index
         self._hnsw.hnsw.efSearch = max(ef_search, k)
         scores, rows = self._hnsw.search(np.asarray(queries, np.float32), min(k, len(self)))
-        hits = []
-        for r, s in zip(rows, scores):
-            keep = r >= 0
-            hits.append(([self.doc_ids[j] for j in r[keep]], s[keep].astype(np.float32)))
-        return hits
+        return [Ranking([self.doc_ids[j] for j in r[r >= 0]], s[r >= 0].astype(np.float32))
+                for r, s in zip(rows, scores)]

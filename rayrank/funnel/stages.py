@@ -2,7 +2,8 @@
 
 The interface (the batch job and the Serve deployments both use it; nothing here imports Ray):
 
-- `Ranking(doc_ids, scores)`: one query's list, best first; `scores` float32, same length.
+- `rayrank.ranking.Ranking`: one query's list, best first, `scores` float32 (the type index search,
+  the Python API and the HTTP routes return too).
 - A stage is built from its config and the corpus: `build_stage(config, name, corpus)` (or
   `Funnel(config)` builds them all). Every stage has `name`, `k`, `inputs` (names of the stages it
   reads, `FunnelConfig.inputs_of`) and `counts` (a Counter of events, e.g. the llm stage's failures by
@@ -37,20 +38,7 @@ import numpy as np
 from rayrank.funnel.config import (Bm25Stage, DenseStage, FunnelConfig, FuseStage, LateInteractionStage, LlmStage,
                                    RerankStage, StageBase)
 from rayrank.funnel.corpus import Corpus, load_corpus
-
-
-@dataclass
-class Ranking:
-    """One query's documents, best first, with float32 scores (higher is better)."""
-
-    doc_ids: list[str]
-    scores: np.ndarray
-
-    @classmethod
-    def of(cls, doc_ids: Sequence[str], scores: Sequence[float], k: int | None = None) -> Ranking:
-        """Sorted by score (ties by doc_id), cut at k."""
-        order = sorted(range(len(doc_ids)), key=lambda i: (-scores[i], doc_ids[i]))[:k]
-        return cls([doc_ids[i] for i in order], np.asarray([scores[i] for i in order], dtype=np.float32))
+from rayrank.ranking import Ranking
 
 
 class _Stage:
@@ -90,10 +78,8 @@ class DenseRetriever(_Stage):
     def run(self, queries: Sequence[str], previous: None = None) -> list[Ranking]:
         vectors = self.encoder.encode(list(queries))
         if self.config.method == "hnsw":
-            hits = self.index.search_hnsw(vectors, self.k, self.config.hnsw_m, self.config.ef_search)
-        else:
-            hits = self.index.search(vectors, self.k)
-        return [Ranking(ids, scores) for ids, scores in hits]
+            return self.index.search_hnsw(vectors, self.k, self.config.hnsw_m, self.config.ef_search)
+        return self.index.search(vectors, self.k)
 
 
 class LateInteractionRetriever(_Stage):

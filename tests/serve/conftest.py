@@ -25,15 +25,15 @@ def free_port() -> int:
 
 @contextmanager
 def running(args: ServeArgs, **deployment_options) -> Iterator[str]:
-    """Run the app (with optional `Reranker` deployment options) and yield its base URL; shut Serve down after."""
+    """Run the app (with optional deployment options for "Reranker") and yield its base URL; shut Serve down after."""
     from ray import serve
 
-    from rayrank.ray_app.app import Reranker
+    from rayrank.ray_app.app import RerankDeployment
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(Reranker.options(**deployment_options).bind(args), name="rayrank", route_prefix="/")
+        serve.run(RerankDeployment.options(**deployment_options).bind(args), name="rayrank", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()

@@ -40,7 +40,7 @@ def test_refuses_beyond_the_expected_wait_with_the_drain_time(ray_cluster, tiny_
             _, wait = re.search(r"(\d+) pairs queued, ([\d.]+)s of work", error["message"]).groups()
             retry = int(response.headers["Retry-After"])  # from the unrounded wait
             assert float(wait) >= 0.2 and retry - max(1, math.ceil(float(wait))) in (0, 1), (wait, retry)
-        # Each refusal is held `refusal_hold_s`, and no longer waits on the queue than the slowest served.
+        # Each refusal is held `refusal_hold_s` (a lower bound only: how long anything takes on shared cores is
+        # not asserted; that a refusal skips the queue is the arithmetic of tests/unit/test_admission.py).
         assert min(s for _, s in refused) >= HOLD
-        assert max(s for _, s in refused) - HOLD < max(s for _, s in served)
         assert rate > 0 and requests.get(url + "/healthz", timeout=30).json()["stats"]["pending_pairs"] == 0

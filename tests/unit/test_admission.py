@@ -1,4 +1,4 @@
-"""Admission arithmetic of a replica (`Reranker.overload`), without Serve: the expected wait counts the
+"""Admission arithmetic of a replica (`RerankDeployment.overload`), without Serve: the expected wait counts the
 request's own pairs, and a running engine call that is slower than the measured rate lowers the rate."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from rayrank.ray_app.app import Reranker
+from rayrank.ray_app.app import RerankDeployment
 from rayrank.ray_app.config import AdmissionConfig
 
 
@@ -14,9 +14,9 @@ class _Args:
     admission = AdmissionConfig(max_queue_wait_s=3.0, max_pending_pairs=4096)
 
 
-def replica(pending: int, rate: float | None, call: tuple[int, float] | None = None) -> Reranker:
+def replica(pending: int, rate: float | None, call: tuple[int, float] | None = None) -> RerankDeployment:
     """The deployment's class with only what admission reads (no engine, no Serve)."""
-    r = object.__new__(Reranker.func_or_class)
+    r = object.__new__(RerankDeployment.func_or_class)
     r.args, r.pending_pairs, r.pairs_per_s, r._call = _Args(), pending, rate, call
     return r
 

@@ -1,4 +1,3 @@
-import json
 import random
 
 import numpy as np
@@ -103,10 +102,15 @@ def test_rank_api(torch_ce, pairs):
     ids = [f"d{i}" for i in range(10)]
     ranked = torch_ce.rank("what is ray", docs, doc_ids=ids, top_n=3, return_documents=True)
     scores = torch_ce.score("what is ray", docs)
-    assert [r.index for r in ranked] == np.argsort(-scores, kind="stable")[:3].tolist()
-    assert [r.doc_id for r in ranked] == [ids[r.index] for r in ranked]
-    assert ranked.top_k(1)[0].document == docs[ranked.results[0].index]
-    json.dumps([r.score for r in ranked])  # plain floats
+    assert ranked.positions.tolist() == np.argsort(-scores, kind="stable")[:3].tolist()
+    assert ranked.doc_ids == [ids[i] for i in ranked.positions]
+    assert ranked.documents == [docs[i] for i in ranked.positions]
+    np.testing.assert_array_equal(ranked.scores, scores[ranked.positions])
+    assert ranked.scores.dtype == np.float32 and list(ranked.scores) == sorted(ranked.scores, reverse=True)
+    best = ranked.top(1)
+    assert (best.doc_ids, best.documents, best.positions.tolist()) == (ranked.doc_ids[:1], ranked.documents[:1],
+                                                                        ranked.positions[:1].tolist())
+    assert torch_ce.rank("what is ray", docs).doc_ids is None  # no ids given: positions only
     with pytest.raises(InvalidInputError, match="top_n must be a positive integer, got 0"):
         torch_ce.rank("q", docs, top_n=0)
     with pytest.raises(InvalidInputError, match="got 2 doc_ids for 10 documents"):

@@ -16,7 +16,8 @@ from rayrank.funnel.bm25 import BM25
 from rayrank.funnel.config import load_funnel_config, parse_funnel
 from rayrank.funnel.corpus import load_corpus
 from rayrank.funnel.fusion import rrf, zscore_fusion, zscores
-from rayrank.funnel.stages import Funnel, Ranking
+from rayrank.funnel.stages import Funnel
+from rayrank.ranking import Ranking
 
 DOCS = {"d1": "ray clusters run python code", "d2": "fish swim in the sea", "d3": "python is a snake",
         "d4": "the sun gives light to the sea", "d5": "a ray cluster has a head node"}
@@ -150,10 +151,10 @@ def test_dense_exact_search_equals_a_full_sort_and_hnsw_finds_the_same(tmp_path)
     queries = rng.normal(size=(7, 16)).astype(np.float32)
     exact = index.search(queries, 10, block_docs=64)  # blocks smaller than the index: the merge is tested
     full = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
-    assert [ids for ids, _ in exact] == [[f"d{i}" for i in row] for row in full]
-    assert all(np.all(np.diff(s) <= 0) and s.dtype == np.float32 for _, s in exact)
+    assert [r.doc_ids for r in exact] == [[f"d{i}" for i in row] for row in full]
+    assert all(np.all(np.diff(r.scores) <= 0) and r.scores.dtype == np.float32 for r in exact)
     hnsw = index.search_hnsw(queries, 10, m=16, ef_search=200)
-    recall = np.mean([len(set(a) & set(b)) / 10 for (a, _), (b, _) in zip(exact, hnsw)])
+    recall = np.mean([len(set(a.doc_ids) & set(b.doc_ids)) / 10 for a, b in zip(exact, hnsw)])
     assert recall >= 0.9
     assert top_k(np.array([[1.0, 3.0, 3.0, 2.0]]), 3)[0].tolist() == [[1, 2, 3]]  # ties by position
 

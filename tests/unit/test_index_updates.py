@@ -174,7 +174,8 @@ def test_funnel_stages_follow_updates_from_the_next_call(tmp_path, tiny_encoder)
     """The stages the Serve search app and the batch funnel run: a long-lived stage sees a delete next call."""
     from rayrank.funnel.config import LateInteractionStage, RerankStage
     from rayrank.funnel.corpus import Corpus
-    from rayrank.funnel.stages import LateInteractionRetriever, PairReranker, Ranking
+    from rayrank.funnel.stages import LateInteractionRetriever, PairReranker
+    from rayrank.ranking import Ranking
 
     texts = {f"d{i}": t for i, t in enumerate(["ray cluster head", "ray data cluster", "fish in the sea",
                                                 "python data model", "cluster of ray nodes", "the sun"])}
