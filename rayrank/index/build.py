@@ -8,7 +8,7 @@ files. Both are plain functions of their inputs, so a rerun recomputes identical
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from rayrank.index.compress import ResidualCodec, default_centroids, pool_tokens
 from rayrank.index.format import DOCS_SCHEMA, npy_bytes, parquet_bytes, shard_files
+from rayrank.index.postings import build_postings
 
 
 def encode(scorer, texts: Sequence[str], pool_factor: int = 1) -> list[np.ndarray]:
@@ -66,7 +67,8 @@ def pack_shard(shard_id: str, doc_ids: Sequence[str], embeddings: Sequence[np.nd
     else:
         data[files["embeddings"]] = npy_bytes(flat)
     data[files["codes"]] = npy_bytes(codes)
-    vector_bytes = sum(len(b) for path, b in data.items() if not path.endswith(".parquet"))
+    vector_bytes = sum(len(b) for b in data.values()) - len(data[files["docs"]])
+    data[files["postings"]] = npy_bytes(build_postings(codes, offsets, sizes, len(codec.centroids)))
     return data, {"docs": len(doc_ids), "tokens": int(sizes.sum()), "vector_bytes": vector_bytes,
                   "residual_error_sum": error}
 
@@ -115,7 +117,7 @@ def repack(source, root: str, compression: str, nbits: int = 2, pool_factor: int
     for number, shard in enumerate(source.manifest["shards"]):
         positions = np.flatnonzero(source.shard_of == number)
         embeddings = [pool_tokens(e, pool_factor) for e in source.get_index(positions)]
-        data, packed = pack_shard(shard["id"], [source.doc_ids[i] for i in positions], embeddings, codec, compression)
+        data, packed = pack_shard(shard["id"], source.doc_ids.take(positions), embeddings, codec, compression)
         files = write_shard(fs, path, shard["id"], data, compression)
         entries.append({"id": shard["id"], "docs": packed["docs"], "tokens": packed["tokens"], "duplicates": 0,
                         "files": files})
@@ -144,26 +146,37 @@ def write_index(root: str, doc_ids: Sequence[str], embeddings: Sequence[np.ndarr
 
     For benchmarks and tests that already hold token embeddings; not resumable. Returns the manifest.
     """
+    parts = np.array_split(np.arange(len(doc_ids)), shards)
+    return write_index_shards(root, list(embeddings[:sample_docs]), (
+        ([doc_ids[i] for i in part], [embeddings[i] for i in part]) for part in parts), compression, nbits,
+        centroids, model_name)
+
+
+def write_index_shards(root: str, sample: Sequence[np.ndarray], shards: Iterable[tuple[Sequence[str],
+                       Sequence[np.ndarray]]], compression: str = "none", nbits: int = 2,
+                       centroids: int | None = None, model_name: str = "") -> dict[str, Any]:
+    """`write_index` from shards (doc_ids, embeddings) produced one at a time, so memory holds one shard:
+    for corpora larger than memory. The codec is trained on `sample` (documents' token embeddings)."""
     from rayrank.index.format import CODEC, FORMAT_VERSION, MANIFEST, write_bytes_atomic
     from rayrank.io.storage import filesystem, join, write_json_atomic
 
     fs, path = filesystem(root)
-    codec, stats = train_codec(list(embeddings[:sample_docs]), nbits, centroids)
+    codec, stats = train_codec(sample, nbits, centroids)
     write_bytes_atomic(fs, join(path, CODEC), codec.to_bytes())
     entries, error = [], 0.0
-    for number, part in enumerate(np.array_split(np.arange(len(doc_ids)), shards)):
+    for number, (ids, embeddings) in enumerate(shards):
         shard_id = f"s{number}"
-        data, packed = pack_shard(shard_id, [doc_ids[i] for i in part], [embeddings[i] for i in part], codec,
-                                  compression)
+        data, packed = pack_shard(shard_id, ids, embeddings, codec, compression)
         files = write_shard(fs, path, shard_id, data, compression)
         entries.append({"id": shard_id, **packed, "duplicates": 0, "files": files})
         error += packed["residual_error_sum"]
     tokens = sum(e["tokens"] for e in entries)
-    manifest = {"format_version": FORMAT_VERSION, "job_id": f"write_index-{len(doc_ids)}",
+    docs = sum(e["docs"] for e in entries)
+    manifest = {"format_version": FORMAT_VERSION, "job_id": f"write_index-{docs}",
                 "model": {"name": model_name}, "dim": codec.dim, "dtype": "float16", "normalized": True,
                 "compression": {"kind": compression, "nbits": nbits if compression == "residual" else None,
                                 "pool_factor": 1, "centroids": stats["centroids"],
                 "residual_error": round(error / tokens, 6) if tokens else None},
-                "docs": len(doc_ids), "total_tokens": tokens, "shards": entries}
+                "docs": docs, "total_tokens": tokens, "shards": entries}
     write_json_atomic(manifest, fs, join(path, MANIFEST))
     return manifest

@@ -88,7 +88,7 @@ class ResidualCodec:
         self._shifts = shifts.astype(np.uint8)
         # byte value → the weights of the buckets it packs: decompression is one table lookup
         buckets = (np.arange(256)[:, None] >> shifts[None, :]) & ((1 << nbits) - 1)
-        self._lut = self.weights[buckets]
+        self.lut = self.weights[buckets]
 
     @classmethod
     def train(cls, sample: np.ndarray, centroids: int, nbits: int, iterations: int = 10, seed: int = 0
@@ -121,7 +121,7 @@ class ResidualCodec:
 
     def decompress(self, codes: np.ndarray, packed: np.ndarray) -> np.ndarray:
         """float32 (tokens, dim), L2-normalised."""
-        residuals = self._lut[packed].reshape(len(packed), self.dim)
+        residuals = self.lut[packed].reshape(len(packed), self.dim)
         return _normalise(self.centroids[np.asarray(codes, dtype=np.int64)].astype(np.float32) + residuals)
 
     def to_bytes(self) -> bytes:

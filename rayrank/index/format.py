@@ -6,7 +6,8 @@ INDEX_DIR/
   codec.npz                 centroids (k, dim) fp16; residual bucket cutoffs and weights; nbits
   shards/{shard}.parquet    doc_id (string), offset (int64), tokens (int32): one row per document
   shards/{shard}.npy        compression none: float16 (shard tokens, dim), L2-normalised
-  shards/{shard}.codes.npy  nearest centroid per token (uint16/int32): IVF postings, residual codes
+  shards/{shard}.codes.npy  nearest centroid per token (uint16/int32): residual codes
+  shards/{shard}.postings.npy  int32: the shard's (centroid, document) pairs for IVF search (rayrank.index.postings)
   shards/{shard}.residuals.npy  compression residual: uint8 (shard tokens, dim * nbits / 8), packed
   tombstones/gen-N.parquet  shard (string), doc_id (string): rows deleted or replaced up to generation N
   codec-N.npz               centroids retrained by `rayrank index compact --retrain` at generation N
@@ -15,7 +16,7 @@ INDEX_DIR/
 ```
 Every file but `_manifest.json` is immutable once a manifest lists it: an update writes new files, then
 a manifest with the next `generation` (the commit point), so a reader of generation N is never disturbed.
-Document i of a shard owns token rows `offset[i] : offset[i] + tokens[i]` of every `.npy` of the shard.
+Document i of a shard owns token rows `offset[i] : offset[i] + tokens[i]` of the shard's vector and code `.npy`.
 `.npy` files are memory-mapped when local (`np.load(mmap_mode="r")`) and read by byte range on S3, so a
 reader never loads the index whole. A document dropped as a cross-shard duplicate loses its Parquet
 row; its token rows stay in the `.npy` unreferenced.
@@ -44,7 +45,8 @@ TOMBSTONES_SCHEMA = pa.schema([("shard", pa.string()), ("doc_id", pa.string())])
 
 def shard_files(shard_id: str, compression: str) -> dict[str, str]:
     """Role → file name (relative to INDEX_DIR) of one shard's files."""
-    files = {"docs": f"shards/{shard_id}.parquet", "codes": f"shards/{shard_id}.codes.npy"}
+    files = {"docs": f"shards/{shard_id}.parquet", "codes": f"shards/{shard_id}.codes.npy",
+             "postings": f"shards/{shard_id}.postings.npy"}
     if compression == "residual":
         files["residuals"] = f"shards/{shard_id}.residuals.npy"
     else:

@@ -9,6 +9,8 @@ a token assigned to one of them is a candidate. Candidates are ranked in two cen
 approximations (each document token replaced by its centroid): first pruned to the probed centroids
 (computed from the postings already read), then over all of a document's centroids for the best
 `pool` of them; the best `candidates` are scored exactly (decompressed vectors), the top k returned.
+Postings and vectors stay memory-mapped: a query touches its probed posting lists, its candidates'
+centroid lists and their token rows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from rayrank.index.postings import Postings, build_postings
 from rayrank.index.reader import IndexReader, token_rows
 
 Hits = list[tuple[list[str], np.ndarray]]  # per query: doc_ids best first, float32 scores
@@ -39,7 +42,7 @@ def _merge_top(best_s: np.ndarray, best_i: np.ndarray, scores: np.ndarray, index
 def _sorted_hits(reader: IndexReader, best_s: np.ndarray, best_i: np.ndarray) -> Hits:
     hits = []
     for s, i in zip(best_s, best_i):
-        ids = [reader.doc_ids[j] for j in i]
+        ids = reader.doc_ids.take(i)
         order = sorted(range(len(ids)), key=lambda n: (-s[n], ids[n]))
         hits.append(([ids[n] for n in order], s[order].astype(np.float32)))
     return hits
@@ -98,7 +101,7 @@ class IvfSearcher:
     """Candidate generation from centroid postings, centroid interaction, then exact MaxSim.
 
     Args:
-        reader: the index (its codec's centroids and per-token codes are the inverted file).
+        reader: the index (its codec's centroids and each shard's postings are the inverted file).
         nprobe: centroids probed per query token.
         candidates: documents scored exactly per query (the cost that dominates: one read and matmul
             of their token vectors); default `default_candidates(len(reader))`.
@@ -111,8 +114,9 @@ class IvfSearcher:
     one or two probes a token already reach nearly every true top-100 document, but the approximation
     must keep a few thousand to hold them (the finer the centroids, the fewer).
 
-    Memory: two int32 per distinct (centroid, document) pair (centroid-major postings and the same
-    pairs document-major for the approximation), built shard by shard.
+    Memory: each shard's postings file is memory-mapped (`rayrank.index.postings`; built in memory
+    for shards written before it existed, or read whole from object stores), plus two int32 per
+    document mapping postings to the reader's documents.
     """
 
     def __init__(self, reader: IndexReader, nprobe: int = 2, candidates: int | None = None,
@@ -123,31 +127,46 @@ class IvfSearcher:
             raise ValueError(f"nprobe, candidates and pool must be positive, got {nprobe}, {candidates} and {pool}.")
         self.reader, self.nprobe, self.candidates, self.pool = reader, nprobe, candidates, max(pool, candidates)
         self.centroids = reader.codec.centroids.astype(np.float32)
-        n = max(len(reader), 1)
-        posting_centroids, posting_docs = [np.empty(0, np.int32)], [np.empty(0, np.int32)]
+        # per shard: its postings, and each postings document's global number (-1: not live)
+        self.postings: list[Postings] = []
+        self.positions: list[np.ndarray] = []
+        self.local = np.empty(len(reader), np.int32)  # global number → postings document of its shard
         for number in range(len(reader.manifest["shards"])):
-            positions = np.flatnonzero(reader.shard_of == number)
-            sizes = reader.sizes[positions]
-            # live token rows only: a dropped duplicate's rows stay unreferenced
-            shard_codes = reader.codes(number)[token_rows(reader.offsets[positions], sizes)]
-            # distinct (centroid, document) pairs; shards hold disjoint documents, so per shard suffices
-            pairs = np.unique(shard_codes.astype(np.int64) * n + np.repeat(positions, sizes))
-            posting_centroids.append((pairs // n).astype(np.int32))
-            posting_docs.append((pairs % n).astype(np.int32))
-        cents, docs = np.concatenate(posting_centroids), np.concatenate(posting_docs)
-        order = np.argsort(cents, kind="stable")
-        self.posting_docs = docs[order]  # sorted by document within each centroid
-        self.posting_starts = np.searchsorted(cents[order], np.arange(len(self.centroids) + 1))
-        # the same pairs document-major: each document's distinct centroids, for the full interaction
-        by_doc = np.argsort(docs, kind="stable")
-        self.doc_centroids = cents[by_doc]
-        self.doc_centroid_starts = np.searchsorted(docs[by_doc], np.arange(n + 1))
-        self.doc_id_array = np.asarray(reader.doc_ids, dtype=object).astype(str)
+            postings = Postings(self._postings_array(number))
+            mine = np.flatnonzero(reader.shard_of == number)
+            to_global = postings.to_positions(reader.offsets[mine], reader.sizes[mine], mine)
+            live = np.flatnonzero(to_global >= 0)
+            self.local[to_global[live]] = live
+            self.postings.append(postings)
+            self.positions.append(to_global)
         with warnings.catch_warnings():  # read-only memory maps: torch warns, we never write to them
             warnings.simplefilter("ignore", UserWarning)
-            tables = [reader.token_table(number) for number in range(len(reader.manifest["shards"]))]
-            # the fast exact stage needs every shard's rows mapped; otherwise None: read through the reader
-            self.tables = None if any(t is None for t in tables) else [torch.from_numpy(t) for t in tables]
+            self.tables = [self._table(number) for number in range(len(reader.manifest["shards"]))]
+        codec = reader.codec
+        self.centroid_table = torch.from_numpy(codec.centroids.astype(np.float32))
+        self.lut = torch.from_numpy(np.ascontiguousarray(codec.lut, dtype=np.float32))  # byte → its weights
+
+    def _postings_array(self, number: int) -> np.ndarray:
+        arrays = self.reader.arrays(number)
+        if "postings" in arrays:
+            stored = arrays["postings"]
+            return stored.memmap if stored.memmap is not None else np.asarray(stored.rows(0, len(stored)))
+        mine = np.flatnonzero(self.reader.shard_of == number)
+        return build_postings(self.reader.codes(number), self.reader.offsets[mine], self.reader.sizes[mine],
+                              len(self.centroids))
+
+    def _table(self, number: int) -> tuple[torch.Tensor, ...] | None:
+        """Shard `number`'s stored rows as tensors over its memory maps (float16 vectors, or codes and
+        packed residuals); None where not local: the exact stage then reads through the reader."""
+        arrays = self.reader.arrays(number)
+        if self.reader.compression == "residual":
+            codes, packed = arrays["codes"].memmap, arrays["residuals"].memmap
+            if codes is None or packed is None:
+                return None
+            return (torch.from_numpy(codes.view(np.int16) if codes.dtype == np.uint16 else codes),
+                    torch.from_numpy(packed))
+        table = self.reader.token_table(number)
+        return None if table is None else (torch.from_numpy(table),)
 
     def search(self, queries: Sequence[np.ndarray], k: int) -> Hits:
         if k < 1:
@@ -163,62 +182,89 @@ class IvfSearcher:
 
     def _search(self, queries: Sequence[np.ndarray], k: int) -> Hits:
         hits: Hits = []
-        buffers = None
+        buffers = _Buffers(self.reader.dim, self.reader.codec)
         for q in queries:
             q = np.asarray(q, dtype=np.float32)
             cand = self._candidates(q)
             if not len(cand):
                 hits.append(([], np.empty(0, np.float32)))
                 continue
-            if buffers is None:
-                buffers = (torch.empty((CHUNK_ROWS, self.reader.dim), dtype=torch.float16),
-                           torch.empty((CHUNK_ROWS, self.reader.dim), dtype=torch.float32))
-            scores = self._exact(q, cand, *buffers)
+            scores = self._exact(q, cand, buffers)
             chosen = np.arange(len(cand)) if len(cand) <= k else np.argpartition(-scores, k - 1)[:k]
-            # best first; ties by doc_id, like the exact search
-            order = chosen[np.lexsort((self.doc_id_array[cand[chosen]], -scores[chosen]))]
-            hits.append(([self.reader.doc_ids[cand[n]] for n in order], scores[order].astype(np.float32)))
+            ids = self.reader.doc_ids.take(cand[chosen])
+            order = sorted(range(len(ids)), key=lambda n: (-scores[chosen[n]], ids[n]))  # ties by doc_id, like exact
+            hits.append(([ids[n] for n in order], scores[chosen[order]].astype(np.float32)))
         return hits
 
-    def _exact(self, q: np.ndarray, cand: np.ndarray, half: torch.Tensor, single: torch.Tensor) -> np.ndarray:
+    def _exact(self, q: np.ndarray, cand: np.ndarray, buffers: _Buffers) -> np.ndarray:
         """MaxSim of q against the (sorted) candidates from their stored vectors.
 
-        Uncompressed local shards take a fast path: torch gathers float16 rows into reused chunk
-        buffers and widens them there (numpy's float16 conversion, and fresh 50 MB arrays' page faults,
-        cost more than the matmul). Otherwise `IndexReader.gather` reads or decompresses them.
+        Local shards take a fast path: torch gathers the candidates' rows into reused chunk buffers
+        and widens them there (float16), or looks up their centroids and residual weights there
+        (residual: one table row per packed byte, then renormalised: `ResidualCodec.decompress`).
+        Fresh 50 MB arrays' page faults, and numpy's float16 conversion, cost more than the matmul.
+        Otherwise `IndexReader.gather` reads or decompresses them.
         """
         sizes = self.reader.sizes[cand]
-        if self.tables is None:
-            vectors, _ = self.reader.gather(cand)
-            similarity = q @ vectors.T
-        else:
-            query, parts = torch.from_numpy(q), []
-            shard_of = self.reader.shard_of[cand]
-            for number in np.unique(shard_of):  # candidates are sorted, so each shard's are contiguous
-                mine = shard_of == number
-                rows = torch.from_numpy(token_rows(self.reader.offsets[cand[mine]], sizes[mine]))
-                for start in range(0, len(rows), CHUNK_ROWS):
-                    chunk = rows[start:start + CHUNK_ROWS]
-                    torch.index_select(self.tables[number], 0, chunk, out=half[:len(chunk)])
-                    single[:len(chunk)].copy_(half[:len(chunk)])
-                    # linear, not mm: as fast alone, and far faster when another process shares the cores
-                    parts.append(torch.nn.functional.linear(query, single[:len(chunk)]))
-            similarity = torch.cat(parts, dim=1).numpy()
+        shard_of = self.reader.shard_of[cand]
+        query, parts = torch.from_numpy(q), []
+        for number in np.unique(shard_of):  # candidates are sorted, so each shard's are contiguous
+            mine = shard_of == number
+            table = self.tables[number]
+            if table is None:
+                vectors, _ = self.reader.gather(cand[mine])
+                parts.append(torch.from_numpy(q @ vectors.T))
+                continue
+            rows = torch.from_numpy(token_rows(self.reader.offsets[cand[mine]], sizes[mine]))
+            for start in range(0, len(rows), CHUNK_ROWS):
+                parts.append(self._chunk_scores(query, table, rows[start:start + CHUNK_ROWS], buffers))
+        similarity = torch.cat(parts, dim=1).numpy()
         # (query tokens, candidate tokens): the per-document max runs along contiguous memory
         return np.maximum.reduceat(similarity, np.cumsum(sizes) - sizes, axis=1).sum(axis=0)
+
+    def _chunk_scores(self, query: torch.Tensor, table: tuple[torch.Tensor, ...], rows: torch.Tensor,
+                      b: _Buffers) -> torch.Tensor:
+        n, single = len(rows), b.single[:len(rows)]
+        if len(table) == 1:
+            torch.index_select(table[0], 0, rows, out=b.half[:n])
+            single.copy_(b.half[:n])
+            # linear, not mm: as fast alone, and far faster when another process shares the cores
+            return torch.nn.functional.linear(query, single)
+        codes, packed = table
+        torch.index_select(codes, 0, rows, out=b.codes[:n])
+        # uint16 codes are stored, read as int16: undo the sign
+        ids = b.ids[:n]
+        ids.copy_(b.codes[:n])
+        if codes.dtype == torch.int16:
+            ids.bitwise_and_(0xFFFF)
+        torch.index_select(self.centroid_table, 0, ids, out=single)
+        torch.index_select(packed, 0, rows, out=b.packed[:n])
+        byte_ids = b.byte_ids[:n]
+        byte_ids.copy_(b.packed[:n])
+        torch.index_select(self.lut, 0, byte_ids.view(-1), out=b.weights[:n * b.packed.shape[1]])
+        single.add_(b.weights[:n * b.packed.shape[1]].view(n, -1))
+        norms = torch.linalg.vector_norm(single, dim=1).clamp_(min=1e-12)
+        # normalising the scores: (query tokens × n) divisions instead of (n × dim)
+        return torch.nn.functional.linear(query, single).div_(norms)
 
     def _candidates(self, q: np.ndarray) -> np.ndarray:
         """The (sorted) documents to score exactly: probe, pruned interaction, full interaction."""
         centroid_scores = q @ self.centroids.T  # (query tokens, centroids)
         probe = np.unique(np.argpartition(-centroid_scores, min(self.nprobe, centroid_scores.shape[1]) - 1,
                                           axis=1)[:, :self.nprobe])
-        starts = self.posting_starts[probe]
-        lengths = self.posting_starts[probe + 1] - starts
-        docs = self.posting_docs[token_rows(starts, lengths)]
+        found_docs, found_cents = [], []
+        for postings, to_global in zip(self.postings, self.positions):
+            starts = postings.centroid_starts[probe]
+            lengths = postings.centroid_starts[probe + 1] - starts
+            docs = to_global[postings.docs[token_rows(starts, lengths)]]
+            live = docs >= 0
+            found_docs.append(docs[live])
+            found_cents.append(np.repeat(probe, lengths)[live])
+        docs, cents = np.concatenate(found_docs), np.concatenate(found_cents)
         by_doc = np.argsort(docs, kind="stable")
-        docs, cents = docs[by_doc], np.repeat(probe, lengths)[by_doc]
+        docs, cents = docs[by_doc], cents[by_doc]
         firsts = np.flatnonzero(np.diff(docs, prepend=-1))
-        docs = docs[firsts]
+        docs = docs[firsts].astype(np.int64)
         if len(docs) > self.pool:
             # PLAID's pruned centroid interaction: only the probed centroids count (a document's other
             # centroids score lower for the probing token), so it needs only the postings just read
@@ -232,7 +278,29 @@ class IvfSearcher:
     def _approximate(self, centroid_scores: np.ndarray, docs: np.ndarray) -> np.ndarray:
         """MaxSim with every document token replaced by its centroid (PLAID's centroid interaction), over
         each document's distinct centroids: a max does not change when a centroid repeats."""
-        starts = self.doc_centroid_starts[docs]
-        sizes = self.doc_centroid_starts[docs + 1] - starts
-        per_centroid = centroid_scores[:, self.doc_centroids[token_rows(starts, sizes)]]  # (query tokens, pairs)
-        return np.maximum.reduceat(per_centroid, np.cumsum(sizes) - sizes, axis=1).sum(axis=0)
+        shard_of = self.reader.shard_of[docs]
+        cents, sizes = [], []
+        for number in np.unique(shard_of):  # sorted documents: each shard's are contiguous
+            postings = self.postings[number]
+            local = self.local[docs[shard_of == number]]
+            starts = postings.doc_starts[local]
+            lengths = postings.doc_starts[local + 1] - starts
+            cents.append(postings.centroids[token_rows(starts, lengths)])
+            sizes.append(lengths)
+        size = np.concatenate(sizes)
+        per_centroid = centroid_scores[:, np.concatenate(cents)]  # (query tokens, pairs)
+        return np.maximum.reduceat(per_centroid, np.cumsum(size) - size, axis=1).sum(axis=0)
+
+
+class _Buffers:
+    """Chunk buffers of the exact stage, allocated once per search call and reused for every chunk."""
+
+    def __init__(self, dim: int, codec) -> None:
+        self.half = torch.empty((CHUNK_ROWS, dim), dtype=torch.float16)
+        self.single = torch.empty((CHUNK_ROWS, dim), dtype=torch.float32)
+        width = dim * codec.nbits // 8
+        self.codes = torch.empty(CHUNK_ROWS, dtype=torch.int16 if codec.code_dtype == np.uint16 else torch.int32)
+        self.ids = torch.empty(CHUNK_ROWS, dtype=torch.int64)
+        self.packed = torch.empty((CHUNK_ROWS, width), dtype=torch.uint8)
+        self.byte_ids = torch.empty((CHUNK_ROWS, width), dtype=torch.int64)
+        self.weights = torch.empty((CHUNK_ROWS * width, 8 // codec.nbits), dtype=torch.float32)

@@ -49,6 +49,7 @@ from rayrank.index.format import (
     shard_files,
     write_bytes_atomic,
 )
+from rayrank.index.postings import build_postings
 from rayrank.index.reader import IndexReader, token_rows
 from rayrank.io.storage import is_object_store, join, read_json, write_json_atomic
 
@@ -132,7 +133,7 @@ def tombstones_of(reader: IndexReader, positions: Sequence[int]) -> pa.Table:
     """(shard id, doc_id) rows of live documents (global numbers) of `reader`."""
     shard_ids = [s["id"] for s in reader.manifest["shards"]]
     return pa.table({"shard": [shard_ids[reader.shard_of[p]] for p in positions],
-                     "doc_id": [reader.doc_ids[p] for p in positions]}, schema=TOMBSTONES_SCHEMA)
+                     "doc_id": reader.doc_ids.take(positions)}, schema=TOMBSTONES_SCHEMA)
 
 
 def residual_error(reader: IndexReader) -> float | None:
@@ -188,7 +189,8 @@ def commit_add(reader: IndexReader, entries: list[dict[str, Any]], new_ids: Sequ
     error = sum(float(e.get("residual_error_sum", 0.0)) for e in entries)
     manifest = next_manifest(reader, reader.manifest["shards"] + entries, tomb,
                              {**record, "kind": "add", "docs_added": len(new_ids), "replaced": len(replaced)},
-                             docs=len(reader) - len(replaced) + len(new_ids), total_tokens=live_tokens, drift=drift_after(reader, tokens, error))
+                             docs=len(reader) - len(replaced) + len(new_ids), total_tokens=live_tokens,
+                             drift=drift_after(reader, tokens, error))
     return publish(reader.fs, reader.root, manifest, reader.generation)
 
 
@@ -241,7 +243,8 @@ def delete(url: str, doc_ids: Sequence[str], storage_options: dict[str, Any] | N
                                 pa.concat_tables([old, tombstones_of(reader, live)]))
         manifest = next_manifest(reader, reader.manifest["shards"], tomb,
                                  {**record, "elapsed_s": round(time.perf_counter() - started, 3)},
-                                 docs=len(reader) - len(live), total_tokens=int(reader.sizes.sum()) - int(reader.sizes[live].sum()))
+                                 docs=len(reader) - len(live),
+                                 total_tokens=int(reader.sizes.sum()) - int(reader.sizes[live].sum()))
         record["generation"] = publish(reader.fs, reader.root, manifest, reader.generation)["generation"]
     else:
         record["generation"] = reader.generation
@@ -270,8 +273,9 @@ def compact(url: str, retrain: bool = False, sample_docs: int = 1024, seed: int 
     """Rewrite the shards holding tombstoned rows without them (all shards, with `retrain`) as generation N+1.
 
     Without `retrain` the stored rows are copied as they are (codes, residuals or float16 vectors:
-    nothing is re-quantised); the deleted doc_ids stay listed (without rows). With it, k-means is retrained (same number of centroids) on the live
-    tokens of `sample_docs` documents drawn across the index, and every shard re-encoded: exact for
+    nothing is re-quantised); the deleted doc_ids stay listed (without rows). With it, k-means is
+    retrained (same number of centroids) on the live tokens of `sample_docs` documents drawn across
+    the index, and every shard re-encoded: exact for
     uncompressed indexes, from the decompressed vectors for residual ones. Afterwards files that
     neither generation N nor N+1 reads are removed (superseded tombstones, shards compacted before
     N, files of abandoned updates): a reader still holding a generation older than N must reopen.
@@ -309,7 +313,7 @@ def compact(url: str, retrain: bool = False, sample_docs: int = 1024, seed: int 
         sid = f"g{number_next}-{number:05d}"
         if retrain:
             vectors, sizes = reader.gather(positions)
-            data, packed = pack_shard(sid, [reader.doc_ids[p] for p in positions],
+            data, packed = pack_shard(sid, reader.doc_ids.take(positions),
                                       np.split(vectors, np.cumsum(sizes)[:-1]), codec, reader.compression)
             error, tokens = error + packed["residual_error_sum"], tokens + packed["tokens"]
         else:
@@ -343,11 +347,15 @@ def _copy_rows(reader: IndexReader, number: int, positions: np.ndarray, sid: str
     """A new shard of the live documents `positions` of shard `number`, its stored rows copied unchanged."""
     sizes = reader.sizes[positions]
     rows = token_rows(reader.offsets[positions], sizes)
+    offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
     files = shard_files(sid, reader.compression)
-    docs = pa.table({"doc_id": pa.array([reader.doc_ids[p] for p in positions], pa.string()),
-                     "offset": (np.cumsum(sizes) - sizes).astype(np.int64), "tokens": sizes.astype(np.int32)})
+    docs = pa.table({"doc_id": pa.array(reader.doc_ids.take(positions), pa.string()), "offset": offsets,
+                     "tokens": sizes.astype(np.int32)})
     data = {files["docs"]: parquet_bytes(docs)}
-    for role, array in reader.arrays(number).items():
-        data[files[role]] = npy_bytes(np.asarray(array.take(rows)))
-    vector_bytes = sum(len(b) for path, b in data.items() if not path.endswith(".parquet"))
+    arrays = reader.arrays(number)
+    for role in files.keys() - {"docs", "postings"}:  # postings are rebuilt: document numbers change
+        data[files[role]] = npy_bytes(np.asarray(arrays[role].take(rows)))
+    vector_bytes = sum(len(b) for b in data.values()) - len(data[files["docs"]])
+    data[files["postings"]] = npy_bytes(build_postings(arrays["codes"].take(rows), offsets, sizes,
+                                                       len(reader.codec.centroids)))
     return data, {"docs": len(positions), "tokens": int(sizes.sum()), "vector_bytes": vector_bytes}

@@ -93,17 +93,18 @@ def test_exact_search_k_larger_than_index_and_bad_k(tmp_path):
         exact_search(reader, q, k=0)
 
 
-def test_ivf_recall_against_exact(tmp_path):
+@pytest.mark.parametrize("compression,nbits", [("none", 2), ("residual", 1), ("residual", 2), ("residual", 4)])
+def test_ivf_recall_against_exact(tmp_path, compression, nbits):
     docs = random_docs(300, seed=2)
-    reader = write_index(tmp_path / "ix", docs, centroids=32)
+    reader = write_index(tmp_path / "ix", docs, compression, nbits, centroids=32)
     rng = np.random.default_rng(3)
     queries = [docs[i][:3].astype(np.float32) + 0.1 * rng.standard_normal((min(3, len(docs[i])), 16)).astype(
-        np.float32) for i in rng.integers(0, 300, size=10)]
+        np.float32) for i in rng.integers(0, 300, size=30)]
     exact = exact_search(reader, queries, k=10)
     narrow = IvfSearcher(reader, nprobe=2, candidates=40).search(queries, k=10)
     wide = IvfSearcher(reader, nprobe=32, candidates=300).search(queries, k=10)
     recall = np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(exact, narrow)])
-    assert recall >= 0.8
+    assert recall >= 0.8, recall
     assert [h[0] for h in wide] == [h[0] for h in exact]  # probing everything is exact
     for (_, a), (_, b) in zip(wide, exact):
         np.testing.assert_allclose(a, b, rtol=1e-5)
@@ -133,8 +134,8 @@ def test_ivf_pruning_keeps_the_best_document(tmp_path, compression):
     ivf = IvfSearcher(reader, nprobe=1, candidates=8, pool=24)
     for q in queries:
         probed = np.unique((q @ ivf.centroids.T).argmax(axis=1))
-        reached = np.unique(np.concatenate([ivf.posting_docs[ivf.posting_starts[c]:ivf.posting_starts[c + 1]]
-                                            for c in probed]))
+        reached = np.unique(np.concatenate([to_global[p.docs[p.centroid_starts[c]:p.centroid_starts[c + 1]]]
+                                            for p, to_global in zip(ivf.postings, ivf.positions) for c in probed]))
         assert len(reached) > ivf.pool and len(ivf._candidates(q)) == ivf.candidates
     for (ids, scores), (best, best_score) in zip(ivf.search(queries, k=3), exact_search(reader, queries, k=1)):
         assert ids[0] == best[0]
@@ -274,3 +275,56 @@ def test_pack_shard_of_no_documents(tmp_path):
         data, stats = pack_shard("empty", [], [], codec, compression)
         assert stats == {"docs": 0, "tokens": 0, "vector_bytes": stats["vector_bytes"], "residual_error_sum": 0.0}
         assert pq.read_table(io.BytesIO(data["shards/empty.parquet"])).num_rows == 0
+
+
+@pytest.mark.parametrize("nbits,pool_factor", [(1, 1), (2, 1), (4, 1), (2, 2)])
+def test_ivf_over_every_document_of_a_compressed_index_is_its_exact_search(tmp_path, monkeypatch, nbits,
+                                                                           pool_factor):
+    """The exact stage decompresses codes and residual bytes in reused chunk buffers (several chunks here):
+    with every document a candidate it must give `exact_search` on the same index (ResidualCodec.decompress)."""
+    from rayrank.index import search
+    from rayrank.index.build import repack
+
+    monkeypatch.setattr(search, "CHUNK_ROWS", 7)
+    docs = random_docs(120, dim=32, seed=11)
+    repack(write_index(tmp_path / "src", docs), str(tmp_path / "ix"), "residual", nbits, pool_factor, centroids=16)
+    reader = IndexReader(str(tmp_path / "ix"))
+    rng = np.random.default_rng(12)
+    queries = [unit(rng.standard_normal((5, 32))).astype(np.float32) for _ in range(6)]
+    ivf = IvfSearcher(reader, nprobe=16, candidates=len(reader))
+    assert all(len(table) == 2 for table in ivf.tables)  # codes and residuals: the fast path ran
+    for (ids, scores), (exact_ids, exact_scores) in zip(ivf.search(queries, k=20), exact_search(reader, queries, 20)):
+        assert ids == exact_ids
+        assert float(np.abs(scores - exact_scores).max()) <= 1e-5
+
+
+def test_postings_match_the_documents_the_reader_lists():
+    """Postings name documents by their first token row: a dropped document (-1) is not taken for the
+    empty one listed at its offset (which has no postings to map)."""
+    from rayrank.index.postings import Postings, build_postings
+
+    codes = np.array([3, 1, 3, 0, 2, 2])
+    postings = Postings(build_postings(codes, offsets=[0, 2, 2, 5], sizes=[2, 0, 3, 1], centroids=4))
+    assert postings.centroid_starts.tolist() == [0, 1, 2, 4, 6]
+    assert postings.docs.tolist() == [2, 0, 2, 3, 0, 2]  # centroid 0: doc 2; 1: doc 0; 2: docs 2, 3; 3: docs 0, 2
+    assert postings.doc_starts.tolist() == [0, 2, 2, 5, 6] and postings.centroids.tolist() == [1, 3, 0, 2, 3, 2]
+    # the reader lists documents 0, 1 (empty) and 3; document 2 was dropped
+    listed = postings.to_positions(np.array([0, 2, 5]), np.array([2, 0, 1]), np.array([10, 11, 12]))
+    assert listed.tolist() == [10, -1, -1, 12]
+
+
+def test_ivf_on_an_index_without_postings_files_builds_them(tmp_path):
+    """Indexes written before postings files existed: the searcher builds the same postings from the codes."""
+    reader = write_index(tmp_path / "ix", random_docs(200, seed=4), centroids=32)
+    rng = np.random.default_rng(1)
+    queries = [unit(rng.standard_normal((4, 16))).astype(np.float32) for _ in range(5)]
+    stored = IvfSearcher(reader, nprobe=2, candidates=30)
+    manifest = json.loads((tmp_path / "ix" / "_manifest.json").read_text())
+    for shard in manifest["shards"]:
+        (tmp_path / "ix" / shard["files"].pop("postings")["path"]).unlink()
+    (tmp_path / "ix" / "_manifest.json").write_text(json.dumps(manifest))
+    built = IvfSearcher(IndexReader(str(tmp_path / "ix")), nprobe=2, candidates=30)
+    for a, b in zip(stored.postings, built.postings):
+        assert all(np.array_equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
+    for (ids, scores), (built_ids, built_scores) in zip(stored.search(queries, 10), built.search(queries, 10)):
+        assert ids == built_ids and np.array_equal(scores, built_scores)
