@@ -57,6 +57,13 @@ class DocIds(Sequence[str]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.array.to_pylist())
 
+    def __eq__(self, other: object) -> bool:  # like a list of the same doc_ids
+        if isinstance(other, DocIds):
+            return self.array.equals(other.array)
+        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
     def take(self, positions: Sequence[int] | np.ndarray) -> list[str]:
         return self.array.take(pa.array(np.asarray(positions, dtype=np.int64))).to_pylist()
 

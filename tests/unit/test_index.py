@@ -58,6 +58,16 @@ def test_reader_returns_stored_embeddings_by_doc_id(tmp_path):
         assert emb.dtype == np.float16 and np.array_equal(emb, docs[i])
 
 
+def test_reader_doc_ids_read_like_a_list(tmp_path):
+    """One Arrow array, not a list of Python strings: indexing, slicing, take, iteration and equality as a list."""
+    reader = write_index(tmp_path / "ix", random_docs(12), shards=2)
+    ids = [f"d{i}" for i in range(12)]
+    assert reader.doc_ids == ids and ids == reader.doc_ids and reader.doc_ids != ids[:-1]
+    assert reader.doc_ids[3] == "d3" and reader.doc_ids[-1] == "d11" and reader.doc_ids[2:4] == ["d2", "d3"]
+    assert reader.doc_ids.take(np.array([5, 0])) == ["d5", "d0"] and list(reader.doc_ids) == ids
+    assert reader.doc_ids == IndexReader(str(tmp_path / "ix")).doc_ids and reader.position["d7"] == 7
+
+
 def test_npy_byte_ranges_match_memory_map(tmp_path):
     array = np.arange(60, dtype=np.float16).reshape(20, 3)
     np.save(tmp_path / "a.npy", array)
