@@ -193,10 +193,14 @@ class UnitActor:
     `load_engine`, the model gate lets one call use the model while the others read, validate, tokenize or write.
     """
 
+    # An actor that loads no model skips silencing the Hugging Face loaders, which imports transformers.
+    loads_model = True
+
     def __init__(self, output: str, out_options: dict[str, Any]) -> None:
         from rayrank.jobs._ray import actor_id, quiet_worker
 
-        quiet_worker()
+        if self.loads_model:
+            quiet_worker()
         self.out = JobOutput(*filesystem(output, out_options))
         self.actor = actor_id()
         self.gate: ModelGate | None = None

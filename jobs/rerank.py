@@ -43,7 +43,6 @@ from rayrank.cli import command
 from rayrank.config import Columns, RerankJobConfig, load_yaml, merge_flags, parse_config
 from rayrank.errors import ConfigError, InputNotFoundError, InputSchemaError, OutputConflictError
 from rayrank.extras import engine_needs, need
-from rayrank.index.format import check_model, read_manifest
 from rayrank.io.staging import pack_buckets, read_piece
 from rayrank.io.storage import (count_requests, filesystem, is_object_store, join, list_parquet, put_atomic,
                                 retrying, storage_options, write_json_atomic, write_parquet_atomic)
@@ -56,7 +55,6 @@ from rayrank.jobs._phases import Phases, phase_line, summarize
 from rayrank.jobs._shards import (Claim, ParquetInput, UnitActor, actor_config, claim, finish, model_record,
                                   run_units, shard_rows)
 from rayrank.models import DEFAULT_CROSS_ENCODER, DEFAULT_LATE_INTERACTION, resolve_model
-from rayrank.reranker import resolve_engine
 
 INTERNAL = ("_source", "_row", "_seq", "score")
 
@@ -242,7 +240,8 @@ class ShardScorer(UnitActor):
         lost = np.flatnonzero(~held)
         reasons = [f"doc_id {d!r} is not in the index {self.config.index} and the input has no text to encode it"
                    for d in valid["doc_id"].take(lost).to_pylist()]
-        errors = error_rows(valid.take(lost), reasons, valid["_source"].take(lost).to_pylist(), valid["_row"].take(lost))
+        errors = error_rows(valid.take(lost), reasons, valid["_source"].take(lost).to_pylist(),
+                            valid["_row"].take(lost))
         return valid.filter(pa.array(held)), errors
 
 
@@ -253,7 +252,8 @@ class ShardScorer(UnitActor):
         lost = np.flatnonzero(gone)
         reasons = [f"doc_id {d!r} was deleted from the index {self.config.index}"
                    for d in valid["doc_id"].take(lost).to_pylist()]
-        errors = error_rows(valid.take(lost), reasons, valid["_source"].take(lost).to_pylist(), valid["_row"].take(lost))
+        errors = error_rows(valid.take(lost), reasons, valid["_source"].take(lost).to_pylist(),
+                            valid["_row"].take(lost))
         return valid.filter(pa.array(~gone)), errors
 
 
@@ -261,6 +261,8 @@ class BucketSplitter(UnitActor):
     """Ray Data actor of a corpus join's first pass: reads one shard of the log or of the corpus,
     moves invalid rows to the errors table and stages the rest as one object split by hash(doc_id)
     into the join's buckets (rayrank/io/staging.py), their byte ranges in the unit's marker."""
+
+    loads_model = False
 
     def __init__(self, output: str, out_options: dict, sources: dict[str, dict], buckets: int) -> None:
         super().__init__(output, out_options)
@@ -508,6 +510,10 @@ def run(config: RerankJobConfig) -> dict[str, Any]:
     inputs = open_inputs(config)
     resolved = resolve_model(config.engine.model_name)
     need(*engine_needs(config.engine))  # here, not in every actor that loads the model
+    # Imported here: they load torch, which the split actors and rank tasks (this module's too) never need.
+    from rayrank.index.format import check_model, read_manifest
+    from rayrank.reranker import resolve_engine
+
     index_manifest = None
     if config.index:  # here, not in every actor that opens the index
         fs_index, index_root = filesystem(config.index, storage_options(config.storage, config.index))
@@ -674,9 +680,10 @@ def partition_fingerprint(config: RerankJobConfig) -> str:
 def publish_partition(fs, work: str, target: str) -> None:
     """Put a finished partition job's files at `target`, replacing what is there.
 
-    On disk: copied to a hidden sibling, then swapped in by renames, so a reader sees the old partition or
-    the new one. On an object store (no rename): the old objects go, then the new ones, `_manifest.json`
-    last; a reader that sees the manifest sees the whole partition.
+    On disk: copied to a hidden sibling, then swapped in by two renames, so a reader sees the old
+    partition, the new one, or (between the renames) none, never a mix; hidden siblings a killed publish
+    left are removed first. On an object store (no rename): the old objects go, then the new ones,
+    `_manifest.json` last; a reader that sees the manifest sees the whole partition.
     """
     files = sorted((f for f in fs.find(work) if "/_staging/" not in f), key=lambda f: f.endswith("_manifest.json"))
     if is_object_store(fs):
@@ -686,7 +693,9 @@ def publish_partition(fs, work: str, target: str) -> None:
             retrying(f"publishing {path}", lambda path=path: fs.copy(path, target + path[len(work):]))
         return
     parent, name = target.rsplit("/", 1)
-    fresh, old = join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}"), join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+    for stale in fs.glob(join(parent, f".{name}.tmp-*")) + fs.glob(join(parent, f".{name}.old-*")):
+        fs.rm(stale, recursive=True)
+    fresh, old = (join(parent, f".{name}.{kind}-{uuid.uuid4().hex[:8]}") for kind in ("tmp", "old"))
     for path in files:
         fs.makedirs((fresh + path[len(work):]).rsplit("/", 1)[0], exist_ok=True)
         fs.copy(path, fresh + path[len(work):])

@@ -56,6 +56,9 @@ def join(*parts: str) -> str:
 
 def list_parquet(fs: AbstractFileSystem, path: str) -> list[str]:
     """Parquet files of a file, a directory (recursively) or a glob; `_`/`.`-prefixed names are skipped."""
+    # s3fs keeps listings (with ETags) per process: a file replaced since a job in this process listed it
+    # (a scheduler that reruns a partition) would be opened by its old ETag and refused.
+    fs.invalidate_cache()
     if any(ch in path for ch in "*?["):
         found = fs.glob(path)
     elif fs.isdir(path):
