@@ -171,22 +171,26 @@ def _rayrank_encoder(spec: dict, **settings) -> Runner:
     return run
 
 
-def _fastplaid(path: str, docs: list, threads: int) -> Callable[..., list]:
-    """FastPlaid 1.7 at its `create` defaults (nbits 4, 4 k-means iterations); search in this process."""
+def _fastplaid(path: str, docs: list | None, threads: int) -> Callable[..., list]:
+    """FastPlaid 1.7 at its `create` defaults (nbits 4, 4 k-means iterations), or the index at `path`
+    when `docs` is None; search in this process."""
     from fast_plaid import search
 
     index = search.FastPlaid(index=path, device="cpu")
-    index.create(documents_embeddings=docs)
+    if docs is not None:
+        index.create(documents_embeddings=docs)
     return lambda queries, k, setting: index.search(queries_embeddings=queries, top_k=k, show_progress=False,
                                                     **setting)
 
 
-def _warp(path: str, docs: list, threads: int) -> Callable[..., list]:
-    """xtr-warp-rs 2.1 at its `create` defaults (nbits 4), loaded memory-mapped on CPU as it defaults to."""
+def _warp(path: str, docs: list | None, threads: int) -> Callable[..., list]:
+    """xtr-warp-rs 2.1 at its `create` defaults (nbits 4), or the index at `path` when `docs` is None;
+    loaded memory-mapped on CPU, as it defaults to."""
     from xtr_warp import XTRWarp
 
     index = XTRWarp(path)
-    index.create(docs, device="cpu", show_progress=False)
+    if docs is not None:
+        index.create(docs, device="cpu", show_progress=False)
     index.load(device="cpu")
     return lambda queries, k, setting: index.search(queries, top_k=k, num_threads=threads, show_progress=False,
                                                     **setting)
@@ -197,7 +201,8 @@ PEERS = {"fastplaid": _fastplaid, "warp": _warp}
 
 def peer_search(peer: str, spec: dict) -> None:
     """One late-interaction peer on each search case: index build seconds from precomputed embeddings,
-    index bytes on disk, then each setting's best-of-`rounds` search seconds (after one warm-up call).
+    index bytes on disk (with `reuse`, those of the index an earlier run built at the same path), then
+    each setting's best-of-`rounds` search seconds (after one warm-up call).
 
     Prints `@@` + JSON per case (build_s, bytes) and per setting (search_s, hits: doc numbers, best
     first), as each is done, so the lines before a timeout still count.
@@ -211,12 +216,19 @@ def peer_search(peer: str, spec: dict) -> None:
         split = lambda flat, sizes: [torch.from_numpy(a.astype(np.float32)) for a in
                                      np.split(flat, np.cumsum(sizes)[:-1])]
         doc_list, query_list = split(docs["flat"], docs["sizes"]), split(queries["flat"], queries["sizes"])
-        shutil.rmtree(case["index"], ignore_errors=True)
-        started = time.perf_counter()
-        search = PEERS[peer](case["index"], doc_list, spec["threads"])
-        build = time.perf_counter() - started
-        size = sum(f.stat().st_size for f in Path(case["index"]).rglob("*") if f.is_file())
-        print("@@" + json.dumps({"case": case["name"], "build_s": build, "bytes": size}), flush=True)
+        built = Path(case["index"] + ".build.json")  # beside the index: its build seconds and bytes
+        if case["reuse"] and built.is_file():
+            search = PEERS[peer](case["index"], None, spec["threads"])
+            record = {**json.loads(built.read_text()), "reused": True}
+        else:
+            built.unlink(missing_ok=True)
+            shutil.rmtree(case["index"], ignore_errors=True)
+            started = time.perf_counter()
+            search = PEERS[peer](case["index"], doc_list, spec["threads"])
+            record = {"build_s": time.perf_counter() - started,
+                      "bytes": sum(f.stat().st_size for f in Path(case["index"]).rglob("*") if f.is_file())}
+            built.write_text(json.dumps(record))
+        print("@@" + json.dumps({"case": case["name"], **record}), flush=True)
         for setting in case["settings"]:
             search(query_list[:4], case["k"], setting)  # warm-up: lazy loads, thread pools
             best, hits = float("inf"), None

@@ -297,7 +297,8 @@ def run_peer(args, work: Path, peer: str, name: str, settings: list[dict]) -> tu
     """
     spec = {"threads": args.threads, "cases": [{
         "name": name, "docs": str(work / f"{name}-docs.npz"), "queries": str(work / f"{name}-queries.npz"),
-        "index": str(work / f"{peer}-{name}"), "k": 100, "rounds": args.rounds, "settings": settings}]}
+        "index": str(work / f"{peer}-{name}"), "k": 100, "rounds": args.rounds, "settings": settings,
+        "reuse": args.reuse_peer_index}]}
     (work / f"{peer}-{name}.json").write_text(json.dumps(spec))
     python = {"fastplaid": args.plaid_python, "warp": args.warp_python}[peer]
     with (work / f"{peer}-{name}.log").open("w") as log:
@@ -375,16 +376,17 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
     for peer in args.late_peers:
         records, stopped = run_peer(args, work, peer, name, {"fastplaid": args.plaid, "warp": args.warp}[peer])
         built = next((r for r in records if "build_s" in r), None)
+        reused = " (index of an earlier run)" if built and built.get("reused") else ""
         for found in records:
             if "setting" in found:
-                results[f"{PEER_NAMES[peer]} {_label(found['setting'])}"] = (
+                results[f"{PEER_NAMES[peer]} {_label(found['setting'])}{reused}"] = (
                     built["build_s"], built["bytes"] / tokens, found["search_s"],
                     [[doc_ids[d] for d in h] for h in found["hits"]])
         if stopped:
             failures.append((PEER_NAMES[peer], stopped if built else f"{stopped} while building"))
-    rows = []
+    rows, corpus = [], f"{name} ({len(documents):,} docs)"
     for system, (build_s, per_token, search_s, hits) in results.items():
-        row = {"corpus": f"{name} ({len(documents):,} docs)", "search": system, "build s": build_s,
+        row = {"corpus": corpus, "search": system, "build s": build_s,
                "bytes/token": per_token, "queries/s": len(queries) / search_s,
                "R@100 vs exact": float(np.mean([len(set(h) & e) / len(e) for h, e in zip(hits, exact_sets)]))}
         if qrels is not None:
@@ -393,7 +395,7 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
             row.update({"nDCG@10": metrics.ndcg_at_10, "R@100": metrics.recall_at_100})
         rows.append(row)
     for peer, why in failures:
-        rows.append({**dict.fromkeys(rows[0], ""), "corpus": name, "search": f"{peer}: {why}"})
+        rows.append({**dict.fromkeys(rows[0], ""), "corpus": corpus, "search": f"{peer}: {why}"})
     return rows
 
 
@@ -491,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-timeout", type=float, default=1800,
                         help="seconds a search peer may take per corpus, build included; what it finished "
                              "before is kept")
+    parser.add_argument("--reuse-peer-index", action="store_true",
+                        help="search a peer's index that an earlier run built from the same corpus in --work-dir, "
+                             "reporting that run's build seconds (to rerun searches without the peers' long builds)")
     parser.add_argument("--synthetic-queries", type=int, default=100)
     parser.add_argument("--centroids", type=int, default=None, help="our IVF centroids (default: the index job's)")
     pairs = lambda text: [tuple(int(x) for x in item.split(":")) for item in text.split(",")]
