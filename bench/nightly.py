@@ -11,6 +11,12 @@ ranks, and the largest score difference. Prints a Markdown table: pairs, pairs s
 seconds and the ratio to night 1. Example:
 
     python bench/nightly.py --pairs 6000 --max-length 256
+
+`--scale 500000,1000000,...` measures memory instead: for each size, a synthetic night of that many
+log rows (20 candidates a query) over a corpus of a tenth as many documents, run once with
+`--corpus` and `--cache` and a tiny random BERT cross-encoder (tests/tiny_models.py), sampling the
+resident memory of the driver and of every Ray worker process it started (actors and tasks) from
+/proc every half second. Prints each size's seconds and peak RSS: flat memory is the claim.
 """
 
 from __future__ import annotations
@@ -49,10 +55,105 @@ def nights(pairs: int, repeat: float, count: int, seed: int) -> list[list[dict]]
     return result
 
 
+def synthetic_night(folder: Path, rows: int, docs: int, seed: int) -> tuple[Path, Path]:
+    """(log, corpus) Parquet files: `rows` log rows, 20 a query, naming documents drawn from `docs`."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from tests.tiny_models import WORDS
+
+    rng = np.random.default_rng(seed)
+    words = pa.array(WORDS)
+
+    def text(n: int, length: int) -> pa.Array:
+        picks = [words.take(pa.array(rng.integers(0, len(WORDS), n))) for _ in range(length)]
+        return pc.binary_join_element_wise(*picks, " ")
+
+    def ids(prefix: str, numbers) -> pa.Array:
+        return pc.binary_join_element_wise(prefix, pc.cast(pa.array(numbers), pa.string()), "")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus, log = folder / "corpus.parquet", folder / "log" / "part0.parquet"
+    pq.write_table(pa.table({"doc_id": ids("d", np.arange(docs)), "text": text(docs, 24)}), corpus,
+                   row_group_size=100_000)
+    queries = rows // 20
+    qids = np.repeat(np.arange(queries), 20)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"query_id": ids("q", qids), "query": text(queries, 6).take(pa.array(qids)),
+                             # 20 different documents a query: a start and 19 steps of docs // 20
+                             "doc_id": ids("d", ((rng.integers(0, docs, queries)[:, None]
+                                                  + np.arange(20) * (docs // 20)) % docs).ravel()),
+                             "bm25_rank": np.tile(np.arange(1, 21, dtype=np.int32), queries)}),
+                   log, row_group_size=100_000)
+    return log.parent, corpus
+
+
+def peak_memory(args: list[str]) -> tuple[float, dict[str, int]]:
+    """(seconds, peak RSS in bytes of the driver, of the largest Ray worker (an actor or a task) and of
+    Ray's own processes together) of one job run, polled from /proc every 0.5 s over the driver's
+    descendants only (not another job's Ray on the same machine)."""
+    import psutil
+
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "rayrank.jobs.rerank", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = psutil.Process(proc.pid)
+    peak = {"driver": 0, "worker": 0, "ray": 0}
+    while proc.poll() is None:
+        try:
+            peak["driver"] = max(peak["driver"], driver.memory_info().rss)
+            system = 0
+            for child in driver.children(recursive=True):
+                try:
+                    rss, name = child.memory_info().rss, " ".join(child.cmdline()[:1])
+                except psutil.Error:
+                    continue
+                if name.startswith("ray::"):  # a worker: an actor, a task or an idle one
+                    peak["worker"] = max(peak["worker"], rss)
+                else:
+                    system += rss
+            peak["ray"] = max(peak["ray"], system)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.5)
+    _, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"job failed ({proc.returncode}): {' '.join(args)}\n{err[-3000:]}")
+    return time.perf_counter() - started, peak
+
+
+def scale(sizes: list[int], work: Path, actors: str) -> list[dict]:
+    """One cached night with a corpus at each size; the table's rows."""
+    from tests.tiny_models import make_cross_encoder
+
+    model = make_cross_encoder(work / "tiny-ce")
+    config = work / "job.yaml"
+    config.write_text(f"engine:\n  model: {model}\n  scorer: cross-encoder\n  backend: torch\n  threads: 1\n"
+                      f"cluster:\n  actors: {actors}\n  cpus_per_actor: 2\n")
+    rows = []
+    for size in sizes:
+        log, corpus = synthetic_night(work / f"in-{size}", size, size // 10, seed=size)
+        out, cache = work / f"out-{size}", work / f"cache-{size}"
+        seconds, peak = peak_memory([str(log), str(out), "--config", str(config), "--corpus", str(corpus),
+                                     "--cache", str(cache)])
+        counts = json.loads((out / "_manifest.json").read_text())["counts"]
+        row = {"log rows": size, "corpus docs": size // 10, "rows written": counts["rows_written"],
+               "seconds": round(seconds), "rows/s": round(size / seconds),
+               "driver peak MB": round(peak["driver"] / 2**20), "largest worker peak MB": round(peak["worker"] / 2**20),
+               "Ray processes peak MB": round(peak["ray"] / 2**20)}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        for folder in (out, cache, log.parent):
+            shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
 def rerank(args: list[str]) -> tuple[float, dict]:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "rayrank.jobs.rerank", *args], cwd=REPO, capture_output=True, check=False,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-m", "rayrank.jobs.rerank", *args], cwd=REPO, capture_output=True,
+                          check=False, text=True)
     if proc.returncode:
         raise SystemExit(f"job failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr[-3000:]}")
     return time.perf_counter() - started, proc.stdout
@@ -76,7 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cold", action="store_true", help="do not run the later nights cold to compare")
     parser.add_argument("--work", help="folder for logs, outputs and the cache (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument("--scale", help="comma-separated log sizes: measure peak memory instead (see above)")
     args = parser.parse_args(argv)
+    if args.scale:
+        work = Path(args.work or tempfile.mkdtemp(prefix="rayrank-nightly-scale-"))
+        rows = scale([int(s) for s in args.scale.split(",")], work, args.actors)
+        print(f"load average at the end: {load_average()}; work folder: {work}")
+        print(table(rows))
+        return 0
     if not (SCIFACT / "candidates.test.parquet").is_file():
         print(skip_message(SCIFACT))
         return 0
@@ -103,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = json.loads((work / "out" / name / "_manifest.json").read_text())["counts"]
         first = first or seconds
         row = {"night": name, "pairs": len(log), "pairs scored": counts["pairs_scored"],
-               "from cache": counts["cache_hits"], "seconds": round(seconds, 1), "vs night 1": round(seconds / first, 3)}
+               "from cache": counts["cache_hits"], "seconds": round(seconds, 1),
+               "vs night 1": round(seconds / first, 3)}
         if number > 1 and not args.skip_cold:
             cold_s, _ = rerank([str(work / "logs" / name), str(work / "cold" / name), *common])
             cached, cold = read(work / "out" / name), read(work / "cold" / name)
