@@ -354,6 +354,19 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
     np.savez(work / f"{name}-docs.npz", **_flat(documents))
     np.savez(work / f"{name}-queries.npz", **_flat(queries))
 
+    failures, peer_results = [], {}  # the peers first: their builds are the long part
+    for peer in args.late_peers:
+        records, stopped = run_peer(args, work, peer, name, {"fastplaid": args.plaid, "warp": args.warp}[peer])
+        built = next((r for r in records if "build_s" in r), None)
+        reused = " (index of an earlier run)" if built and built.get("reused") else ""
+        for found in records:
+            if "setting" in found:
+                peer_results[f"{PEER_NAMES[peer]} {_label(found['setting'])}{reused}"] = (
+                    built["build_s"], built["bytes"] / tokens, found["search_s"],
+                    [[doc_ids[d] for d in h] for h in found["hits"]])
+        if stopped:
+            failures.append((PEER_NAMES[peer], stopped if built else f"{stopped} while building"))
+
     def timed(fn):
         fn(queries[:4])  # warm-up, as the peers get
         best, out = float("inf"), None
@@ -372,18 +385,7 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
         ivf_s, ivf_hits = timed(lambda q: ivf.search(q, k))
         results[f"{ours} IVF nprobe {nprobe}, {candidates:,} candidates"] = (
             build + ivf_build, size, ivf_s, [ids for ids, _ in ivf_hits])
-    failures = []
-    for peer in args.late_peers:
-        records, stopped = run_peer(args, work, peer, name, {"fastplaid": args.plaid, "warp": args.warp}[peer])
-        built = next((r for r in records if "build_s" in r), None)
-        reused = " (index of an earlier run)" if built and built.get("reused") else ""
-        for found in records:
-            if "setting" in found:
-                results[f"{PEER_NAMES[peer]} {_label(found['setting'])}{reused}"] = (
-                    built["build_s"], built["bytes"] / tokens, found["search_s"],
-                    [[doc_ids[d] for d in h] for h in found["hits"]])
-        if stopped:
-            failures.append((PEER_NAMES[peer], stopped if built else f"{stopped} while building"))
+    results.update(peer_results)
     rows, corpus = [], f"{name} ({len(documents):,} docs)"
     for system, (build_s, per_token, search_s, hits) in results.items():
         row = {"corpus": corpus, "search": system, "build s": build_s,
