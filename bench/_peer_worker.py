@@ -9,7 +9,8 @@ error), then `@@{"ready": true}`. Each stdin line `run<TAB>SYSTEM<TAB>SIZE` then
 pairs once at batch size (ours: token budget) SIZE and prints `@@{"seconds": ..., "scores": [...]}`
 (raw logits; encoders return token counts). The orchestrator alternates these requests across all
 systems and processes, so every system sees the same load. One process per virtual environment:
-the peers' (sentence-transformers 5.x with transformers 4.x, FlashRank), PyLate's, or ours.
+the peers' (sentence-transformers 5.x with transformers 4.x, FlashRank), PyLate's, or ours. The
+search peers (FastPlaid, xtr-warp-rs) each run in their own, one process per corpus (`peer_search`).
 """
 
 from __future__ import annotations
