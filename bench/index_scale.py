@@ -121,7 +121,7 @@ def measure(mode: str, root: str, queries_path: str, out_path: str, k: int, cand
         started = time.perf_counter()
         hits = searcher.search(queries, k) if searcher else exact_search(reader, queries, k)
         runs.append({"candidates": count, "qps": len(queries) / (time.perf_counter() - started),
-                     "hits": [ids for ids, _ in hits]})
+                     "hits": [h.doc_ids for h in hits]})
     stop.set()
     thread.join()
     result = {"mode": mode, "queries": len(queries), "open_s": opened_s, "rss_start_mib": before["VmRSS"],

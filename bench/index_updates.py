@@ -1,8 +1,8 @@
 """Index updates: the cost of adding 1% against a full build, and IVF recall after ten appends of 10%.
 
 Synthetic token embeddings (no model: encoding costs the same per document in a build and an add,
-so leaving it out measures what an update adds on top), drawn like bench/peers.py's corpus. Engine level (`rayrank.index.build.write_index`,
-`rayrank.index.update.append/compact`), one process.
+so leaving it out measures what an update adds on top), drawn like bench/peers.py's corpus. Engine
+level (`rayrank.index.build.write_index`, `rayrank.index.update.append/compact`), one process.
 
 1. Cost: a full build of `--docs` documents (codec training + packing every shard) against adding
    1% more (`append`: open the index, pack the new shard, publish) and deleting 1%.
@@ -81,7 +81,7 @@ class Corpus:
 def recall(reader: IndexReader, queries: list[np.ndarray], k: int = 100) -> float:
     exact = exact_search(reader, queries, k)
     approx = IvfSearcher(reader).search(queries, k)
-    return float(np.mean([len(set(a) & set(e)) / len(e) for (a, _), (e, _) in zip(approx, exact)]))
+    return float(np.mean([len(set(a.doc_ids) & set(e.doc_ids)) / len(e) for a, e in zip(approx, exact)]))
 
 
 def cost(corpus: Corpus, docs: int, folder: Path) -> list[dict]:

@@ -377,14 +377,14 @@ def late_search(args, work: Path, name: str, documents: list[np.ndarray], querie
         return best, out
 
     exact_s, exact_hits = timed(lambda q: exact_search(reader, q, k))
-    exact_sets = [set(ids) for ids, _ in exact_hits]
+    exact_sets = [set(h.doc_ids) for h in exact_hits]
     size = _bytes(root) / tokens
-    results = {f"{ours} exact": (build, size, exact_s, [ids for ids, _ in exact_hits])}
+    results = {f"{ours} exact": (build, size, exact_s, [h.doc_ids for h in exact_hits])}
     for nprobe, candidates in args.ivf:
         ivf = IvfSearcher(reader, nprobe, candidates)
         ivf_s, ivf_hits = timed(lambda q: ivf.search(q, k))
         results[f"{ours} IVF nprobe {nprobe}, {candidates:,} candidates"] = (
-            build + ivf_build, size, ivf_s, [ids for ids, _ in ivf_hits])
+            build + ivf_build, size, ivf_s, [h.doc_ids for h in ivf_hits])
     results.update(peer_results)
     rows, corpus = [], f"{name} ({len(documents):,} docs)"
     for system, (build_s, per_token, search_s, hits) in results.items():

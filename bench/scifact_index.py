@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         hits = search(embeddings, 100)
         qps = len(ids) / (time.perf_counter() - started)
-        return {q: {d: float(s) for d, s in zip(*h)} for q, h in zip(ids, hits)}, qps
+        return {q: {d: float(s) for d, s in zip(h.doc_ids, h.scores)} for q, h in zip(ids, hits)}, qps
     rows, base_bytes, source = [], None, None
     for name in args.settings:
         setting = parse_setting(name)

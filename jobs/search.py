@@ -92,10 +92,10 @@ def run(config: SearchJobConfig) -> dict[str, Any]:
     search_seconds = time.perf_counter() - search_started
     qids = queries["query_id"].to_pylist()
     result = pa.table({
-        "query_id": [q for q, (ids, _) in zip(qids, hits) for _ in ids],
-        "doc_id": [d for ids, _ in hits for d in ids],
-        "score": np.concatenate([s for _, s in hits]).astype(np.float32) if hits else np.empty(0, np.float32),
-        "rank": np.concatenate([np.arange(1, len(ids) + 1) for ids, _ in hits]).astype(np.int32)
+        "query_id": [q for q, r in zip(qids, hits) for _ in r.doc_ids],
+        "doc_id": [d for r in hits for d in r.doc_ids],
+        "score": np.concatenate([r.scores for r in hits]).astype(np.float32) if hits else np.empty(0, np.float32),
+        "rank": np.concatenate([np.arange(1, len(r) + 1) for r in hits]).astype(np.int32)
         if hits else np.empty(0, np.int32),
     }, schema=RESULT_SCHEMA)
     write_parquet_atomic(result, job.out.fs, job.out.path("part-00000.parquet"))

@@ -102,8 +102,7 @@ class LateInteractionRetriever(_Stage):
             self.reader = reader
             self.ivf = IvfSearcher(reader, self.config.nprobe, self.config.candidates) if self.ivf else None
         embeddings = self.scorer.encode_queries(list(queries))
-        hits = self.ivf.search(embeddings, self.k) if self.ivf else exact_search(self.reader, embeddings, self.k)
-        return [Ranking(ids, scores) for ids, scores in hits]
+        return self.ivf.search(embeddings, self.k) if self.ivf else exact_search(self.reader, embeddings, self.k)
 
 
 class Fuser(_Stage):

@@ -23,8 +23,8 @@ import torch
 
 from rayrank.index.postings import Postings, build_postings
 from rayrank.index.reader import IndexReader, token_rows
+from rayrank.ranking import Ranking
 
-Hits = list[tuple[list[str], np.ndarray]]  # per query: doc_ids best first, float32 scores
 CHUNK_ROWS = 4096  # token rows the IVF stage widens to float32 at a time (a few MB: stays in cache)
 
 
@@ -39,17 +39,17 @@ def _merge_top(best_s: np.ndarray, best_i: np.ndarray, scores: np.ndarray, index
     return all_s, all_i
 
 
-def _sorted_hits(reader: IndexReader, best_s: np.ndarray, best_i: np.ndarray) -> Hits:
+def _sorted_hits(reader: IndexReader, best_s: np.ndarray, best_i: np.ndarray) -> list[Ranking]:
     hits = []
     for s, i in zip(best_s, best_i):
         ids = reader.doc_ids.take(i)
         order = sorted(range(len(ids)), key=lambda n: (-s[n], ids[n]))
-        hits.append(([ids[n] for n in order], s[order].astype(np.float32)))
+        hits.append(Ranking([ids[n] for n in order], s[order].astype(np.float32)))
     return hits
 
 
 def exact_search(reader: IndexReader, queries: Sequence[np.ndarray], k: int,
-                 max_block_bytes: int = 256 * 1024**2, max_query_tokens: int = 4096) -> Hits:
+                 max_block_bytes: int = 256 * 1024**2, max_query_tokens: int = 4096) -> list[Ranking]:
     """Brute-force MaxSim of every query against every indexed document; top k per query.
 
     Args:
@@ -61,7 +61,7 @@ def exact_search(reader: IndexReader, queries: Sequence[np.ndarray], k: int,
     """
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k}.")
-    results: Hits = []
+    results: list[Ranking] = []
     group: list[np.ndarray] = []
     for q in list(queries) + [None]:
         if q is not None and (not group or sum(len(g) for g in group) + len(q) <= max_query_tokens):
@@ -73,7 +73,7 @@ def exact_search(reader: IndexReader, queries: Sequence[np.ndarray], k: int,
     return results
 
 
-def _exact_group(reader: IndexReader, queries: list[np.ndarray], k: int, max_block_bytes: int) -> Hits:
+def _exact_group(reader: IndexReader, queries: list[np.ndarray], k: int, max_block_bytes: int) -> list[Ranking]:
     q_all = np.concatenate(queries).astype(np.float32)
     q_starts = np.concatenate(([0], np.cumsum([len(q) for q in queries])[:-1]))
     block_tokens = max(1, max_block_bytes // (4 * len(q_all)))
@@ -168,7 +168,7 @@ class IvfSearcher:
         table = self.reader.token_table(number)
         return None if table is None else (torch.from_numpy(table),)
 
-    def search(self, queries: Sequence[np.ndarray], k: int) -> Hits:
+    def search(self, queries: Sequence[np.ndarray], k: int) -> list[Ranking]:
         if k < 1:
             raise ValueError(f"k must be a positive integer, got {k}.")
         threads = torch.get_num_threads()
@@ -180,20 +180,20 @@ class IvfSearcher:
         finally:
             torch.set_num_threads(threads)
 
-    def _search(self, queries: Sequence[np.ndarray], k: int) -> Hits:
-        hits: Hits = []
+    def _search(self, queries: Sequence[np.ndarray], k: int) -> list[Ranking]:
+        hits: list[Ranking] = []
         buffers = _Buffers(self.reader.dim, self.reader.codec)
         for q in queries:
             q = np.asarray(q, dtype=np.float32)
             cand = self._candidates(q)
             if not len(cand):
-                hits.append(([], np.empty(0, np.float32)))
+                hits.append(Ranking([], np.empty(0, np.float32)))
                 continue
             scores = self._exact(q, cand, buffers)
             chosen = np.arange(len(cand)) if len(cand) <= k else np.argpartition(-scores, k - 1)[:k]
             ids = self.reader.doc_ids.take(cand[chosen])
             order = sorted(range(len(ids)), key=lambda n: (-scores[chosen[n]], ids[n]))  # ties by doc_id, like exact
-            hits.append(([ids[n] for n in order], scores[chosen[order]].astype(np.float32)))
+            hits.append(Ranking([ids[n] for n in order], scores[chosen[order]].astype(np.float32)))
         return hits
 
     def _exact(self, q: np.ndarray, cand: np.ndarray, buffers: _Buffers) -> np.ndarray:

@@ -46,9 +46,10 @@ def test_index_and_search_on_s3(s3_endpoint, tmp_path, tiny_encoder, ray_cluster
     for a, b in zip(remote.get(remote.doc_ids), mapped.get(remote.doc_ids)):
         assert np.array_equal(a, b)
     q = [np.eye(32, dtype=np.float32)[:3]]
-    assert exact_search(remote, q, 5)[0][0] == exact_search(mapped, q, 5)[0][0]
+    assert exact_search(remote, q, 5)[0].doc_ids == exact_search(mapped, q, 5)[0].doc_ids
 
-    assert search_main(["s3://corpus/index/", "s3://corpus/queries.parquet", "s3://corpus/search/", "--top-n", "7"]) == 0
+    assert search_main(["s3://corpus/index/", "s3://corpus/queries.parquet", "s3://corpus/search/",
+                        "--top-n", "7"]) == 0
     body = s3.get_object(Bucket="corpus", Key="search/part-00000.parquet")["Body"].read()
     assert pq.read_table(io.BytesIO(body)).num_rows == 14
 

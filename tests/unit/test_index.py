@@ -87,7 +87,8 @@ def test_exact_search_equals_brute_force(tmp_path, compression):
     queries = [unit(np.random.default_rng(s).standard_normal((5, 16))).astype(np.float32) for s in range(4)]
     # a tiny similarity budget forces many blocks (and queries processed in groups)
     hits = exact_search(reader, queries, k=7, max_block_bytes=600, max_query_tokens=8)
-    for q, (ids, scores) in zip(queries, hits):
+    for q, hit in zip(queries, hits):
+        ids, scores = hit.doc_ids, hit.scores
         expected, reference = brute_force(q, stored, 7)
         np.testing.assert_allclose(scores, reference, rtol=1e-5)  # the same top scores, best first
         np.testing.assert_allclose(scores, maxsim(q, reader.get(ids)), rtol=1e-5)  # each id has its own score
@@ -98,7 +99,7 @@ def test_exact_search_equals_brute_force(tmp_path, compression):
 def test_exact_search_k_larger_than_index_and_bad_k(tmp_path):
     reader = write_index(tmp_path / "ix", random_docs(5), shards=2)
     q = [unit(np.ones((2, 16))).astype(np.float32)]
-    assert len(exact_search(reader, q, k=50)[0][0]) == 5
+    assert len(exact_search(reader, q, k=50)[0]) == 5
     with pytest.raises(ValueError, match=re.escape("k must be a positive integer, got 0.")):
         exact_search(reader, q, k=0)
 
@@ -113,11 +114,11 @@ def test_ivf_recall_against_exact(tmp_path, compression, nbits):
     exact = exact_search(reader, queries, k=10)
     narrow = IvfSearcher(reader, nprobe=2, candidates=40).search(queries, k=10)
     wide = IvfSearcher(reader, nprobe=32, candidates=300).search(queries, k=10)
-    recall = np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(exact, narrow)])
+    recall = np.mean([len(set(a.doc_ids) & set(b.doc_ids)) / 10 for a, b in zip(exact, narrow)])
     assert recall >= 0.8, recall
-    assert [h[0] for h in wide] == [h[0] for h in exact]  # probing everything is exact
-    for (_, a), (_, b) in zip(wide, exact):
-        np.testing.assert_allclose(a, b, rtol=1e-5)
+    assert [h.doc_ids for h in wide] == [h.doc_ids for h in exact]  # probing everything is exact
+    for a, b in zip(wide, exact):
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
 
 
 def test_ivf_default_candidates_scale_with_the_index(tmp_path):
@@ -147,9 +148,9 @@ def test_ivf_pruning_keeps_the_best_document(tmp_path, compression):
         reached = np.unique(np.concatenate([to_global[p.docs[p.centroid_starts[c]:p.centroid_starts[c + 1]]]
                                             for p, to_global in zip(ivf.postings, ivf.positions) for c in probed]))
         assert len(reached) > ivf.pool and len(ivf._candidates(q)) == ivf.candidates
-    for (ids, scores), (best, best_score) in zip(ivf.search(queries, k=3), exact_search(reader, queries, k=1)):
-        assert ids[0] == best[0]
-        np.testing.assert_allclose(scores[0], best_score[0], rtol=1e-5)
+    for found, best in zip(ivf.search(queries, k=3), exact_search(reader, queries, k=1)):
+        assert found.doc_ids[0] == best.doc_ids[0]
+        np.testing.assert_allclose(found.scores[0], best.scores[0], rtol=1e-5)
 
 
 @pytest.mark.parametrize("compression", ["none", "residual"])
@@ -303,9 +304,9 @@ def test_ivf_over_every_document_of_a_compressed_index_is_its_exact_search(tmp_p
     queries = [unit(rng.standard_normal((5, 32))).astype(np.float32) for _ in range(6)]
     ivf = IvfSearcher(reader, nprobe=16, candidates=len(reader))
     assert all(len(table) == 2 for table in ivf.tables)  # codes and residuals: the fast path ran
-    for (ids, scores), (exact_ids, exact_scores) in zip(ivf.search(queries, k=20), exact_search(reader, queries, 20)):
-        assert ids == exact_ids
-        assert float(np.abs(scores - exact_scores).max()) <= 1e-5
+    for found, exact in zip(ivf.search(queries, k=20), exact_search(reader, queries, 20)):
+        assert found.doc_ids == exact.doc_ids
+        assert float(np.abs(found.scores - exact.scores).max()) <= 1e-5
 
 
 def test_postings_match_the_documents_the_reader_lists():
@@ -336,5 +337,5 @@ def test_ivf_on_an_index_without_postings_files_builds_them(tmp_path):
     built = IvfSearcher(IndexReader(str(tmp_path / "ix")), nprobe=2, candidates=30)
     for a, b in zip(stored.postings, built.postings):
         assert all(np.array_equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
-    for (ids, scores), (built_ids, built_scores) in zip(stored.search(queries, 10), built.search(queries, 10)):
-        assert ids == built_ids and np.array_equal(scores, built_scores)
+    for a, b in zip(stored.search(queries, 10), built.search(queries, 10)):
+        assert a.doc_ids == b.doc_ids and np.array_equal(a.scores, b.scores)

@@ -54,10 +54,10 @@ def test_deleted_documents_are_gone_from_every_read_path(tmp_path, compression):
     assert sorted(int(i) for b in reader.blocks(7) for i in b.doc_index) == list(range(len(reader)))
     stored = {i: reader.get([f"d{i}"])[0] for i in live}
     ivf = IvfSearcher(reader, nprobe=16, candidates=40)
-    for q, (ids, _), (ivf_ids, _) in zip(queries(), exact_search(reader, queries(), k=10), ivf.search(queries(), 10)):
+    for q, exact, approx in zip(queries(), exact_search(reader, queries(), k=10), ivf.search(queries(), 10)):
         best, _ = brute_force(q, [stored[i] for i in live], 10)
-        assert ids == [f"d{live[b]}" for b in best]
-        assert not set(ivf_ids) & set(gone) and set(ivf_ids) <= set(reader.doc_ids)
+        assert exact.doc_ids == [f"d{live[b]}" for b in best]
+        assert not set(approx.doc_ids) & set(gone) and set(approx.doc_ids) <= set(reader.doc_ids)
 
 
 def test_adding_a_present_doc_id_replaces_it(tmp_path):
@@ -69,7 +69,7 @@ def test_adding_a_present_doc_id_replaces_it(tmp_path):
     assert np.array_equal(reader.get(["d4"])[0], new[0]) and np.array_equal(reader.get(["n1"])[0], new[1])
     assert reader.doc_ids.count("d4") == 1 and "d4" not in reader.deleted
     hits = exact_search(reader, [new[0].astype(np.float32)], k=1)
-    assert hits[0][0] == ["d4"]
+    assert hits[0].doc_ids == ["d4"]
 
 
 @pytest.mark.parametrize("compression", ["none", "residual"])
@@ -120,7 +120,7 @@ def test_a_reader_keeps_its_generation_while_newer_ones_are_published(tmp_path):
     update.compact(str(tmp_path / "ix"))  # keeps the files generations 2 and 3 read; 0 shares 2's shards
     assert len(old) == 40 and old.generation == 0 and np.array_equal(old.get(["d0"])[0], docs[0])
     got = exact_search(old, queries(), k=5)
-    assert [ids for ids, _ in got] == [ids for ids, _ in expected]
+    assert [r.doc_ids for r in got] == [r.doc_ids for r in expected]
     new = old.current()
     assert new is not old and new.generation == 3 and "d1" not in new and len(new) == 39
     assert new.current() is new
