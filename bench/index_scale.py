@@ -79,9 +79,9 @@ def build(root: Path, docs: int, shard_docs: int, nbits: int, centroids: int, qu
             print(f"  shard {number + 1}/{len(firsts)} written, {time.perf_counter() - started:.0f} s", flush=True)
 
     started = time.perf_counter()
-    # the codec's sample: 8,192 documents of the first shard (about 230,000 tokens, 225 a centroid at 1,024)
+    # the codec's sample: 8,192 documents of the first shard (about 230,000 tokens)
     sample = shard(centres, 0, min(8192, docs), seed)[1]
-    manifest = write_index_shards(str(root), sample, shards(), "residual", nbits, centroids)
+    manifest = write_index_shards(str(root), sample, shards(), "residual", nbits, centroids, corpus_docs=docs)
     return manifest, asked[:queries], time.perf_counter() - started
 
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=1_000_000)
     parser.add_argument("--shard-docs", type=int, default=20_000)
     parser.add_argument("--nbits", type=int, default=2)
-    parser.add_argument("--centroids", type=int, default=1024)
+    parser.add_argument("--centroids", type=int, default=None, help="k-means centroids (default: the index's)")
     parser.add_argument("--queries", type=int, default=500, help="IVF searches timed")
     parser.add_argument("--exact-queries", type=int, default=100, help="of those, how many get exact search")
     parser.add_argument("--k", type=int, default=100)

@@ -9,7 +9,7 @@ pin transformers 4.x), and rayrank's backends in ours. Each system's batch size 
 is swept once, then timed at its best size in rounds that alternate across all systems; the best
 round counts. Prints pairs/s, × plain predict, max |Δ logit| and Kendall τ against plain fp32 predict.
 
-    python bench/peers.py --create-peer-venv                # builds /work/venvs/peers first if absent
+    python bench/peers.py --create-peer-venv                # builds .venvs/peers first if absent
     python bench/peers.py --peer-python PATH/bin/python --pairs 300 --rounds 3
     python bench/peers.py --systems "st openvino,rayrank openvino bf16"
 
@@ -31,8 +31,8 @@ and runs in its own virtual environment (`--plaid-python`, `--warp-python`), mad
 (their torch 2.11 wheels are CUDA builds: pip also installs the CUDA libraries, about 3 GB, which
 `import torch` needs even on CPU.)
 
-    python bench/peers.py --part late --late-parts synthetic --rounds 2
-    python bench/peers.py --part late --late-parts scifact --late-peers warp --warp "default;nprobe=32"
+    python bench/peers.py --part late --late-parts synthetic --rounds 2 --plaid-python P --warp-python W
+    python bench/peers.py --part late --late-parts scifact --late-peers warp --warp-python W --warp "default;nprobe=32"
 """
 
 from __future__ import annotations
@@ -468,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="batch sizes swept for the peers")
     parser.add_argument("--token-budgets", type=lambda s: [int(x) for x in s.split(",")], default=[2048, 4096, 8192],
                         help="max_tokens_per_batch values swept for rayrank")
-    parser.add_argument("--peer-python", type=Path, default=Path("/work/venvs/peers/bin/python"),
-                        help="interpreter of the peers' virtual environment (never ours: transformers 4.x)")
+    parser.add_argument("--peer-python", type=Path, default=REPO / ".venvs" / "peers" / "bin" / "python",
+                        help="interpreter of the cross-encoder peers' virtual environment (never ours: transformers "
+                             "4.x; default .venvs/peers in the repository, made by --create-peer-venv)")
     parser.add_argument("--calibration", type=int, default=64,
                         help="DL20 passages (after the timed pairs) calibrating the peers' static int8")
     parser.add_argument("--create-peer-venv", action="store_true", help="create --peer-python's venv if absent")
@@ -477,14 +478,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of systems (plain predict always runs: it is the reference)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep exports and logs here (reused)")
     parser.add_argument("--part", choices=["all", "cross-encoder", "decoder", "late"], default="all")
-    parser.add_argument("--li-python", type=Path, default=Path("/work/venvs/pylate/bin/python"),
-                        help="interpreter of PyLate's virtual environment (the encoding part)")
-    parser.add_argument("--plaid-python", type=Path, default=Path("/work/venvs/fastplaid/bin/python"),
+    parser.add_argument("--li-python", type=Path,
+                        help="interpreter of PyLate's virtual environment (pip install pylate); needed by the "
+                             "late part's encode")
+    parser.add_argument("--plaid-python", type=Path,
                         help="interpreter of FastPlaid's own virtual environment (pip install fast-plaid; it pins "
-                             "its torch)")
-    parser.add_argument("--warp-python", type=Path, default=Path("/work/venvs/warp/bin/python"),
+                             "its torch); needed when --late-peers has fastplaid")
+    parser.add_argument("--warp-python", type=Path,
                         help="interpreter of xtr-warp-rs' own virtual environment (pip install xtr-warp-rs; it "
-                             "pins its torch)")
+                             "pins its torch); needed when --late-peers has warp")
     parser.add_argument("--li-docs", type=int, default=300, help="SciFact abstracts for the encoding timing")
     parser.add_argument("--synthetic-docs", type=int, default=100_000, help="synthetic corpus size (0: skip)")
     parser.add_argument("--late-parts", type=lambda s: s.split(","), default=["encode", "scifact", "synthetic"],
@@ -501,9 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-queries", type=int, default=100)
     parser.add_argument("--centroids", type=int, default=None, help="our IVF centroids (default: the index job's)")
     pairs = lambda text: [tuple(int(x) for x in item.split(":")) for item in text.split(",")]
-    parser.add_argument("--ivf", type=pairs, default=[(2, 1024), (2, 2048), (2, 3072), (2, 4096)],
-                        help="our IVF settings NPROBE:CANDIDATES,... (default: 2:1024,2:2048,2:3072,2:4096; "
-                             "2:3072 is IvfSearcher's default from 15,360 documents up)")
+    parser.add_argument("--ivf", type=pairs, default=[(2, 256), (2, 512), (2, 800), (2, 1024)],
+                        help="our IVF settings NPROBE:CANDIDATES,... (default: 2:256,2:512,2:800,2:1024; "
+                             "800 candidates is IvfSearcher's default at k 100)")
     parser.add_argument("--plaid", type=parse_settings, default=[{}, {"n_ivf_probe": 16, "n_full_scores": 8192},
                                                             {"n_ivf_probe": 32, "n_full_scores": 16384}],
                         help="FastPlaid search settings, ';'-separated, each 'default' or KEY=VALUE,... of its "
@@ -518,6 +520,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="our index's compression for the search part")
     parser.add_argument("--nbits", type=int, default=2, help="our residual bits with --compression residual")
     args = parser.parse_args(argv)
+    if args.part in ("all", "late"):
+        needed = {"--li-python": args.li_python if "encode" in args.late_parts else True,
+                  "--plaid-python": args.plaid_python if "fastplaid" in args.late_peers else True,
+                  "--warp-python": args.warp_python if "warp" in args.late_peers else True}
+        missing = [flag for flag, given in needed.items() if given is None]
+        if missing:
+            parser.error(f"the late part needs {', '.join(missing)} (each peer's own interpreter; "
+                         "see docs/benchmarks/late-interaction.md), or leave that peer out")
     if load_dl20() is None:
         print(skip_message(DL20))
         return 0

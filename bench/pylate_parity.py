@@ -6,12 +6,12 @@ scores (`--pylate-out DIR`: queries.npz, documents.npz, scores.json); in rayrank
 through `--venv`, computes rayrank's on every backend asked for, and prints max |Δ| (fp32 goal ≤ 1e-4;
 `score_pairs` included, which scores float32 documents as PyLate does):
 
-    python -m venv /work/venvs/pylate && cd /work/venvs/pylate
+    python -m venv VENV && cd VENV
     bin/pip install torch==2.13.0 pylate==1.2.0  # PyLate's dependencies on a CPU torch
     bin/pip install sentence-transformers==5.3.0 transformers==5.3.0 ujson==5.12.0  # what pylate 1.6.0 pins
     bin/pip install --no-deps pylate==1.6.0  # its fast-plaid (index search, unused here) pins torch 2.7
-    python bench/pylate_parity.py --tiny /tmp/parity                 # tiny Stanford + ModernBERT checkpoints
-    python bench/pylate_parity.py path/to/colbertv2.0 --backends torch onnx
+    python bench/pylate_parity.py --venv VENV --tiny /tmp/parity      # tiny Stanford + ModernBERT checkpoints
+    python bench/pylate_parity.py --venv VENV path/to/colbertv2.0 --backends torch onnx
 
 `--tiny DIR` writes the test suite's tiny random checkpoints (tests/tiny_colbert.py) and checks those.
 Nothing here imports rayrank in PyLate's environment, nor PyLate in rayrank's.
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="*", help="local checkpoint directories")
     parser.add_argument("--tiny", type=Path, help="write the tests' tiny Stanford and ModernBERT checkpoints here")
-    parser.add_argument("--venv", default="/work/venvs/pylate", help="PyLate's virtual environment")
+    parser.add_argument("--venv", required=True, help="PyLate's virtual environment (see above)")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "openvino", "auto"])
     parser.add_argument("--pylate-out", type=Path, help="(PyLate's half) write PyLate's output here and exit")
     args = parser.parse_args(argv)

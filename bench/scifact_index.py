@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from rayrank.config import IndexJobConfig
     from rayrank.evaluate import evaluate, load_qrels
     from rayrank.index import IndexReader, IvfSearcher, exact_search, score_from_index
+    from rayrank.index.search import default_candidates
     from rayrank.index.build import repack
     from rayrank.jobs.index import run as build_index
 
@@ -140,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                 searcher = IvfSearcher(reader, args.nprobe, args.candidates)
                 ivf_run, ivf_qps = timed_run(searcher.search)
                 recall = np.mean([len(set(ivf_run[q]) & set(exact_run[q])) / len(exact_run[q]) for q in ids])
-                row.update(ivf_nprobe=args.nprobe, ivf_candidates=searcher.candidates, ivf_recall100_vs_exact=round(
-                    float(recall), 4), ivf_ndcg10=round(evaluate(ivf_run, qrels).ndcg_at_10, 4),
-                    ivf_qps=round(ivf_qps, 2))
+                row.update(ivf_nprobe=args.nprobe, ivf_candidates=args.candidates or default_candidates(100),
+                           ivf_recall100_vs_exact=round(float(recall), 4),
+                           ivf_ndcg10=round(evaluate(ivf_run, qrels).ndcg_at_10, 4), ivf_qps=round(ivf_qps, 2))
         rows.append(row)
         print(json.dumps(row), flush=True)
     columns = {"setting": ("setting", "{}"), "tokens_per_doc": ("tokens/doc", "{:.1f}"),

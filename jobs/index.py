@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None) -> IndexJobConfig:
                         help=f"residual bits per dimension (default {default['nbits']})")
     parser.add_argument("--pool-factor", type=int,
                         help=f"keep about 1/K of each document's tokens (default {default['pool_factor']}: all)")
-    parser.add_argument("--centroids", type=int, help="k-means centroids (default about 4*sqrt(sample tokens))")
+    parser.add_argument("--centroids", type=int,
+                        help="k-means centroids (default: a power of two up to 4*sqrt(corpus tokens))")
     parser.add_argument("--overwrite", action="store_true", help="replace an INDEX_DIR holding another build")
     args = parser.parse_args(argv)
 
@@ -80,8 +81,9 @@ def parse_args(argv: list[str] | None) -> IndexJobConfig:
 
 
 def train_codec(config: dict, in_options: dict, out_options: dict, layouts: dict[str, str],
-                shards: list[str]) -> dict[str, Any]:
-    """Phase 1 (a Ray task): encode a sample of documents, train the codec, publish `codec.npz`."""
+                shards: list[str], corpus_rows: int) -> dict[str, Any]:
+    """Phase 1 (a Ray task): encode a sample of documents, train the codec (centroids for `corpus_rows`
+    documents), publish `codec.npz`."""
     from rayrank.jobs._ray import quiet_worker
 
     quiet_worker()
@@ -98,7 +100,7 @@ def train_codec(config: dict, in_options: dict, out_options: dict, layouts: dict
             break
     started = time.perf_counter()
     embeddings = build.encode(reranker.scorer, texts, config_.pool_factor)
-    codec, stats = build.train_codec(embeddings, config_.nbits, config_.centroids)
+    codec, stats = build.train_codec(embeddings, config_.nbits, config_.centroids, corpus_rows)
     checksum = write_bytes_atomic(fs_out, join(root, CODEC), codec.to_bytes())
     scorer = reranker.scorer
     stats.update(sha256=checksum, seconds=round(time.perf_counter() - started, 3), dim=scorer.dim,
@@ -177,7 +179,8 @@ def _codec(job: Claim, config: IndexJobConfig, source: ParquetInput, shards: lis
     if stats is None:
         print(f"[index] training the codec on up to {config.sample_docs:,} documents", file=sys.stderr)
         task = ray.remote(num_cpus=config.cluster.cpus_per_actor, num_gpus=config.cluster.gpus_per_actor)(train_codec)
-        stats = ray.get(task.remote(config.model_dump(), source.in_options, source.out_options, source.layouts, shards))
+        stats = ray.get(task.remote(config.model_dump(), source.in_options, source.out_options, source.layouts, shards,
+                                    source.rows))
     return stats
 
 

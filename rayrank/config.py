@@ -192,8 +192,8 @@ def _index_needs_late_interaction(config: Any) -> Any:
 class IvfSettings(StrictModel):
     """IVF search over a late-interaction index (`rayrank search`, a funnel late-interaction stage).
 
-    IvfSearcher's defaults (README: Recall@100 0.977 against exact search at 100k documents);
-    candidates: None is a fifth of the index, at most 3,072 (index.search.default_candidates).
+    IvfSearcher's defaults; candidates: None scores 8·k documents exactly per query
+    (index.search.default_candidates).
     """
 
     nprobe: PositiveInt = 2
@@ -290,7 +290,7 @@ class IndexJobConfig(StrictModel):
 
     `compression: residual` stores centroid ids + `nbits` bits per dimension instead of float16;
     `pool_factor` K > 1 keeps about 1/K of each document's tokens (hierarchical pooling). The codec
-    (k-means `centroids`, default ≈ 4·sqrt(sample tokens)) is trained on `sample_docs` documents and
+    (k-means `centroids`, default a power of two up to 4·sqrt(corpus tokens)) is trained on `sample_docs` documents and
     is always built, because the IVF search stage uses its centroids.
     """
 

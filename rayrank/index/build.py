@@ -36,12 +36,18 @@ def sample_tokens(embeddings: Sequence[np.ndarray], limit: int, seed: int = 0) -
 
 
 def train_codec(embeddings: Sequence[np.ndarray], nbits: int, centroids: int | None = None,
-                points_per_centroid: int = 256, seed: int = 0) -> tuple[ResidualCodec, dict[str, Any]]:
-    """Train on the sample's tokens; k-means sees at most `points_per_centroid` tokens per centroid."""
+                corpus_docs: int | None = None, points_per_centroid: int = 256, seed: int = 0
+                ) -> tuple[ResidualCodec, dict[str, Any]]:
+    """Train on the sample's tokens; k-means sees at most `points_per_centroid` tokens per centroid.
+
+    Without `centroids`, their number follows the corpus's tokens, estimated from the sample's mean
+    tokens per document times `corpus_docs` (default: the sample is the corpus).
+    """
     total = int(sum(len(e) for e in embeddings))
     if total == 0:
         raise ValueError("cannot train the index codec: the sample documents have no tokens.")
-    k = min(centroids or default_centroids(total), total)
+    corpus_tokens = total * max(corpus_docs or 0, len(embeddings)) // len(embeddings)
+    k = min(centroids or default_centroids(corpus_tokens, total), total)
     sample = sample_tokens(embeddings, k * points_per_centroid, seed)
     codec = ResidualCodec.train(sample, k, nbits, seed=seed)
     return codec, {"centroids": k, "sample_docs": len(embeddings), "sample_tokens": total,
@@ -111,7 +117,7 @@ def repack(source, root: str, compression: str, nbits: int = 2, pool_factor: int
     started = time.perf_counter()
     fs, path = filesystem(root, storage_options)
     first = [pool_tokens(e, pool_factor) for e in source.get_index(np.arange(min(sample_docs, len(source))))]
-    codec, stats = train_codec(first, nbits, centroids)
+    codec, stats = train_codec(first, nbits, centroids, corpus_docs=len(source))
     codec_sha = write_bytes_atomic(fs, join(path, CODEC), codec.to_bytes())
     entries, vector_bytes, tokens = [], 0, 0
     for number, shard in enumerate(source.manifest["shards"]):
@@ -149,19 +155,21 @@ def write_index(root: str, doc_ids: Sequence[str], embeddings: Sequence[np.ndarr
     parts = np.array_split(np.arange(len(doc_ids)), shards)
     return write_index_shards(root, list(embeddings[:sample_docs]), (
         ([doc_ids[i] for i in part], [embeddings[i] for i in part]) for part in parts), compression, nbits,
-        centroids, model_name)
+        centroids, model_name, corpus_docs=len(doc_ids))
 
 
 def write_index_shards(root: str, sample: Sequence[np.ndarray], shards: Iterable[tuple[Sequence[str],
                        Sequence[np.ndarray]]], compression: str = "none", nbits: int = 2,
-                       centroids: int | None = None, model_name: str = "") -> dict[str, Any]:
+                       centroids: int | None = None, model_name: str = "", corpus_docs: int | None = None
+                       ) -> dict[str, Any]:
     """`write_index` from shards (doc_ids, embeddings) produced one at a time, so memory holds one shard:
-    for corpora larger than memory. The codec is trained on `sample` (documents' token embeddings)."""
+    for corpora larger than memory. The codec is trained on `sample` (documents' token embeddings);
+    `corpus_docs`, the documents the shards will hold, sets the default number of centroids."""
     from rayrank.index.format import CODEC, FORMAT_VERSION, MANIFEST, write_bytes_atomic
     from rayrank.io.storage import filesystem, join, write_json_atomic
 
     fs, path = filesystem(root)
-    codec, stats = train_codec(sample, nbits, centroids)
+    codec, stats = train_codec(sample, nbits, centroids, corpus_docs)
     write_bytes_atomic(fs, join(path, CODEC), codec.to_bytes())
     entries, error = [], 0.0
     for number, (ids, embeddings) in enumerate(shards):

@@ -18,9 +18,17 @@ import torch
 NBITS = (1, 2, 4, 8)
 
 
-def default_centroids(sample_tokens: int) -> int:
-    """A power of two near 4·sqrt(sample tokens) (ColBERTv2 uses 16·sqrt(all tokens)), in [16, 4096]."""
-    return int(min(4096, max(16, 2 ** math.floor(math.log2(max(4 * math.sqrt(max(sample_tokens, 1)), 1))))))
+def default_centroids(corpus_tokens: int, sample_tokens: int) -> int:
+    """The largest power of two at most 4·sqrt(corpus tokens) (ColBERTv2 takes 16·sqrt) and a quarter of the
+    k-means sample's tokens, in [16, 16384].
+
+    It grows with the corpus, not the sample: the IVF stage's recall at a given number of candidates is
+    bound by how fine the centroids are (measured at 256 candidates: 20,000 synthetic documents, Recall@100
+    0.709 / 0.937 / 0.989 / 0.994 of exact with 512 / 1,024 / 2,048 / 4,096 centroids trained on the same
+    28,000 tokens; SciFact 0.826 / 0.867 / 0.881 with 1,024 / 2,048 / 4,096).
+    """
+    target = min(4 * math.sqrt(max(corpus_tokens, 1)), sample_tokens / 4, 16384)
+    return int(max(16, 2 ** math.floor(math.log2(max(target, 1)))))
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -25,7 +25,12 @@ from rayrank.index.postings import Postings, build_postings
 from rayrank.index.reader import IndexReader, token_rows
 from rayrank.ranking import Ranking
 
-CHUNK_ROWS = 4096  # token rows the IVF stage widens to float32 at a time (a few MB: stays in cache)
+CHUNK_BYTES = 768 * 1024  # float32 rows the IVF exact stage widens at a time: they and their scores stay in L2
+
+
+def chunk_rows(dim: int) -> int:
+    """Token rows per exact-stage chunk. Measured on SciFact (384-d): 512 rows ran 1.4x faster than 4,096."""
+    return max(64, CHUNK_BYTES // (4 * dim))
 
 
 def _merge_top(best_s: np.ndarray, best_i: np.ndarray, scores: np.ndarray, index: np.ndarray, k: int
@@ -87,14 +92,14 @@ def _exact_group(reader: IndexReader, queries: list[np.ndarray], k: int, max_blo
     return _sorted_hits(reader, best_s, best_i)
 
 
-def default_candidates(documents: int) -> int:
-    """A fifth of the index, at most 3,072: scoring more than that exactly costs more than the exact scan.
+def default_candidates(k: int) -> int:
+    """8·k documents scored exactly per query: enough for Recall@k ≥ 0.95 of exact at the default centroids.
 
-    Measured (README): at 5,183 SciFact abstracts, 3,072 candidates ran at 2.3 queries/s against the
-    exact scan's 4.0, and 1,024 at 6.7 (Recall@100 0.988); at 100,000 documents 3,072 reach 0.977
-    at 15x the exact scan.
+    Measured at k = 100 (docs/benchmarks/late-interaction.md): Recall@100 of exact 0.989 at 256 candidates
+    on 20,000 synthetic documents, 0.978 at 512 on 100,000, on SciFact 0.960 at 512 and 0.982 at 768.
+    The exact stage's cost grows with the candidates, so the default is a multiple of k, not of the index.
     """
-    return min(3072, max(100, documents // 5))
+    return 8 * k
 
 
 class IvfSearcher:
@@ -104,15 +109,13 @@ class IvfSearcher:
         reader: the index (its codec's centroids and each shard's postings are the inverted file).
         nprobe: centroids probed per query token.
         candidates: documents scored exactly per query (the cost that dominates: one read and matmul
-            of their token vectors); default `default_candidates(len(reader))`.
+            of their token vectors); default `default_candidates(k)` of each search.
         pool: documents ranked by the full centroid interaction, chosen by the pruned one (default
             2 × candidates).
 
-    The defaults reach Recall@100 0.977 against `exact_search` on the README's 100,000-document
-    synthetic corpus (3,072 candidates); on SciFact's 5,183 abstracts 1,024 candidates reached 0.988
-    (the default there is 1,036). Recall is bound by the centroid approximation, not by the probes:
-    one or two probes a token already reach nearly every true top-100 document, but the approximation
-    must keep a few thousand to hold them (the finer the centroids, the fewer).
+    Recall is bound by the centroid approximation, not by the probes: one or two probes a token already
+    reach nearly every true top-100 document, and the finer the centroids (`default_centroids`), the
+    fewer candidates the approximation needs to hold them.
 
     Memory: each shard's postings file is memory-mapped (`rayrank.index.postings`; built in memory
     for shards written before it existed, or read whole from object stores), plus two int32 per
@@ -121,11 +124,9 @@ class IvfSearcher:
 
     def __init__(self, reader: IndexReader, nprobe: int = 2, candidates: int | None = None,
                  pool: int | None = None) -> None:
-        candidates = default_candidates(len(reader)) if candidates is None else candidates
-        pool = 2 * candidates if pool is None else pool
-        if nprobe < 1 or candidates < 1 or pool < 1:
+        if nprobe < 1 or any(n is not None and n < 1 for n in (candidates, pool)):
             raise ValueError(f"nprobe, candidates and pool must be positive, got {nprobe}, {candidates} and {pool}.")
-        self.reader, self.nprobe, self.candidates, self.pool = reader, nprobe, candidates, max(pool, candidates)
+        self.reader, self.nprobe, self.candidates, self.pool = reader, nprobe, candidates, pool
         self.centroids = reader.codec.centroids.astype(np.float32)
         # per shard: its postings, and each postings document's global number (-1: not live)
         self.postings: list[Postings] = []
@@ -183,9 +184,11 @@ class IvfSearcher:
     def _search(self, queries: Sequence[np.ndarray], k: int) -> list[Ranking]:
         hits: list[Ranking] = []
         buffers = _Buffers(self.reader.dim, self.reader.codec)
+        candidates = self.candidates or default_candidates(k)
+        pool = max(self.pool or 2 * candidates, candidates)
         for q in queries:
             q = np.asarray(q, dtype=np.float32)
-            cand = self._candidates(q)
+            cand = self._candidates(q, candidates, pool)
             if not len(cand):
                 hits.append(Ranking([], np.empty(0, np.float32)))
                 continue
@@ -216,8 +219,8 @@ class IvfSearcher:
                 parts.append(torch.from_numpy(q @ vectors.T))
                 continue
             rows = torch.from_numpy(token_rows(self.reader.offsets[cand[mine]], sizes[mine]))
-            for start in range(0, len(rows), CHUNK_ROWS):
-                parts.append(self._chunk_scores(query, table, rows[start:start + CHUNK_ROWS], buffers))
+            for start in range(0, len(rows), buffers.rows):
+                parts.append(self._chunk_scores(query, table, rows[start:start + buffers.rows], buffers))
         similarity = torch.cat(parts, dim=1).numpy()
         # (query tokens, candidate tokens): the per-document max runs along contiguous memory
         return np.maximum.reduceat(similarity, np.cumsum(sizes) - sizes, axis=1).sum(axis=0)
@@ -247,7 +250,7 @@ class IvfSearcher:
         # normalising the scores: (query tokens × n) divisions instead of (n × dim)
         return torch.nn.functional.linear(query, single).div_(norms)
 
-    def _candidates(self, q: np.ndarray) -> np.ndarray:
+    def _candidates(self, q: np.ndarray, candidates: int, pool: int) -> np.ndarray:
         """The (sorted) documents to score exactly: probe, pruned interaction, full interaction."""
         centroid_scores = q @ self.centroids.T  # (query tokens, centroids)
         probe = np.unique(np.argpartition(-centroid_scores, min(self.nprobe, centroid_scores.shape[1]) - 1,
@@ -265,14 +268,14 @@ class IvfSearcher:
         docs, cents = docs[by_doc], cents[by_doc]
         firsts = np.flatnonzero(np.diff(docs, prepend=-1))
         docs = docs[firsts].astype(np.int64)
-        if len(docs) > self.pool:
+        if len(docs) > pool:
             # PLAID's pruned centroid interaction: only the probed centroids count (a document's other
             # centroids score lower for the probing token), so it needs only the postings just read
             pruned = np.maximum.reduceat(centroid_scores[:, cents], firsts, axis=1).clip(min=0).sum(axis=0)
-            docs = np.sort(docs[np.argpartition(-pruned, self.pool - 1)[:self.pool]])
-        if len(docs) > self.candidates:
+            docs = np.sort(docs[np.argpartition(-pruned, pool - 1)[:pool]])
+        if len(docs) > candidates:
             approx = self._approximate(centroid_scores, docs)
-            docs = np.sort(docs[np.argpartition(-approx, self.candidates - 1)[:self.candidates]])
+            docs = np.sort(docs[np.argpartition(-approx, candidates - 1)[:candidates]])
         return docs
 
     def _approximate(self, centroid_scores: np.ndarray, docs: np.ndarray) -> np.ndarray:
@@ -296,11 +299,12 @@ class _Buffers:
     """Chunk buffers of the exact stage, allocated once per search call and reused for every chunk."""
 
     def __init__(self, dim: int, codec) -> None:
-        self.half = torch.empty((CHUNK_ROWS, dim), dtype=torch.float16)
-        self.single = torch.empty((CHUNK_ROWS, dim), dtype=torch.float32)
+        self.rows = rows = chunk_rows(dim)
+        self.half = torch.empty((rows, dim), dtype=torch.float16)
+        self.single = torch.empty((rows, dim), dtype=torch.float32)
         width = dim * codec.nbits // 8
-        self.codes = torch.empty(CHUNK_ROWS, dtype=torch.int16 if codec.code_dtype == np.uint16 else torch.int32)
-        self.ids = torch.empty(CHUNK_ROWS, dtype=torch.int64)
-        self.packed = torch.empty((CHUNK_ROWS, width), dtype=torch.uint8)
-        self.byte_ids = torch.empty((CHUNK_ROWS, width), dtype=torch.int64)
-        self.weights = torch.empty((CHUNK_ROWS * width, 8 // codec.nbits), dtype=torch.float32)
+        self.codes = torch.empty(rows, dtype=torch.int16 if codec.code_dtype == np.uint16 else torch.int32)
+        self.ids = torch.empty(rows, dtype=torch.int64)
+        self.packed = torch.empty((rows, width), dtype=torch.uint8)
+        self.byte_ids = torch.empty((rows, width), dtype=torch.int64)
+        self.weights = torch.empty((rows * width, 8 // codec.nbits), dtype=torch.float32)

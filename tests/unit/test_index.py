@@ -121,14 +121,25 @@ def test_ivf_recall_against_exact(tmp_path, compression, nbits):
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
 
 
-def test_ivf_default_candidates_scale_with_the_index(tmp_path):
-    """Exact scoring of most of a small index is slower than the exact scan: the default is a fifth of
-    the index, between 100 and 3,072 documents."""
-    from rayrank.index.search import default_candidates
+def test_ivf_default_candidates_follow_k(tmp_path, monkeypatch):
+    """Without `candidates`, each search scores 8·k documents exactly (and pools twice that)."""
+    from rayrank.index import search
 
-    assert [default_candidates(n) for n in (60, 5_183, 100_000)] == [100, 1_036, 3_072]
     reader = write_index(tmp_path / "ix", random_docs(60), "none", nbits=4)
-    assert IvfSearcher(reader).candidates == 100 and IvfSearcher(reader, candidates=7).candidates == 7
+    seen = []
+    original = search.IvfSearcher._candidates
+    def spy(self, q, candidates, pool):
+        seen.append((candidates, pool))
+        return original(self, q, candidates, pool)
+
+    monkeypatch.setattr(search.IvfSearcher, "_candidates", spy)
+    query = random_docs(1, seed=3)[0].astype(np.float32)
+    IvfSearcher(reader).search([query], k=3)
+    IvfSearcher(reader, candidates=7).search([query], k=3)
+    IvfSearcher(reader, candidates=7, pool=5).search([query], k=3)
+    assert seen == [(24, 48), (7, 14), (7, 7)]
+    with pytest.raises(ValueError, match="positive"):
+        IvfSearcher(reader, candidates=0)
 
 
 @pytest.mark.parametrize("compression", ["none", "residual"])
@@ -147,7 +158,7 @@ def test_ivf_pruning_keeps_the_best_document(tmp_path, compression):
         probed = np.unique((q @ ivf.centroids.T).argmax(axis=1))
         reached = np.unique(np.concatenate([to_global[p.docs[p.centroid_starts[c]:p.centroid_starts[c + 1]]]
                                             for p, to_global in zip(ivf.postings, ivf.positions) for c in probed]))
-        assert len(reached) > ivf.pool and len(ivf._candidates(q)) == ivf.candidates
+        assert len(reached) > ivf.pool and len(ivf._candidates(q, ivf.candidates, ivf.pool)) == ivf.candidates
     for found, best in zip(ivf.search(queries, k=3), exact_search(reader, queries, k=1)):
         assert found.doc_ids[0] == best.doc_ids[0]
         np.testing.assert_allclose(found.scores[0], best.scores[0], rtol=1e-5)
@@ -296,7 +307,7 @@ def test_ivf_over_every_document_of_a_compressed_index_is_its_exact_search(tmp_p
     from rayrank.index import search
     from rayrank.index.build import repack
 
-    monkeypatch.setattr(search, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(search, "chunk_rows", lambda dim: 7)
     docs = random_docs(120, dim=32, seed=11)
     repack(write_index(tmp_path / "src", docs), str(tmp_path / "ix"), "residual", nbits, pool_factor, centroids=16)
     reader = IndexReader(str(tmp_path / "ix"))
