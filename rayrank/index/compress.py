@@ -36,9 +36,11 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def nearest(vectors: np.ndarray, centroids: np.ndarray, chunk: int = 32768) -> np.ndarray:
-    """Index of the centroid with the largest dot product for every row, computed in chunks."""
+def nearest(vectors: np.ndarray, centroids: np.ndarray, block_bytes: int = 256 * 1024**2) -> np.ndarray:
+    """Index of the centroid with the largest dot product for every row, in chunks of rows whose float32
+    similarities take at most `block_bytes` (16,384 centroids: 4,096 rows)."""
     cent = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    chunk = max(1, block_bytes // (4 * len(cent)))
     out = np.empty(len(vectors), dtype=np.int64)
     for start in range(0, len(vectors), chunk):
         block = torch.from_numpy(np.asarray(vectors[start:start + chunk], dtype=np.float32))
