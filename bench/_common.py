@@ -123,3 +123,41 @@ def table(rows: Sequence[dict[str, Any]], floats: str = "{:.3f}") -> str:
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def job_memory(args: list[str], env: dict | None = None, every: float = 0.5) -> tuple[float, dict[str, int], str]:
+    """Run `python -m rayrank.jobs.rerank ARGS`; (seconds, peak RSS in bytes, stderr), the peaks polled from
+    /proc every `every` s over the driver and its descendants only (not another job's Ray on the machine):
+    "driver", "worker" (the largest Ray worker: an actor, a task or an idle one) and "ray" (Ray's own
+    processes together)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "rayrank.jobs.rerank", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = psutil.Process(proc.pid)
+    peak = {"driver": 0, "worker": 0, "ray": 0}
+    while proc.poll() is None:
+        try:
+            peak["driver"] = max(peak["driver"], driver.memory_info().rss)
+            system = 0
+            for child in driver.children(recursive=True):
+                try:
+                    rss, name = child.memory_info().rss, " ".join(child.cmdline()[:1])
+                except psutil.Error:
+                    continue
+                if name.startswith("ray::"):
+                    peak["worker"] = max(peak["worker"], rss)
+                else:
+                    system += rss
+            peak["ray"] = max(peak["ray"], system)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(every)
+    _, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"job failed ({proc.returncode}): {' '.join(args)}\n{err[-3000:]}")
+    return time.perf_counter() - started, peak, err

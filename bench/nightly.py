@@ -34,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import SCIFACT, load_average, minilm_cross_encoder, scifact_corpus, skip_message, table
+from bench._common import (SCIFACT, job_memory, load_average, minilm_cross_encoder, scifact_corpus,
+                           skip_message, table)
 
 
 def nights(pairs: int, repeat: float, count: int, seed: int) -> list[list[dict]]:
@@ -90,40 +91,6 @@ def synthetic_night(folder: Path, rows: int, docs: int, seed: int) -> tuple[Path
     return log.parent, corpus
 
 
-def peak_memory(args: list[str]) -> tuple[float, dict[str, int]]:
-    """(seconds, peak RSS in bytes of the driver, of the largest Ray worker (an actor or a task) and of
-    Ray's own processes together) of one job run, polled from /proc every 0.5 s over the driver's
-    descendants only (not another job's Ray on the same machine)."""
-    import psutil
-
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "rayrank.jobs.rerank", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    driver = psutil.Process(proc.pid)
-    peak = {"driver": 0, "worker": 0, "ray": 0}
-    while proc.poll() is None:
-        try:
-            peak["driver"] = max(peak["driver"], driver.memory_info().rss)
-            system = 0
-            for child in driver.children(recursive=True):
-                try:
-                    rss, name = child.memory_info().rss, " ".join(child.cmdline()[:1])
-                except psutil.Error:
-                    continue
-                if name.startswith("ray::"):  # a worker: an actor, a task or an idle one
-                    peak["worker"] = max(peak["worker"], rss)
-                else:
-                    system += rss
-            peak["ray"] = max(peak["ray"], system)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.5)
-    _, err = proc.communicate()
-    if proc.returncode:
-        raise SystemExit(f"job failed ({proc.returncode}): {' '.join(args)}\n{err[-3000:]}")
-    return time.perf_counter() - started, peak
-
-
 def scale(sizes: list[int], work: Path, actors: str) -> list[dict]:
     """One cached night with a corpus at each size; the table's rows."""
     from tests.tiny_models import make_cross_encoder
@@ -136,7 +103,7 @@ def scale(sizes: list[int], work: Path, actors: str) -> list[dict]:
     for size in sizes:
         log, corpus = synthetic_night(work / f"in-{size}", size, size // 10, seed=size)
         out, cache = work / f"out-{size}", work / f"cache-{size}"
-        seconds, peak = peak_memory([str(log), str(out), "--config", str(config), "--corpus", str(corpus),
+        seconds, peak, _ = job_memory([str(log), str(out), "--config", str(config), "--corpus", str(corpus),
                                      "--cache", str(cache)])
         counts = json.loads((out / "_manifest.json").read_text())["counts"]
         row = {"log rows": size, "corpus docs": size // 10, "rows written": counts["rows_written"],

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,27 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import job_memory  # noqa: E402
 from bench.synthetic import write  # noqa: E402
-
-
-def _run(args: list[str], env: dict) -> tuple[float, int, str]:
-    """(seconds, driver peak RSS in bytes, stderr) of one job run; RSS polled every 0.2 s."""
-    import psutil
-
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "rayrank.jobs.rerank", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    driver, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, driver.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.2)
-    _, err = proc.communicate()
-    if proc.returncode:
-        raise SystemExit(f"job failed ({proc.returncode}):\n{err[-3000:]}")
-    return time.perf_counter() - started, peak, err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
-        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                   AWS_DEFAULT_REGION="us-east-1")
+        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                   AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
         s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench")
         s3.create_bucket(Bucket="bench")
@@ -107,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(f"shard_rows: {args.shard_rows}\nrows_per_output_file: {size // 100}\n"
                           f"engine:\n  model: {model}\n  threads: 1\n"
                           f"cluster:\n  actors: {args.actors}\n  cpus_per_actor: {args.cpus_per_actor}\n")
-        seconds, peak, _ = _run([source, out, "--config", str(config)], env)
+        seconds, peaks, _ = job_memory([source, out, "--config", str(config)], env, every=0.2)
+        peak = peaks["driver"]
         if args.s3:
             manifest = json.loads(s3.get_object(Bucket="bench", Key=f"out-{size}/_manifest.json")["Body"].read())
         else:
