@@ -92,9 +92,9 @@ def fingerprint_settings(engine: Any, weights: str, *, device: str, extra: Mappi
             (and its compression) a late-interaction job reads document embeddings from.
     """
     record = engine.model_dump(mode="json") if hasattr(engine, "model_dump") else dict(engine)
-    if hasattr(engine, "model_name"):
-        record["model"] = engine.model_name  # None means the scorer's default model
-    settings = {k: v for k, v in sorted(record.items()) if k not in NOT_SCORE_SETTINGS}
+    # The model is `weights`, by content: the same checkpoint at another path or under another name
+    # shares its scores; its name or path is not hashed.
+    settings = {k: v for k, v in sorted(record.items()) if k not in NOT_SCORE_SETTINGS and k != "model"}
     return {"format": FORMAT, "rayrank": rayrank.__version__, "weights": weights,
             "device": device.split(":")[0], "engine": settings, "extra": dict(extra or {})}
 

@@ -105,7 +105,7 @@ def test_pair_keys_separate_query_from_document():
 
 
 @pytest.mark.parametrize("change", [
-    {"model": "other/model"}, {"scorer": "late-interaction"}, {"backend": "onnx"}, {"dtype": "bfloat16"},
+    {"scorer": "late-interaction"}, {"backend": "onnx"}, {"dtype": "bfloat16"},
     {"backend": "onnx", "quantize": "int8"}, {"max_length": 128}, {"query_max_length": 32},
     {"long_documents": "chunk"}, {"long_documents": "chunk", "chunk_tokens": 64}, {"max_chunks_per_doc": 2},
     {"chunk_overlap_tokens": 8}, {"instruction": "Find code"}, {"prompt_template": "qwen3-reranker"},
@@ -116,6 +116,8 @@ def test_every_score_setting_changes_the_fingerprint(change):
 
 def test_weights_device_and_extra_change_the_fingerprint_speed_settings_do_not():
     assert engine_fingerprint(EngineConfig(), "weights-2", device="cpu") != FP
+    # the weights are the model: the same checkpoint at another path (or hub name) shares its scores
+    assert engine_fingerprint(EngineConfig(model="/elsewhere/same-checkpoint"), "weights-1", device="cpu") == FP
     assert engine_fingerprint(EngineConfig(), "weights-1", device="cuda:0") != FP
     assert engine_fingerprint(EngineConfig(), "weights-1", device="cpu", extra={"index": "nbits=2"}) != FP
     fast = EngineConfig(threads=3, max_tokens_per_batch=1024, max_batch_size=8, device="cpu", cache_dir="/x")
