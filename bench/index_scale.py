@@ -147,12 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=500, help="IVF searches timed")
     parser.add_argument("--exact-queries", type=int, default=100, help="of those, how many get exact search")
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--candidates", type=int, nargs="+", default=[800],
-                        help="IVF candidates (pool: twice that), one timed pass each (default: IvfSearcher's at k "
-                             "100, 8·k)")
+    parser.add_argument("--candidates", type=int, nargs="+", default=None,
+                        help="IVF candidates (pool: twice that), one timed pass each (default: IvfSearcher's for "
+                             "--k and --docs)")
     parser.add_argument("--work-dir", help="keep the index here (default: a temporary directory, removed)")
     parser.add_argument("--measure", nargs=4, metavar=("MODE", "INDEX", "QUERIES", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.candidates is None:
+        from rayrank.index.search import default_candidates
+
+        args.candidates = [default_candidates(args.k, args.docs)]
     if args.measure:
         measure(*args.measure, k=args.k, candidates=args.candidates)
         return 0

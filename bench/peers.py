@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = lambda text: [tuple(int(x) for x in item.split(":")) for item in text.split(",")]
     parser.add_argument("--ivf", type=pairs, default=[(2, 256), (2, 512), (2, 800), (2, 1024)],
                         help="our IVF settings NPROBE:CANDIDATES,... (default: 2:256,2:512,2:800,2:1024; "
-                             "800 candidates is IvfSearcher's default at k 100)")
+                             "800 candidates is IvfSearcher's default at k 100 up to 65,536 documents)")
     parser.add_argument("--plaid", type=parse_settings, default=[{}, {"n_ivf_probe": 16, "n_full_scores": 8192},
                                                             {"n_ivf_probe": 32, "n_full_scores": 16384}],
                         help="FastPlaid search settings, ';'-separated, each 'default' or KEY=VALUE,... of its "

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 searcher = IvfSearcher(reader, args.nprobe, args.candidates)
                 ivf_run, ivf_qps = timed_run(searcher.search)
                 recall = np.mean([len(set(ivf_run[q]) & set(exact_run[q])) / len(exact_run[q]) for q in ids])
-                row.update(ivf_nprobe=args.nprobe, ivf_candidates=args.candidates or default_candidates(100),
+                row.update(ivf_nprobe=args.nprobe,
+                           ivf_candidates=args.candidates or default_candidates(100, len(reader)),
                            ivf_recall100_vs_exact=round(float(recall), 4),
                            ivf_ndcg10=round(evaluate(ivf_run, qrels).ndcg_at_10, 4), ivf_qps=round(ivf_qps, 2))
         rows.append(row)

@@ -192,8 +192,8 @@ def _index_needs_late_interaction(config: Any) -> Any:
 class IvfSettings(StrictModel):
     """IVF search over a late-interaction index (`rayrank search`, a funnel late-interaction stage).
 
-    IvfSearcher's defaults; candidates: None scores 8·k documents exactly per query
-    (index.search.default_candidates).
+    IvfSearcher's defaults; candidates: None scores max(8·k, k·sqrt(documents)/32) documents exactly
+    per query (index.search.default_candidates).
     """
 
     nprobe: PositiveInt = 2

@@ -15,6 +15,7 @@ centroid lists and their token rows.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -92,14 +93,15 @@ def _exact_group(reader: IndexReader, queries: list[np.ndarray], k: int, max_blo
     return _sorted_hits(reader, best_s, best_i)
 
 
-def default_candidates(k: int) -> int:
-    """8·k documents scored exactly per query: enough for Recall@k ≥ 0.95 of exact at the default centroids.
+def default_candidates(k: int, documents: int) -> int:
+    """Documents scored exactly per query: 8·k, or k·sqrt(documents)/32 where larger (above 65,536).
 
-    Measured at k = 100 (docs/benchmarks/late-interaction.md): Recall@100 of exact 0.989 at 256 candidates
-    on 20,000 synthetic documents, 0.978 at 512 on 100,000, on SciFact 0.960 at 512 and 0.982 at 768.
-    The exact stage's cost grows with the candidates, so the default is a multiple of k, not of the index.
+    Measured at k = 100 (docs/benchmarks/late-interaction.md, indexes.md), Recall@100 of exact at the
+    default centroids: 0.989 at 256 candidates on 20,000 synthetic documents, 0.978 at 512 on 100,000,
+    SciFact 0.960 at 512 and 0.982 at 768; at 1,000,000 documents 0.86 at 1,600 and 0.97 at 3,072.
+    The documents behind each probed centroid grow with the corpus, and so do the candidates needed.
     """
-    return 8 * k
+    return max(8 * k, int(k * math.sqrt(documents) / 32))
 
 
 class IvfSearcher:
@@ -109,7 +111,7 @@ class IvfSearcher:
         reader: the index (its codec's centroids and each shard's postings are the inverted file).
         nprobe: centroids probed per query token.
         candidates: documents scored exactly per query (the cost that dominates: one read and matmul
-            of their token vectors); default `default_candidates(k)` of each search.
+            of their token vectors); default `default_candidates(k, len(reader))` of each search.
         pool: documents ranked by the full centroid interaction, chosen by the pruned one (default
             2 × candidates).
 
@@ -184,7 +186,7 @@ class IvfSearcher:
     def _search(self, queries: Sequence[np.ndarray], k: int) -> list[Ranking]:
         hits: list[Ranking] = []
         buffers = _Buffers(self.reader.dim, self.reader.codec)
-        candidates = self.candidates or default_candidates(k)
+        candidates = self.candidates or default_candidates(k, len(self.reader))
         pool = max(self.pool or 2 * candidates, candidates)
         for q in queries:
             q = np.asarray(q, dtype=np.float32)
