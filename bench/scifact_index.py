@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     from rayrank.config import IndexJobConfig
     from rayrank.evaluate import evaluate, load_qrels
     from rayrank.index import IndexReader, IvfSearcher, exact_search, score_from_index
-    from rayrank.index.search import default_candidates
     from rayrank.index.build import repack
     from rayrank.jobs.index import run as build_index
 
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 ivf_run, ivf_qps = timed_run(searcher.search)
                 recall = np.mean([len(set(ivf_run[q]) & set(exact_run[q])) / len(exact_run[q]) for q in ids])
                 row.update(ivf_nprobe=args.nprobe,
-                           ivf_candidates=args.candidates or default_candidates(100, len(reader)),
+                           ivf_candidates=searcher.candidates_for(100),
                            ivf_recall100_vs_exact=round(float(recall), 4),
                            ivf_ndcg10=round(evaluate(ivf_run, qrels).ndcg_at_10, 4), ivf_qps=round(ivf_qps, 2))
         rows.append(row)

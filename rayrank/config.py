@@ -290,8 +290,8 @@ class IndexJobConfig(StrictModel):
 
     `compression: residual` stores centroid ids + `nbits` bits per dimension instead of float16;
     `pool_factor` K > 1 keeps about 1/K of each document's tokens (hierarchical pooling). The codec
-    (k-means `centroids`, default a power of two up to 4·sqrt(corpus tokens)) is trained on `sample_docs` documents and
-    is always built, because the IVF search stage uses its centroids.
+    (k-means `centroids`, default a power of two up to 4·sqrt(corpus tokens)) is trained on `sample_docs`
+    documents and is always built, because the IVF search stage uses its centroids.
     """
 
     input: str | None = None

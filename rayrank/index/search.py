@@ -183,10 +183,14 @@ class IvfSearcher:
         finally:
             torch.set_num_threads(threads)
 
+    def candidates_for(self, k: int) -> int:
+        """Documents a search for the top k scores exactly: `candidates`, or the default for k and this index."""
+        return self.candidates or default_candidates(k, len(self.reader))
+
     def _search(self, queries: Sequence[np.ndarray], k: int) -> list[Ranking]:
         hits: list[Ranking] = []
         buffers = _Buffers(self.reader.dim, self.reader.codec)
-        candidates = self.candidates or default_candidates(k, len(self.reader))
+        candidates = self.candidates_for(k)
         pool = max(self.pool or 2 * candidates, candidates)
         for q in queries:
             q = np.asarray(q, dtype=np.float32)

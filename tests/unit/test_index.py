@@ -121,13 +121,17 @@ def test_ivf_recall_against_exact(tmp_path, compression, nbits):
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
 
 
-def test_ivf_default_candidates_follow_k(tmp_path, monkeypatch):
-    """Without `candidates`, each search scores 8·k documents exactly (and pools twice that)."""
+def test_ivf_default_candidates_follow_k_and_the_index_size(tmp_path, monkeypatch):
+    """Without `candidates`, each search scores 8·k documents exactly (and pools twice that), or
+    k·sqrt(documents)/32 above 65,536 documents."""
     from rayrank.index import search
 
+    assert [search.default_candidates(100, n) for n in (60, 65_536, 100_000, 1_000_000)] == [800, 800, 988, 3125]
     reader = write_index(tmp_path / "ix", random_docs(60), "none", nbits=4)
+    assert IvfSearcher(reader).candidates_for(3) == 24 and IvfSearcher(reader, candidates=7).candidates_for(3) == 7
     seen = []
     original = search.IvfSearcher._candidates
+
     def spy(self, q, candidates, pool):
         seen.append((candidates, pool))
         return original(self, q, candidates, pool)
