@@ -172,26 +172,26 @@ def _rayrank_encoder(spec: dict, **settings) -> Runner:
     return run
 
 
-def _fastplaid(path: str, docs: list | None, threads: int) -> Callable[..., list]:
-    """FastPlaid 1.7 at its `create` defaults (nbits 4, 4 k-means iterations), or the index at `path`
-    when `docs` is None; search in this process."""
+def _fastplaid(path: str, docs: list | None, threads: int, build: dict) -> Callable[..., list]:
+    """FastPlaid 1.7 at its `create` defaults (nbits 4, 4 k-means iterations) updated by `build`, or the
+    index at `path` when `docs` is None; search in this process."""
     from fast_plaid import search
 
     index = search.FastPlaid(index=path, device="cpu")
     if docs is not None:
-        index.create(documents_embeddings=docs)
+        index.create(documents_embeddings=docs, **build)
     return lambda queries, k, setting: index.search(queries_embeddings=queries, top_k=k, show_progress=False,
                                                     **setting)
 
 
-def _warp(path: str, docs: list | None, threads: int) -> Callable[..., list]:
-    """xtr-warp-rs 2.1 at its `create` defaults (nbits 4), or the index at `path` when `docs` is None;
-    loaded memory-mapped on CPU, as it defaults to."""
+def _warp(path: str, docs: list | None, threads: int, build: dict) -> Callable[..., list]:
+    """xtr-warp-rs 2.1 at its `create` defaults (nbits 4) updated by `build`, or the index at `path` when
+    `docs` is None; loaded memory-mapped on CPU, as it defaults to."""
     from xtr_warp import XTRWarp
 
     index = XTRWarp(path)
     if docs is not None:
-        index.create(docs, device="cpu", show_progress=False)
+        index.create(docs, **{"device": "cpu", "show_progress": False, **build})
     index.load(device="cpu")
     return lambda queries, k, setting: index.search(queries, top_k=k, num_threads=threads, show_progress=False,
                                                     **setting)
@@ -219,13 +219,13 @@ def peer_search(peer: str, spec: dict) -> None:
         doc_list, query_list = split(docs["flat"], docs["sizes"]), split(queries["flat"], queries["sizes"])
         built = Path(case["index"] + ".build.json")  # beside the index: its build seconds and bytes
         if case["reuse"] and built.is_file():
-            search = PEERS[peer](case["index"], None, spec["threads"])
+            search = PEERS[peer](case["index"], None, spec["threads"], {})
             record = {**json.loads(built.read_text()), "reused": True}
         else:
             built.unlink(missing_ok=True)
             shutil.rmtree(case["index"], ignore_errors=True)
             started = time.perf_counter()
-            search = PEERS[peer](case["index"], doc_list, spec["threads"])
+            search = PEERS[peer](case["index"], doc_list, spec["threads"], case.get("build", {}))
             record = {"build_s": time.perf_counter() - started,
                       "bytes": sum(f.stat().st_size for f in Path(case["index"]).rglob("*") if f.is_file())}
             built.write_text(json.dumps(record))

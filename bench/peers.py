@@ -298,7 +298,7 @@ def run_peer(args, work: Path, peer: str, name: str, settings: list[dict]) -> tu
     spec = {"threads": args.threads, "cases": [{
         "name": name, "docs": str(work / f"{name}-docs.npz"), "queries": str(work / f"{name}-queries.npz"),
         "index": str(work / f"{peer}-{name}"), "k": 100, "rounds": args.rounds, "settings": settings,
-        "reuse": args.reuse_peer_index}]}
+        "reuse": args.reuse_peer_index, "build": {"fastplaid": args.plaid_build, "warp": args.warp_build}[peer]}]}
     (work / f"{peer}-{name}.json").write_text(json.dumps(spec))
     python = {"fastplaid": args.plaid_python, "warp": args.warp_python}[peer]
     with (work / f"{peer}-{name}.log").open("w") as log:
@@ -516,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
                              "bound, max_candidates, centroid_score_threshold; default: default;nprobe=16;nprobe=32;"
                              "its defaults follow the index's density). Every setting runs with num_threads = "
                              "--threads")
+    parser.add_argument("--plaid-build", type=lambda text: parse_settings(text)[0], default={},
+                        help="FastPlaid create() keywords for its index build, KEY=VALUE,... (default: its own)")
+    parser.add_argument("--warp-build", type=lambda text: parse_settings(text)[0], default={},
+                        help="xtr-warp-rs create() keywords for its index build, KEY=VALUE,... (default: its own; "
+                             "codec_sample_max_tokens=40000 keeps a 384-d codec sample under torch.quantile()'s "
+                             "16.7M elements, which its default of 1,000,000 exceeds)")
     parser.add_argument("--compression", choices=["none", "residual"], default="none",
                         help="our index's compression for the search part")
     parser.add_argument("--nbits", type=int, default=2, help="our residual bits with --compression residual")

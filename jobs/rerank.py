@@ -44,7 +44,7 @@ from rayrank.config import Columns, RerankJobConfig, load_yaml, merge_flags, par
 from rayrank.errors import ConfigError, InputNotFoundError, InputSchemaError, OutputConflictError
 from rayrank.extras import engine_needs, need
 from rayrank.io.staging import pack_buckets, read_piece
-from rayrank.io.storage import (count_requests, filesystem, is_object_store, join, list_parquet, put_atomic,
+from rayrank.io.storage import (count_requests, filesystem, is_object_store, join, list_parquet, put_atomic, read_json,
                                 retrying, storage_options, write_json_atomic, write_parquet_atomic)
 from rayrank.io.tables import (DOC_KEYS, KEYS, LOG_KEYS, Shard, bucket_of, error_rows, rank_queries, read_shard,
                                split_duplicates, split_valid)
@@ -682,15 +682,28 @@ def publish_partition(fs, work: str, target: str) -> None:
 
     On disk: copied to a hidden sibling, then swapped in by two renames, so a reader sees the old
     partition, the new one, or (between the renames) none, never a mix; hidden siblings a killed publish
-    left are removed first. On an object store (no rename): the old objects go, then the new ones,
-    `_manifest.json` last; a reader that sees the manifest sees the whole partition.
+    left are removed first. On an object store (no rename), the switch is the manifest, one PUT: the new
+    files are copied beside the old ones under names carrying this publish's tag (`part-00000-TAG.parquet`),
+    then `_manifest.json` is written naming them (`files`), then every other object under `target` goes.
+    A reader that follows the manifest (`rayrank.evaluate.read_output_table`: `export`, `eval`) reads the
+    old partition or the new one, never a mix; a publish killed at any point leaves the old manifest (and
+    its files) or the new one, and the next publish removes what it left.
     """
     files = sorted((f for f in fs.find(work) if "/_staging/" not in f), key=lambda f: f.endswith("_manifest.json"))
     if is_object_store(fs):
-        if fs.exists(target):
-            fs.rm(target, recursive=True)
-        for path in files:
-            retrying(f"publishing {path}", lambda path=path: fs.copy(path, target + path[len(work):]))
+        *data, manifest = files
+        tag, names = uuid.uuid4().hex[:8], []
+        for path in data:
+            stem, dot, suffix = path[len(work) + 1:].rpartition(".")
+            names.append(f"{stem}-{tag}.{suffix}" if dot else f"{suffix}-{tag}")
+            retrying(f"publishing {path}", lambda path=path, name=names[-1]: fs.copy(path, join(target, name)))
+        record = {**retrying(f"reading {manifest}", lambda: read_json(fs, manifest)), "files": names}
+        retrying(f"publishing {manifest}",  # the switch
+                 lambda: write_json_atomic(record, fs, join(target, "_manifest.json")))
+        fs.invalidate_cache(target)
+        keep = {join(target, name) for name in [*names, "_manifest.json"]}
+        for stale in [f for f in fs.find(target) if f not in keep]:
+            retrying(f"removing {stale}", lambda stale=stale: fs.rm(stale))
         return
     parent, name = target.rsplit("/", 1)
     for stale in fs.glob(join(parent, f".{name}.tmp-*")) + fs.glob(join(parent, f".{name}.old-*")):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -124,7 +125,12 @@ def read_run(path: str, column: str = "score", storage_options: dict | None = No
 
 def read_output_table(path: str, columns: list[str], storage_options: dict | None = None):
     """`columns` of a rerank output: its top-level part files (a funnel's stages/NAME/ are runs of their own),
-    or any other Parquet file or dataset read whole; _errors/, _staging/ and _manifest.json are skipped."""
+    or any other Parquet file or dataset read whole; _errors/, _staging/ and _manifest.json are skipped.
+
+    Where the manifest names the output's files (a partition published on an object store), those are the
+    output, whatever else the folder holds for a moment; if a publish removes them while they are read, the
+    new manifest is followed (up to 3 times).
+    """
     import pyarrow.dataset as ds
 
     from rayrank.io.storage import filesystem
@@ -132,16 +138,37 @@ def read_output_table(path: str, columns: list[str], storage_options: dict | Non
     fs, root = filesystem(path, storage_options)
     if not fs.exists(root):
         raise InvalidInputError(f"run {path} does not exist.")
-    parts = sorted(fs.glob(f"{root}/part-*.parquet")) if fs.isdir(root) else []
-    dataset = ds.dataset(parts or root, filesystem=fs, format="parquet")
-    if not dataset.files:
-        raise InvalidInputError(f"run {path} holds no result files (part-*.parquet): the job has not finished "
-                                "(rerun the same `rayrank rerank` command to resume it).")
-    missing = [c for c in columns if c not in dataset.schema.names]
-    if missing:
-        raise InvalidInputError(f"run {path} has no column {', '.join(map(repr, missing))}; "
-                                f"it has {', '.join(dataset.schema.names)}.")
-    return dataset.to_table(columns=columns)
+    for attempt in range(3):
+        parts = _result_files(fs, root) if fs.isdir(root) else []
+        try:
+            dataset = ds.dataset(parts or root, filesystem=fs, format="parquet")
+            if not dataset.files:
+                raise InvalidInputError(f"run {path} holds no result files (part-*.parquet): the job has not "
+                                        "finished (rerun the same `rayrank rerank` command to resume it).")
+            missing = [c for c in columns if c not in dataset.schema.names]
+            if missing:
+                raise InvalidInputError(f"run {path} has no column {', '.join(map(repr, missing))}; "
+                                        f"it has {', '.join(dataset.schema.names)}.")
+            return dataset.to_table(columns=columns)
+        except FileNotFoundError:  # replaced by a publish since the manifest was read
+            if attempt == 2:
+                raise
+            fs.invalidate_cache(root)
+
+
+def _result_files(fs, root: str) -> list[str]:
+    """The part files of an output folder: those its manifest names (`files`), else every `part-*.parquet`;
+    a partitioned OUTPUT's are its KEY=VALUE partitions' (each by its own manifest)."""
+    from rayrank.io.storage import read_json
+
+    manifest = read_json(fs, f"{root}/_manifest.json") or {}
+    if "files" in manifest:
+        return [f"{root}/{name}" for name in manifest["files"] if name.startswith("part-")]
+    parts = sorted(fs.glob(f"{root}/part-*.parquet"))
+    if parts:
+        return parts
+    partitions = [d for d in fs.ls(root, detail=False) if re.fullmatch(r"[^_.][^/]*=[^/]*", d.rsplit("/", 1)[-1])]
+    return [f for d in sorted(partitions) if fs.isdir(d) for f in _result_files(fs, d)]
 
 
 @command("eval")
