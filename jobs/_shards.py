@@ -8,6 +8,7 @@ that loads a model once handles whole units and commits each one itself (rayrank
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import math
@@ -233,4 +234,19 @@ class UnitActor:
                      finished_at=time.time(), actor=self.actor)
         uid = stats["shard"]
         retrying(f"committing shard {uid}", lambda: self.out.commit_unit("shards", uid, stats))
+        release_freed_heap()
         return stats
+
+
+def release_freed_heap() -> bool:
+    """Hand the heap's free pages back to the system (glibc's `malloc_trim`); False where libc is not glibc.
+
+    A unit frees its table, tokens and scores, but glibc keeps what its arenas freed, so over a night an
+    actor's resident memory crept up by that kept heap while the memory in use stayed level (measured in
+    docs/benchmarks/jobs.md).
+    """
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
