@@ -125,11 +125,14 @@ def table(rows: Sequence[dict[str, Any]], floats: str = "{:.3f}") -> str:
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
 
 
-def job_memory(args: list[str], env: dict | None = None, every: float = 0.5) -> tuple[float, dict[str, int], str]:
+def job_memory(args: list[str], env: dict | None = None, every: float = 0.5,
+               track: str | None = None) -> tuple[float, dict, str]:
     """Run `python -m rayrank.jobs.rerank ARGS`; (seconds, peak RSS in bytes, stderr), the peaks polled from
     /proc every `every` s over the driver and its descendants only (not another job's Ray on the machine):
     "driver", "worker" (the largest Ray worker: an actor, a task or an idle one) and "ray" (Ray's own
-    processes together)."""
+    processes together). With `track` (a word of a Ray worker's process title, e.g. an actor's class),
+    "tracked halves" is the peak of the workers that showed it, in the first and the second half of the
+    run's seconds: equal halves mean that worker's memory stopped growing early in the run."""
     import subprocess
     import sys
 
@@ -139,25 +142,34 @@ def job_memory(args: list[str], env: dict | None = None, every: float = 0.5) -> 
     proc = subprocess.Popen([sys.executable, "-m", "rayrank.jobs.rerank", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     driver = psutil.Process(proc.pid)
-    peak = {"driver": 0, "worker": 0, "ray": 0}
+    peak, tracked, trace = {"driver": 0, "worker": 0, "ray": 0}, set(), []
     while proc.poll() is None:
         try:
             peak["driver"] = max(peak["driver"], driver.memory_info().rss)
-            system = 0
+            system, mine = 0, 0
             for child in driver.children(recursive=True):
                 try:
                     rss, name = child.memory_info().rss, " ".join(child.cmdline()[:1])
                 except psutil.Error:
                     continue
-                if name.startswith("ray::"):
-                    peak["worker"] = max(peak["worker"], rss)
-                else:
+                if not name.startswith("ray::"):
                     system += rss
+                    continue
+                peak["worker"] = max(peak["worker"], rss)
+                if track and (track in name or child.pid in tracked):  # an idle actor's title may drop it
+                    tracked.add(child.pid)
+                    mine = max(mine, rss)
             peak["ray"] = max(peak["ray"], system)
+            trace.append((time.perf_counter(), mine))
         except psutil.NoSuchProcess:
             break
         time.sleep(every)
     _, err = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"job failed ({proc.returncode}): {' '.join(args)}\n{err[-3000:]}")
-    return time.perf_counter() - started, peak, err
+    seconds = time.perf_counter() - started
+    if track:
+        middle = started + seconds / 2
+        peak["tracked halves"] = tuple(max((rss for t, rss in trace if (t >= middle) == late), default=0)
+                                       for late in (False, True))
+    return seconds, peak, err

@@ -16,7 +16,10 @@ seconds and the ratio to night 1. Example:
 log rows (20 candidates a query) over a corpus of a tenth as many documents, run once with
 `--corpus` and `--cache` and a tiny random BERT cross-encoder (tests/tiny_models.py), sampling the
 resident memory of the driver and of every Ray worker process it started (actors and tasks) from
-/proc every half second. Prints each size's seconds and peak RSS: flat memory is the claim.
+/proc every half second. Prints each size's seconds and peak RSS, and the scoring actor's peak in the
+first and the second half of the run: flat memory is the claim. The scoring actor keeps up to
+`cache.max_memory_bytes` of decoded cache entries (28 bytes each; 256 MiB, about 9.6 million, by
+default); `--cache-memory-mb` sets it lower, so that the sizes run lie past that cap.
 """
 
 from __future__ import annotations
@@ -91,25 +94,27 @@ def synthetic_night(folder: Path, rows: int, docs: int, seed: int) -> tuple[Path
     return log.parent, corpus
 
 
-def scale(sizes: list[int], work: Path, actors: str) -> list[dict]:
+def scale(sizes: list[int], work: Path, actors: str, cache_memory_mb: int | None) -> list[dict]:
     """One cached night with a corpus at each size; the table's rows."""
     from tests.tiny_models import make_cross_encoder
 
     model = make_cross_encoder(work / "tiny-ce")
     config = work / "job.yaml"
     config.write_text(f"engine:\n  model: {model}\n  scorer: cross-encoder\n  backend: torch\n  threads: 1\n"
-                      f"cluster:\n  actors: {actors}\n  cpus_per_actor: 2\n")
+                      f"cluster:\n  actors: {actors}\n  cpus_per_actor: 2\n"
+                      + (f"cache:\n  max_memory_bytes: {cache_memory_mb << 20}\n" if cache_memory_mb else ""))
     rows = []
     for size in sizes:
         log, corpus = synthetic_night(work / f"in-{size}", size, size // 10, seed=size)
         out, cache = work / f"out-{size}", work / f"cache-{size}"
         seconds, peak, _ = job_memory([str(log), str(out), "--config", str(config), "--corpus", str(corpus),
-                                     "--cache", str(cache)])
+                                     "--cache", str(cache)], track="ShardScorer")
         counts = json.loads((out / "_manifest.json").read_text())["counts"]
         row = {"log rows": size, "corpus docs": size // 10, "rows written": counts["rows_written"],
                "seconds": round(seconds), "rows/s": round(size / seconds),
                "driver peak MB": round(peak["driver"] / 2**20), "largest worker peak MB": round(peak["worker"] / 2**20),
-               "Ray processes peak MB": round(peak["ray"] / 2**20)}
+               "Ray processes peak MB": round(peak["ray"] / 2**20),
+               "scoring actor, 1st / 2nd half MB": " / ".join(str(round(b / 2**20)) for b in peak["tracked halves"])}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         for folder in (out, cache, log.parent):
@@ -145,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="folder for logs, outputs and the cache (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--scale", help="comma-separated log sizes: measure peak memory instead (see above)")
+    parser.add_argument("--cache-memory-mb", type=int, help="with --scale: the actor's decoded cache cap "
+                        "(cache.max_memory_bytes) in MiB (default: the job's, 256)")
     args = parser.parse_args(argv)
     if args.scale:
         work = Path(args.work or tempfile.mkdtemp(prefix="rayrank-nightly-scale-"))
-        rows = scale([int(s) for s in args.scale.split(",")], work, args.actors)
+        rows = scale([int(s) for s in args.scale.split(",")], work, args.actors, args.cache_memory_mb)
         print(f"load average at the end: {load_average()}; work folder: {work}")
         print(table(rows))
         return 0

@@ -159,11 +159,11 @@ def read_output_table(path: str, columns: list[str], storage_options: dict | Non
 def _result_files(fs, root: str) -> list[str]:
     """The part files of an output folder: those its manifest names (`files`), else every `part-*.parquet`;
     a partitioned OUTPUT's are its KEY=VALUE partitions' (each by its own manifest)."""
-    from rayrank.io.storage import read_json
+    from rayrank.io.storage import manifest_files
 
-    manifest = read_json(fs, f"{root}/_manifest.json") or {}
-    if "files" in manifest:
-        return [f"{root}/{name}" for name in manifest["files"] if name.startswith("part-")]
+    named = manifest_files(fs, root)
+    if named is not None:
+        return [f"{root}/{name}" for name in named if name.startswith("part-")]
     parts = sorted(fs.glob(f"{root}/part-*.parquet"))
     if parts:
         return parts

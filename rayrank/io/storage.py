@@ -55,24 +55,43 @@ def join(*parts: str) -> str:
 
 
 def list_parquet(fs: AbstractFileSystem, path: str) -> list[str]:
-    """Parquet files of a file, a directory (recursively) or a glob; `_`/`.`-prefixed names are skipped."""
+    """Parquet files of a file, a directory (recursively) or a glob; `_`/`.`-prefixed names are skipped.
+
+    A folder whose `_manifest.json` names its `files` (a rerank output, a partition published on an object
+    store) gives exactly those: while a partition is republished its folder holds old and new files for a
+    moment, and the manifest is the switch between them.
+    """
     # s3fs keeps listings (with ETags) per process: a file replaced since a job in this process listed it
     # (a scheduler that reruns a partition) would be opened by its old ETag and refused.
     fs.invalidate_cache()
     if any(ch in path for ch in "*?["):
         found = fs.glob(path)
+        manifests = {p.rsplit("/", 1)[0] for p in found}  # not in a glob's listing: look in each folder
     elif fs.isdir(path):
         found = fs.find(path)
+        manifests = {p.rsplit("/", 1)[0] for p in found if p.endswith("/_manifest.json")}
     elif fs.exists(path):
-        found = [path]
+        found, manifests = [path], set()
     else:
         raise InputNotFoundError(f"input {path} does not exist; check the path (local, or s3://BUCKET/...)")
-    files = sorted(p for p in found if p.endswith(".parquet")
+    named = {folder: set(names) for folder in manifests if (names := manifest_files(fs, folder)) is not None}
+
+    def listed(p: str) -> bool:
+        folder, _, name = p.rpartition("/")
+        return name in named.get(folder, (name,))
+
+    files = sorted(p for p in found if p.endswith(".parquet") and listed(p)
                    and not any(part.startswith(("_", ".")) for part in p[len(path.split("*")[0]):].split("/")))
     if not files:
         raise InputNotFoundError(f"input {path} holds no .parquet files; name a Parquet file, a directory of them "
                                  "or a glob")
     return files
+
+
+def manifest_files(fs: AbstractFileSystem, folder: str) -> list[str] | None:
+    """The file names a folder's `_manifest.json` lists as its content (`files`), or None where it lists none."""
+    names = (read_json(fs, f"{folder}/_manifest.json") or {}).get("files")
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
 
 def _tmp_name(path: str) -> str:

@@ -1,5 +1,6 @@
-"""Publishing a finished partition on S3 (moto over HTTP): readers that follow the manifest see the old
-partition or the new one, never a mix, whichever step a publish dies at; the next publish cleans up."""
+"""Publishing a finished partition on S3 (moto over HTTP): readers that follow the manifest (export and
+eval's `read_output_table`, a job's input listing `list_parquet`) see the old partition or the new one,
+never a mix, whichever step a publish dies at; the next publish cleans up."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayrank.evaluate import read_output_table
-from rayrank.io.storage import filesystem, storage_options
+from rayrank.io.storage import filesystem, list_parquet, storage_options
 from rayrank.jobs.rerank import publish_partition
 
 URL = "s3://nightly/out"
@@ -47,6 +48,16 @@ def finished_job(fs, work: str, night: str, files: int = 2) -> set[tuple[str, st
 def read_pairs(target: str) -> set[tuple[str, str]]:
     table = read_output_table(f"s3://{target}", ["query_id", "doc_id"], storage_options(None, URL))
     return set(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()))
+
+
+def input_pairs(fs, path: str) -> set[tuple[str, str]]:
+    """The pairs another job reading `path` as its INPUT would see."""
+    pairs = set()
+    for name in list_parquet(fs, path):
+        with fs.open(name, "rb") as handle:
+            table = pq.read_table(handle, columns=["query_id", "doc_id"])
+        pairs |= set(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()))
+    return pairs
 
 
 def objects(fs, target: str) -> list[str]:
@@ -93,10 +104,10 @@ def test_a_publish_killed_at_any_step_leaves_the_old_or_the_new_partition_whole(
         publish_partition(fs, f"{root}/_partitions/new", target)
     # The new files sit beside the old ones: the manifest alone says which are the partition.
     assert len(objects(fs, target)) > len(published)
-    assert read_pairs(target) == (new if dies_at == "cleanup" else old)
+    assert read_pairs(target) == input_pairs(fs, target) == (new if dies_at == "cleanup" else old)
 
     publish_partition(fs, f"{root}/_partitions/new", target)  # the rerun
-    assert read_pairs(target) == new
+    assert read_pairs(target) == input_pairs(fs, target) == new
     left = objects(fs, target)
     assert len(left) == 3 + 1 + 1  # parts, the errors file, the manifest: nothing of the old or the dead publish
     assert json.loads(fs.cat_file(f"{target}/_manifest.json"))["job_id"] == "new"
@@ -109,4 +120,5 @@ def test_a_partitioned_output_is_read_through_each_partitions_manifest(store):
         nights[night] = finished_job(fs, f"{root}/_partitions/{night}", night)
         publish_partition(fs, f"{root}/_partitions/{night}", f"{root}/{night}")
     fs.pipe_file(f"{root}/dt=2026-12-06/part-00000-deadbeef.parquet", b"a dead publish's half-copied file")
-    assert read_pairs(root) == nights["dt=2026-12-05"] | nights["dt=2026-12-06"]
+    both = nights["dt=2026-12-05"] | nights["dt=2026-12-06"]
+    assert read_pairs(root) == input_pairs(fs, root) == input_pairs(fs, f"{root}/dt=*/*.parquet") == both
