@@ -17,9 +17,11 @@ log rows (20 candidates a query) over a corpus of a tenth as many documents, run
 `--corpus` and `--cache` and a tiny random BERT cross-encoder (tests/tiny_models.py), sampling the
 resident memory of the driver and of every Ray worker process it started (actors and tasks) from
 /proc every half second. Prints each size's seconds and peak RSS, and the scoring actor's peak in the
-first and the second half of the run: flat memory is the claim. The scoring actor keeps up to
-`cache.max_memory_bytes` of decoded cache entries (28 bytes each; 256 MiB, about 9.6 million, by
-default); `--cache-memory-mb` sets it lower, so that the sizes run lie past that cap.
+first and the second half of the run: flat memory is the claim. The seconds in the model, in tokenizing
+and in the score cache (lookups and writes), summed over units, come from the job's manifest. The
+scoring actor keeps up to `cache.max_memory_bytes` of decoded cache entries (28 bytes each; 256 MiB,
+about 9.6 million, by default); `--cache-memory-mb` sets it lower, so that the sizes run lie past
+that cap.
 """
 
 from __future__ import annotations
@@ -109,9 +111,11 @@ def scale(sizes: list[int], work: Path, actors: str, cache_memory_mb: int | None
         out, cache = work / f"out-{size}", work / f"cache-{size}"
         seconds, peak, _ = job_memory([str(log), str(out), "--config", str(config), "--corpus", str(corpus),
                                      "--cache", str(cache)], track="ShardScorer")
-        counts = json.loads((out / "_manifest.json").read_text())["counts"]
-        row = {"log rows": size, "corpus docs": size // 10, "rows written": counts["rows_written"],
+        manifest = json.loads((out / "_manifest.json").read_text())
+        row = {"log rows": size, "corpus docs": size // 10, "rows written": manifest["counts"]["rows_written"],
                "seconds": round(seconds), "rows/s": round(size / seconds),
+               "model s": round(manifest["phases"]["model_s"]), "tokenize s": round(manifest["phases"]["tokenize_s"]),
+               "cache s": round(manifest["cache"]["seconds"]),
                "driver peak MB": round(peak["driver"] / 2**20), "largest worker peak MB": round(peak["worker"] / 2**20),
                "Ray processes peak MB": round(peak["ray"] / 2**20),
                "scoring actor, 1st / 2nd half MB": " / ".join(str(round(b / 2**20)) for b in peak["tracked halves"])}
