@@ -160,7 +160,8 @@ def job_memory(args: list[str], env: dict | None = None, every: float = 0.5,
                     tracked.add(child.pid)
                     mine = max(mine, rss)
             peak["ray"] = max(peak["ray"], system)
-            trace.append((time.perf_counter(), mine))
+            if track:
+                trace.append((time.perf_counter(), mine))
         except psutil.NoSuchProcess:
             break
         time.sleep(every)
